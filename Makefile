@@ -1,0 +1,47 @@
+# Set-up and entry points. On a fresh clone: `make repro` runs the chain, `make test` runs the tests.
+#
+# PYTHON picks the interpreter the virtual environment is made from (default python3.11). Give it a
+# vendor interpreter that already has torch (and torch_sdaa) and the venv sees its packages:
+#   PYTHON=/root/miniconda3/envs/torch_env/bin/python make repro
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Where none is importable, this torch pair is installed (it installs and imports cleanly here).
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+ifneq ($(origin PYTHON),file)
+VENV_FLAGS := --system-site-packages
+endif
+export PATH := $(BIN):$(PATH)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro report test test-fast clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  echo "setup: using the torch already importable: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	  $(BIN)/python -c "import torchvision" 2>/dev/null || { echo "setup: torch is present but torchvision is not; install the torchvision that matches it, then rerun" >&2; exit 2; }; \
+	else \
+	  echo "setup: no torch importable; installing $(TORCH_PAIR)"; \
+	  $(BIN)/python -m pip install -q $(TORCH_PAIR); \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The whole chain; ends non-zero when the verdict is fail (1) or inconclusive (3).
+repro: setup
+	dvc repro
+
+# The chain without the gate: the report is written whatever the verdict.
+report: setup
+	dvc repro report
+
+test: setup
+	python -m pytest
+
+test-fast: setup
+	python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) data/prepared reports/*/ mlflow.db .dvc/cache .dvc/tmp

@@ -1,0 +1,41 @@
+"""Errors the harness reports to users as one line, each with the exit status the CLI turns it into.
+
+Exit statuses (documented in the README): 0 pass, 1 fail, 2 usage or input error,
+3 inconclusive, 4 infrastructure (device or tracking) error.
+"""
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+EXIT_INFRA = 4
+
+
+class HarnessError(Exception):
+    """A problem the user can fix; the message names the file or key and what to do."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(HarnessError):
+    """Invalid params.yaml or command-line arguments."""
+
+
+class DataError(HarnessError):
+    """Missing, corrupt or wrongly laid out data."""
+
+
+class BaselineError(HarnessError):
+    """A malformed or unusable baseline or curve file."""
+
+
+class DeviceError(HarnessError):
+    """The requested device (or its plugin) is not available."""
+
+    exit_code = EXIT_INFRA
+
+
+class TrackingError(HarnessError):
+    """The MLflow tracking store cannot be reached or written."""
+
+    exit_code = EXIT_INFRA

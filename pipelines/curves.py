@@ -1,0 +1,89 @@
+"""Per-step training curves: the CSV the train stage writes and every later stage reads.
+
+Columns: step, loss, lr, samples_per_s, elapsed_s. Losses are written with repr() so that a curve
+read back is bit-for-bit the curve that was trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cait.errors import BaselineError
+
+CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s")
+
+
+@dataclass
+class Curve:
+    """A loss curve with its step numbers; `extra` holds any further per-step columns."""
+
+    steps: np.ndarray  # int64
+    loss: np.ndarray  # float64
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.loss = np.asarray(self.loss, dtype=np.float64)
+        if self.steps.shape != self.loss.shape or self.steps.ndim != 1:
+            raise ValueError(f"steps {self.steps.shape} and loss {self.loss.shape} must be 1-D of equal length")
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+
+def format_value(value: float) -> str:
+    """Shortest text that reads back to the same float64."""
+    return repr(float(value))
+
+
+def write_curve_csv(path: Path | str, rows: list[dict]) -> None:
+    """Write rows atomically (a temp file renamed into place), so a crash never leaves half a curve."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CURVE_COLUMNS)
+        for row in rows:
+            writer.writerow([int(row["step"])] + [format_value(row[c]) for c in CURVE_COLUMNS[1:]])
+    os.replace(tmp, path)
+
+
+def read_curve_csv(path: Path | str) -> Curve:
+    """Read a curve CSV; any structural problem is a BaselineError naming the file and line.
+
+    Non-finite losses (nan, inf) are kept: deciding what they mean is the verdict's job.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BaselineError(f"{path}: curve file not found; run the train stage first (dvc repro train)") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if not header or "step" not in header or "loss" not in header:
+        raise BaselineError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
+    columns: dict[str, list[float]] = {name: [] for name in header}
+    for line_no, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise BaselineError(f"{path}:{line_no}: expected {len(header)} values, found {len(row)} (truncated file?)")
+        for name, cell in zip(header, row):
+            try:
+                columns[name].append(float(cell))
+            except ValueError:
+                raise BaselineError(f"{path}:{line_no}: column {name!r} holds non-numeric value {cell!r}") from None
+    if not columns["loss"]:
+        raise BaselineError(f"{path}: the curve has no steps")
+    steps = columns.pop("step")
+    if any(not math.isfinite(s) or s != int(s) for s in steps):
+        raise BaselineError(f"{path}: step numbers must be whole numbers")
+    loss = columns.pop("loss")
+    return Curve(np.array(steps, dtype=np.int64), np.array(loss), {k: np.array(v) for k, v in columns.items()})

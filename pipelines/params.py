@@ -1,0 +1,138 @@
+"""params.yaml: every knob of the chain, validated on load before any work starts.
+
+A bad file is reported as one line naming the key, e.g.
+`params.yaml: train.steps: must be greater than 0 (got -1)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from cait.config import DataConfig, DeviceConfig, ModelConfig, Section, TrainConfig
+from cait.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+RULE_NAMES = ("modelzoo", "strict")
+
+
+class ModelZooRuleConfig(Section):
+    """The ModelZoo acceptance rule: pass iff signed MRE <= max_mre or signed MAE <= max_mae."""
+
+    max_mean_relative_error: float = Field(0.05, ge=0)
+    max_mean_absolute_error: float = Field(0.0002, ge=0)
+
+
+class StrictRuleConfig(Section):
+    """Absolute errors, both bounded: a curve that sits consistently lower or swings around fails."""
+
+    max_mean_abs_relative_error: float = Field(0.02, ge=0)
+    max_mean_abs_error: float = Field(0.05, ge=0)
+
+
+class RulesConfig(Section):
+    modelzoo: ModelZooRuleConfig = ModelZooRuleConfig()
+    strict: StrictRuleConfig = StrictRuleConfig()
+
+
+class CompareConfig(Section):
+    baseline: str = "baselines/default/baseline.json"
+    min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
+    gate: list[Literal["modelzoo", "strict"]] = ["modelzoo", "strict"]  # rules that decide; the rest inform
+    rules: RulesConfig = RulesConfig()
+
+    @model_validator(mode="after")
+    def _gate_not_empty(self):
+        if not self.gate:
+            raise ValueError(f"gate: name at least one rule ({', '.join(RULE_NAMES)})")
+        return self
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repo root
+    experiment: str = Field("cait-acceptance", min_length=1)
+    flush_every: int = Field(50, gt=0)  # steps between batched metric uploads
+
+
+class Params(Section):
+    profile: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    device: DeviceConfig = DeviceConfig()
+    compare: CompareConfig = CompareConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def curve_defining(self) -> dict:
+        """The params that determine the loss curve; the device is deliberately not among them."""
+        return {"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json"),
+                "train": self.train.model_dump(mode="json")}
+
+    def curve_hash(self) -> str:
+        return hash_json(self.curve_defining())
+
+    def flat(self) -> dict[str, str]:
+        """Every param as `section.key: value`, for MLflow."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def hash_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, type(None), bool)) else str(value)
+    return out
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    kind = error["type"]
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"{key}: unknown key; remove it or check its spelling"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error" and ":" in message.split(" ")[0]:
+        # validators that name their own key: "path: required when ..."
+        sub, _, rest = message.partition(": ")
+        return f"{key + '.' if key else ''}{sub}: {rest}"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) or kind == "missing" else f" (got {got!r})"
+    return f"{key}: {message[0].lower() + message[1:]}{shown}"
+
+
+def parse_params(raw, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root or pass --params") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return parse_params(raw, str(path))
