@@ -22,8 +22,9 @@ from pipelines.params import load_params
 from pipelines.provenance import read_record
 
 
-def promote(curve_path: Path, record_path: Path, out: Path, profile: str) -> None:
-    baseline = baseline_from_run(read_curve_csv(curve_path), read_record(record_path), profile, str(curve_path))
+def promote(curve_path: Path, record_path: Path, out: Path, profile: str, source: str | None = None) -> None:
+    record = read_record(record_path)
+    baseline = baseline_from_run(read_curve_csv(curve_path), record, profile, source or str(curve_path))
     save_baseline(out, baseline)
     prov = baseline.provenance
     print(f"baseline: {len(baseline.loss)} steps from {curve_path} ({prov['device']}: {prov['device_name']}) -> {out}")
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
         curve_path, record_path = run_training(params, Path(tmp))
-        promote(curve_path, record_path, out, params.profile)
+        run_id = read_record(record_path).get("mlflow_run_id") or "untracked"
+        promote(curve_path, record_path, out, params.profile, source=f"baseline record (MLflow run {run_id})")
     return 0
 
 

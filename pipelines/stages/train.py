@@ -65,9 +65,11 @@ def run_training(params: Params, out_dir: Path) -> tuple[Path, Path]:
 
     rows: list[dict] = []
 
+    steps_per_epoch = max(1, len(manifest.splits["train"]) // params.train.batch_size)
+
     def on_step(row: dict) -> None:
         rows.append(row)
-        print(dllogger_line(row), flush=True)
+        print(dllogger_line(row, epoch=row["step"] // steps_per_epoch), flush=True)
         logger.log_step(row)
 
     curve_path, record_path = out_dir / CURVE, out_dir / RECORD
