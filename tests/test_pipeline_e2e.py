@@ -1,0 +1,70 @@
+"""The whole chain, for real: `dvc repro` of the default profile in a copy of the project."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import stage_env
+
+
+def dvc(project, *args):
+    return subprocess.run(["dvc", *args], cwd=project, env=stage_env(project), capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_default_chain_passes_then_a_raised_baseline_fails(project):
+    first = dvc(project, "repro")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = project / "reports" / "default"
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["status"] == "pass"
+    for name in ("overlay.png", "report.html", "junit.xml", "curve.csv", "train.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Verdict: PASS" in (out / "report.html").read_text()
+    assert "MeanRelativeError: 0.0" in first.stdout
+
+    # the MLflow store holds the run: params, every step's loss, the verdict
+    run_id = json.loads((out / "train.json").read_text())["mlflow_run_id"]
+    db = sqlite3.connect(project / "mlflow.db")
+    params = dict(db.execute("select key, value from params where run_uuid=?", (run_id,)).fetchall())
+    assert params["model.name"] == "cait_XXS24_224" and params["train.steps"] == "120"
+    steps = [s for (s,) in db.execute("select step from metrics where run_uuid=? and key='loss' order by step", (run_id,))]
+    assert steps == list(range(120))
+    tags = dict(db.execute("select key, value from tags where run_uuid=?", (run_id,)).fetchall())
+    assert tags["verdict"] == "pass" and tags["env.device"] == "cpu"
+    db.close()
+
+    # nothing changed: nothing retrains
+    before = (out / "curve.csv").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = dvc(project, "repro")
+    elapsed = time.perf_counter() - start
+    assert again.returncode == 0
+    assert "Running stage" not in again.stdout, again.stdout
+    assert (out / "curve.csv").stat().st_mtime_ns == before
+    print(f"no-op dvc repro took {elapsed:.1f} s")
+
+    # every baseline value 10% higher: the chain ends non-zero, and the report says why
+    path = project / "baselines" / "default" / "baseline.json"
+    baseline = json.loads(path.read_text())
+    baseline["loss"] = [v * 1.1 for v in baseline["loss"]]
+    path.write_text(json.dumps(baseline))
+    failed = dvc(project, "repro")
+    assert failed.returncode != 0
+    assert "Running stage 'train'" not in failed.stdout
+    assert "gate: FAIL" in failed.stderr + failed.stdout
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["status"] == "fail"
+    assert verdict["rules"]["strict"]["passed"] is False
+    html = (out / "report.html").read_text()
+    assert "Verdict: FAIL" in html and "mean |d|/|b| 0.0909091 &gt; 0.02" in html
+    assert '<failure message="mean |d|/|b| 0.0909091' in (out / "junit.xml").read_text()
+
+    # the gate can be left out: the report stage alone succeeds
+    assert dvc(project, "repro", "report").returncode == 0
