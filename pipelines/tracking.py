@@ -144,8 +144,8 @@ class _Unresolved(Exception):
     """An operation on a run created offline whose creation has not been uploaded yet."""
 
 
-def _execute(client, op: dict, ids: dict[str, str]) -> None:
-    """Send one operation to the store."""
+def _execute(client, op: dict, ids: dict[str, str]):
+    """Send one operation to the store; a create_run returns the new run."""
     from mlflow.entities import Metric, Param, RunTag
 
     def resolve(run_id: str) -> str:
@@ -164,6 +164,7 @@ def _execute(client, op: dict, ids: dict[str, str]) -> None:
             tags["mlflow.parentRunId"] = resolve(tags["mlflow.parentRunId"])
         run = client.create_run(experiment_id, start_time=op["start_time"], tags=tags, run_name=op["run_name"])
         ids[op["local_id"]] = run.info.run_id
+        return run
     elif kind == "log_batch":
         run_id = resolve(op["run"])
         metrics = [Metric(k, v, t, s) for k, v, t, s in op.get("metrics", [])]
@@ -247,6 +248,7 @@ class RunLogger:
         self.uri = tracking_uri(cfg) if cfg.enabled else ""
         self.run_id = ""
         self.parent_run_id = ""
+        self.experiment_id = ""  # known when the run was created online
         self.spooled = 0
         self._pending_metrics: list = []
         self._queue: queue.Queue = queue.Queue()
@@ -307,8 +309,9 @@ class RunLogger:
         if not self._offline:
             ids = self._spool.ids()
             try:
-                _execute(self._client, op, ids)
-                return ids[op["local_id"]]
+                run = _execute(self._client, op, ids)
+                self.experiment_id = run.info.experiment_id
+                return run.info.run_id
             except _Unresolved:
                 pass
             except Exception as exc:
