@@ -145,7 +145,8 @@ def tracking_html(record: dict) -> str:
     parts = [f"MLflow run <code id=\"mlflow-run\">{html.escape(run_id)}</code>"]
     if record.get("mlflow_parent_run_id"):
         parts.append(f"(child of execution run <code>{html.escape(record['mlflow_parent_run_id'])}</code>)")
-    parts.append(f"in <code>{html.escape(uri)}</code>")
+    if uri:
+        parts.append(f"in <code>{html.escape(uri)}</code>")
     if run_id.startswith("local-"):
         parts.append("; the store was unreachable: the records wait in the spool and get their MLflow id on upload "
                      "(<code>python -m pipelines.tracking sync</code>)")
