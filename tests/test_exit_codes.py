@@ -96,12 +96,14 @@ def test_unavailable_device_is_4_from_the_train_stage(untracked):
 def test_summary_gives_the_worst_status_of_the_night(untracked, tmp_path, capsys):
     base = reference_loss(60)
     night = tmp_path / "night"
-    for name, candidate, device in (("a", base, "sdaa"), ("b", base * 1.0005, "cuda")):
-        out = write_run(untracked, candidate, baseline_loss=base, device=device)
+    for name, candidate, device, device_name in (("a", base, "sdaa", "Tecorigin T100"),
+                                                 ("b", base * 1.0005, "cuda", "NVIDIA H100")):
+        out = write_run(untracked, candidate, baseline_loss=base, device=device, device_name=device_name)
         assert cli.run(compare.main, ["-q"]) == 0
         (night / name).mkdir(parents=True)
         for f in ("verdict.json", "train.json"):
             (night / name / f).write_bytes((out / f).read_bytes())
+    capsys.readouterr()
     assert cli.run(summary.main, [str(night)]) == 0
     table = capsys.readouterr().out
     rows = table.splitlines()[2:]
