@@ -119,3 +119,33 @@ def test_report_renders_in_chromium(project, tmp_path):
     taken = chromium(["--window-size=1200,3600", f"--screenshot={shot}", page.as_uri()], tmp_path / "chrome2")
     assert shot.is_file() and shot.stat().st_size > 50_000, taken.stderr[-2000:]
     shutil.copy2(page, ARTIFACTS / "report.html")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
+def test_dvc_plots_overlay_renders_offline(project, tmp_path):
+    """`dvc plots show` through the offline template: the vega chart draws with no network at all."""
+    write_params(project, {"tracking": {"enabled": False}})
+    baseline = reference_loss(60)
+    write_run(project, baseline * 1.01, baseline_loss=baseline)
+    for stage in ("compare", "report"):
+        done = run_stage(stage, project)
+        assert done.returncode == 0, done.stderr
+    table = (project / "reports" / "default" / "plots.csv").read_text().splitlines()
+    assert table[0] == "step,candidate,baseline" and len(table) == 61
+
+    done = run_stage("plots", project)
+    assert done.returncode == 0, done.stderr
+    out = project / "reports" / "plots"
+    page = (out / "index.html").read_text()
+    assert not re.search(r"""<script[^>]+src=["']https?://""", page), "the plots page must not load scripts"
+    for name in ("loss_overlay.svg", "loss_overlay.png"):
+        assert (out / name).stat().st_size > 10_000
+    svg = (out / "loss_overlay.svg").read_text()
+    assert "candidate" in svg and "baseline" in svg and ">step<" in svg
+
+    # --proxy-server to a closed port: any attempt to reach the network fails
+    dumped = chromium(["--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000", "--dump-dom",
+                       (out / "index.html").as_uri()], tmp_path / "chrome3")
+    assert 'class="marks"' in dumped.stdout, dumped.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy2(out / "loss_overlay.png", ARTIFACTS / "dvc_loss_overlay.png")
