@@ -126,6 +126,25 @@ class Spool:
     def pending(self) -> list[Path]:
         return sorted(self.folder.glob("*.jsonl"), key=lambda p: (len(p.name), p.name))
 
+    def uploadable(self) -> list[Path]:
+        """Pending files no other live process is still appending to (the name carries the writer's pid)."""
+        def writer_alive(path: Path) -> bool:
+            try:
+                pid = int(path.stem.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                return False
+            if pid == os.getpid():
+                return False
+            try:
+                os.kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+
+        return [p for p in self.pending() if not writer_alive(p)]
+
     @contextlib.contextmanager
     def locked(self):
         """One uploader at a time (parallel stages of a DVC matrix share the spool)."""
@@ -188,6 +207,10 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def _count(spool: Spool) -> int:
+    return sum(len(p.read_text().splitlines()) for p in spool.pending())
+
+
 def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int]:
     """Send spooled operations in order; returns (sent, still pending). Stops at the first outage.
 
@@ -201,17 +224,15 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
     sent = 0
     with spool.locked():
         ids = spool.ids()
-        for path in spool.pending():
+        for path in spool.uploadable():
             ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             for i, op in enumerate(ops):
                 try:
                     _execute(client, op, ids)
                 except Exception as exc:
                     if isinstance(exc, _Unresolved) or not store_reachable(uri, client):
-                        left = ops[i:]
-                        path.write_text("".join(json.dumps(o) + "\n" for o in left))
-                        return sent, len(left) + sum(len(p.read_text().splitlines())
-                                                     for p in spool.pending() if p != path)
+                        path.write_text("".join(json.dumps(o) + "\n" for o in ops[i:]))
+                        return sent, _count(spool)
                     with (spool.folder / "rejected.jsonl").open("a") as f:
                         f.write(json.dumps({**op, "error": _first_line(exc)}) + "\n")
                     _warn(f"MLflow store {uri} refused a spooled {op['op']} ({_first_line(exc)}); "
@@ -223,7 +244,7 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
                 if op.get("stashed"):
                     shutil.rmtree(Path(op["path"]).parent, ignore_errors=True)
             path.unlink()
-    return sent, 0
+    return sent, _count(spool)
 
 
 def sync(cfg: TrackingConfig, quiet: bool = False) -> tuple[int, int]:
@@ -231,7 +252,7 @@ def sync(cfg: TrackingConfig, quiet: bool = False) -> tuple[int, int]:
     uri = tracking_uri(cfg)
     spool = Spool(cfg.spool_dir)
     if not spool.pending() or not store_reachable(uri):
-        return 0, sum(len(p.read_text().splitlines()) for p in spool.pending())
+        return 0, _count(spool)
     sent, left = upload_spool(uri, cfg.spool_dir)
     if sent and not quiet:
         print(f"tracking: uploaded {sent} spooled record(s) to {uri}" + (f"; {left} still pending" if left else ""),
@@ -452,7 +473,7 @@ class RunLogger:
             self._queue.put(None)
             self._worker.join(timeout=5)
             self._worker = None
-        if self._offline and self.spooled:
+        if self.spooled:
             sent, left = sync(self.cfg)
             if left:
                 _warn(f"{left} MLflow record(s) wait in {self._spool.folder}/ for {self.uri}; "

@@ -103,6 +103,7 @@ def log_steps(logger: RunLogger, steps: range) -> None:
         logger.log_step({"step": step, "loss": 2.0 - 0.01 * step, "lr": 1e-3, "samples_per_s": 100.0})
 
 
+@pytest.mark.slow  # two server starts: 20-80 s on a busy machine
 def test_outage_mid_run_loses_nothing(server, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("CAIT_EXECUTION_ID", "nightly-test-1")
