@@ -215,13 +215,15 @@ recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
     path.write_text(page)
 
 
-def render_junit(path: Path, verdict: dict) -> None:
-    """One test case per rule; an inconclusive verdict makes each an error, a failed gating rule a failure."""
+def render_junit(path: Path, verdict: dict, device: str = "") -> None:
+    """One test case per rule; an inconclusive verdict makes each an error, a failed gating rule a failure.
+    The device goes into the names, so a night's files from several runners stay apart in CI."""
     status = verdict["status"]
-    suite = ET.Element("testsuite", name=f"cait-acceptance.{verdict['profile']}")
+    where = f"{verdict['profile']}.{device}" if device else verdict["profile"]
+    suite = ET.Element("testsuite", name=f"cait-acceptance.{where}")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for name, rule in verdict["rules"].items() or {"verdict": None}.items():
-        case = ET.SubElement(suite, "testcase", classname=f"acceptance.{verdict['profile']}", name=name)
+        case = ET.SubElement(suite, "testcase", classname=f"acceptance.{where}", name=name)
         counts["tests"] += 1
         numbers = ", ".join(f"{k}={v}" for k, v in (rule or {}).get("numbers", {}).items())
         if status == "inconclusive":

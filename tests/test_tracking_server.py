@@ -168,3 +168,24 @@ def test_outage_mid_run_loses_nothing(server, tmp_path, monkeypatch, capsys):
     children = server.post("runs/search", {"experiment_ids": [run["info"]["experiment_id"]],
                                            "filter": "tags.`cait.role` = 'child'"})["runs"]
     assert {r["info"]["run_id"] for r in children} == {run_id, real_offline_id}
+
+
+def test_a_stage_completes_while_the_store_is_down(project, monkeypatch):
+    """compare with the tracking server down: exit 0, verdict written, one warning, records spooled."""
+    from conftest import write_params
+    from fake_runs import reference_loss, write_run
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    write_params(project, {"tracking": {"spool_dir": "spool"}})
+    base = reference_loss(60)
+    write_run(project, base, baseline_loss=base, run_id="0" * 32)
+    done = subprocess.run([sys.executable, "-m", "pipelines.stages.compare", "-q"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (project / "reports" / "default" / "verdict.json").is_file()
+    assert done.stderr.count("warning: MLflow tracking store") == 1, done.stderr
+    spooled = [json.loads(line) for f in Spool(project / "spool").pending() for line in f.read_text().splitlines()]
+    tags = {k: v for op in spooled for k, v in op.get("tags", {}).items()}
+    assert tags["verdict"] == "pass" and tags["rule.modelzoo"] == "pass"
+    assert any(op["op"] == "log_artifact" and op["path"].endswith("verdict.json") for op in spooled)

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
     render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
                 zoom_png=zoom, band_shown=band is not None)
-    render_junit(out / JUNIT, verdict)
+    render_junit(out / JUNIT, verdict, env['device'])
     write_plot_table(out / PLOTS, candidate, baseline.curve)
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
