@@ -155,13 +155,6 @@ def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
     return out
 
 
-def baseline_id(path: Path | str) -> str:
-    """Names a baseline version: the file's path and the first 12 hex digits of its SHA-256."""
-    import hashlib
-
-    return f"{path}@{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
-
-
 def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, str]]:
     """(field, baseline, candidate) rows for the report; device and version differences are shown, not hidden."""
     prov, env = baseline.provenance, record["environment"]

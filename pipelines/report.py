@@ -66,7 +66,9 @@ def divergence_window(steps: np.ndarray, first_step: int, half_width: int | None
 
 
 def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tolerance: float | None = None) -> None:
-    """Both curves, raw, around the first step where they part; below, the per-step relative difference."""
+    """Both curves, raw, around the first step where they part; below, the per-step relative difference.
+
+    `band`: a multi-run baseline's (lower, upper[, label]) on the baseline's steps, or None."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,10 +78,10 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
     if band is not None:
-        lower, upper = band
+        lower, upper = band[0], band[1]
         keep = (baseline.steps >= lo) & (baseline.steps <= hi)
         top.fill_between(baseline.steps[keep], np.asarray(lower)[keep], np.asarray(upper)[keep], color="#57606a",
-                         alpha=0.18, label="baseline band")
+                         alpha=0.18, label=band[2] if len(band) > 2 else "baseline band")
     for curve, label, style, colour in ((baseline, "baseline", "--o", "#57606a"), (candidate, "candidate", "-o", "#0969da")):
         keep = (curve.steps >= lo) & (curve.steps <= hi)
         top.plot(curve.steps[keep], curve.loss[keep], style, color=colour, markersize=3, linewidth=1.2, label=label)

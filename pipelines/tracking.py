@@ -16,6 +16,7 @@ one. Only a spool that cannot be written is an error (TrackingError, exit status
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -114,7 +115,10 @@ class Spool:
             if op["op"] == "log_artifact" and not op.get("stashed"):
                 stash = self.folder / "files" / uuid.uuid4().hex
                 stash.mkdir(parents=True)
-                op = {**op, "path": str(shutil.copy2(op["path"], stash)), "stashed": True}
+                source = Path(op["path"])
+                kept = (shutil.copytree(source, stash / source.name) if source.is_dir()
+                        else shutil.copy2(source, stash))
+                op = {**op, "path": str(kept), "stashed": True}
             with self._append_lock, self.file.open("a") as f:
                 f.write(json.dumps(op) + "\n")
                 f.flush()
@@ -196,7 +200,11 @@ def _execute(client, op: dict, ids: dict[str, str]):
         for i in range(0, len(tags), MAX_TAGS_PER_BATCH):
             client.log_batch(run_id, tags=tags[i:i + MAX_TAGS_PER_BATCH])
     elif kind == "log_artifact":
-        client.log_artifact(resolve(op["run"]), op["path"], op.get("folder"))
+        if Path(op["path"]).is_dir():  # a folder keeps its name, as mlflow's log_artifact does for files
+            folder = "/".join(p for p in (op.get("folder"), Path(op["path"]).name) if p)
+            client.log_artifacts(resolve(op["run"]), op["path"], folder)
+        else:
+            client.log_artifact(resolve(op["run"]), op["path"], op.get("folder"))
     elif kind == "terminate":
         client.set_terminated(resolve(op["run"]), op["status"], end_time=op["end_time"])
     else:
@@ -278,6 +286,7 @@ class RunLogger:
         self._system: threading.Thread | None = None
         self._stop_system = threading.Event()
         self._client = None
+        self._closing_at_exit = False
         self._spool = Spool(cfg.spool_dir)
         if self.enabled:
             self._client = _client(self.uri)
@@ -321,6 +330,9 @@ class RunLogger:
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="mlflow-sender", daemon=True)
             self._worker.start()
+            if not self._closing_at_exit:  # a stage that forgets close() still sends everything
+                atexit.register(self.close)
+                self._closing_at_exit = True
         self._queue.put(op)
 
     def _create_run(self, run_name: str, tags: dict[str, str]) -> str:
@@ -462,11 +474,13 @@ class RunLogger:
 
     def close(self) -> None:
         """Send or spool everything, stop the threads, and upload the spool if the store is back."""
-        if not self.enabled:
+        if not self.enabled or (self._worker is None and self._system is None and not self._pending_metrics
+                                and not self.spooled):
             return
         self._stop_system.set()
         if self._system is not None:
             self._system.join(timeout=5)
+            self._system = None
         self.flush()
         self.drain()
         if self._worker is not None:
@@ -474,6 +488,7 @@ class RunLogger:
             self._worker.join(timeout=5)
             self._worker = None
         if self.spooled:
+            self.spooled = 0
             sent, left = sync(self.cfg)
             if left:
                 _warn(f"{left} MLflow record(s) wait in {self._spool.folder}/ for {self.uri}; "

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from pipelines.stages.train import run_training
 
     with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-        curve_path, record_path = run_training(params, Path(tmp), quiet=args.quiet)
+        curve_path, record_path = run_training(params, Path(tmp))
         run_id = read_record(record_path).get("mlflow_run_id") or "untracked"
         promote(curve_path, record_path, out, params.profile, source=f"baseline record (MLflow run {run_id})")
     return 0

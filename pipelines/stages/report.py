@@ -7,7 +7,6 @@ DVC lock hash as a tag.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pipelines.baselines import environment_table, load_baseline
 from pipelines.curves import read_curve_csv
 from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
 from pipelines.params import load_params
-from pipelines.provenance import read_record
+from pipelines.provenance import file_id, read_record
 from pipelines.report import (render_html, render_junit, render_overlay, render_zoom, throughput_rows,
                               write_plot_table)
 from pipelines.tracking import RunLogger
@@ -43,7 +42,7 @@ def divergence_tolerance(verdict: dict) -> float | None:
 def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
     """SHA-256 (first 12 hex digits) of dvc.lock: names the exact inputs and outputs of the chain."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return file_id(path).rsplit("@", 1)[1]
     except FileNotFoundError:
         return "none"
 
