@@ -280,6 +280,7 @@ class RunLogger:
         self.experiment_id = ""  # known when the run was created online
         self.spooled = 0
         self._pending_metrics: list = []
+        self._metrics_lock = threading.Lock()  # the system-metrics thread queues metrics too
         self._queue: queue.Queue = queue.Queue()
         self._offline = False
         self._worker: threading.Thread | None = None
@@ -408,7 +409,9 @@ class RunLogger:
         """Queue metrics; they go out in one batch per tracking.flush_every steps (or at flush/finish)."""
         if self.active:
             stamp = _now_ms()
-            self._pending_metrics += [[k, float(v), stamp, int(step)] for k, v in values.items()]
+            rows = [[k, float(v), stamp, int(step)] for k, v in values.items()]
+            with self._metrics_lock:
+                self._pending_metrics += rows
 
     def log_step(self, row: dict) -> None:
         self.log_metrics({k: row[k] for k in TRACKED_METRICS}, step=int(row["step"]))
@@ -418,7 +421,8 @@ class RunLogger:
     def flush(self) -> None:
         """Hand the queued metrics to the sender thread (returns at once)."""
         if self._pending_metrics and self.active:
-            batch, self._pending_metrics = self._pending_metrics, []
+            with self._metrics_lock:
+                batch, self._pending_metrics = self._pending_metrics, []
             self._submit({"op": "log_batch", "run": self.run_id, "metrics": batch})
 
     def log_artifact(self, path: Path | str, folder: str | None = None) -> None:
