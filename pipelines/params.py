@@ -58,6 +58,8 @@ class TrackingConfig(Section):
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repo root
     experiment: str = Field("cait-acceptance", min_length=1)
     flush_every: int = Field(50, gt=0)  # steps between batched metric uploads
+    spool_dir: str = Field(".mlflow-spool", min_length=1)  # records kept here while the store is unreachable
+    system_metrics_every_s: float = Field(10.0, ge=0)  # CPU/memory/GPU sampling during train; 0: off
 
 
 class Params(Section):

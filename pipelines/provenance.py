@@ -47,3 +47,10 @@ def read_record(path: Path | str) -> dict:
     if missing:
         raise BaselineError(f"{path}: run record lacks {', '.join(missing)}; rerun the train stage (dvc repro -f train)")
     return record
+
+
+def file_id(path: Path | str) -> str:
+    """Names one version of a file (a baseline, dvc.lock): its path and the first 12 hex digits of its SHA-256."""
+    import hashlib
+
+    return f"{path}@{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"

@@ -58,71 +58,174 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     plt.close(fig)
 
 
-def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
+def divergence_window(steps: np.ndarray, first_step: int, half_width: int | None = None) -> tuple[int, int]:
+    """Steps [lo, hi] to zoom on: the first divergence +- max(10, a tenth of the run)."""
+    span = int(steps[-1] - steps[0]) if len(steps) else 0
+    half = half_width if half_width is not None else max(10, span // 10)
+    return first_step - half, first_step + half
+
+
+def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tolerance: float | None = None) -> None:
+    """Both curves, raw, around the first step where they part; below, the per-step relative difference.
+
+    `band`: a multi-run baseline's (lower, upper[, label]) on the baseline's steps, or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = divergence_window(candidate.steps, first_step)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[3, 1.4],
+                                      constrained_layout=True)
+    if band is not None:
+        lower, upper = band[0], band[1]
+        keep = (baseline.steps >= lo) & (baseline.steps <= hi)
+        top.fill_between(baseline.steps[keep], np.asarray(lower)[keep], np.asarray(upper)[keep], color="#57606a",
+                         alpha=0.18, label=band[2] if len(band) > 2 else "baseline band")
+    for curve, label, style, colour in ((baseline, "baseline", "--o", "#57606a"), (candidate, "candidate", "-o", "#0969da")):
+        keep = (curve.steps >= lo) & (curve.steps <= hi)
+        top.plot(curve.steps[keep], curve.loss[keep], style, color=colour, markersize=3, linewidth=1.2, label=label)
+    top.axvline(first_step, color="#cf222e", linewidth=1, label=f"first divergence (step {first_step})")
+    top.set_ylabel("Loss")
+    top.set_title(f"Around the first divergence: steps {max(lo, int(candidate.steps[0]))} to {hi}")
+    top.legend(loc="upper right")
+    top.grid(alpha=0.3)
+    n = min(len(candidate.loss), len(baseline.loss))
+    keep = (candidate.steps[:n] >= lo) & (candidate.steps[:n] <= hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
+    bottom.bar(candidate.steps[:n][keep], rel[keep], color="#8250df", width=0.8)
+    if tolerance is not None:
+        for sign in (1, -1):
+            bottom.axhline(sign * tolerance * 100, color="#cf222e", linewidth=0.8, linestyle=":")
+    bottom.axvline(first_step, color="#cf222e", linewidth=1)
+    bottom.set_ylabel("difference, %")
+    bottom.set_xlabel("Iteration")
+    bottom.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None, table_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _img(path: Path | None, alt: str) -> str:
+    if path is None:
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _speed(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and np.isfinite(value) else "not recorded"
+
+
+def throughput_rows(baseline_ips, candidate_ips) -> list[list[str]]:
+    """Mean samples/s of both sides and their ratio (a port that is correct but 10x slower is news too)."""
+    ratio = (f"{candidate_ips / baseline_ips:.2f}x" if all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0
+                                                            for v in (baseline_ips, candidate_ips)) else "-")
+    return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio]]
+
+
+def tracking_html(record: dict) -> str:
+    """Where the run lives in MLflow, with a link when the store is a server."""
+    run_id = record.get("mlflow_run_id") or ""
+    uri = record.get("tracking_uri", "")
+    if not run_id:
+        return "<p>Tracking was disabled for this run (tracking.enabled: false).</p>"
+    parts = [f"MLflow run <code id=\"mlflow-run\">{html.escape(run_id)}</code>"]
+    if record.get("mlflow_parent_run_id"):
+        parts.append(f"(child of execution run <code>{html.escape(record['mlflow_parent_run_id'])}</code>)")
+    if uri:
+        parts.append(f"in <code>{html.escape(uri)}</code>")
+    if run_id.startswith("local-"):
+        parts.append("; the store was unreachable: the records wait in the spool and get their MLflow id on upload "
+                     "(<code>python -m pipelines.tracking sync</code>)")
+    elif uri.startswith(("http://", "https://")) and record.get("mlflow_experiment_id"):
+        link = f"{uri.rstrip('/')}/#/experiments/{record['mlflow_experiment_id']}/runs/{run_id}"
+        parts.append(f'&mdash; <a href="{html.escape(link)}">open in MLflow</a>')
+    return f"<p>{' '.join(parts)}</p>"
+
+
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict,
-                overlay_png: Path, throughput: tuple[str, str]) -> None:
+                overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
+                band_shown: bool = False) -> None:
+    """The page an engineer opens after a failed night: verdict and why first, then the evidence."""
     status = verdict["status"]
-    png = base64.b64encode(Path(overlay_png).read_bytes()).decode()
     rule_rows = [[name, "gates" if r["gating"] else "informs", "pass" if r["passed"] else "fail",
                   ", ".join(f"{k} = {_fmt(v)}" for k, v in r["numbers"].items()),
                   ", ".join(f"{k} = {_fmt(v)}" for k, v in r["thresholds"].items()), r["summary"]]
                  for name, r in verdict["rules"].items()]
     rule_classes = ["" if r["passed"] else "bad" for r in verdict["rules"].values()]
-    env_classes = ["diff" if a != b else "" for _, a, b in environments]
+    env_rows = [[name, base, cand, "differs" if base != cand else ""] for name, base, cand in environments]
+    env_classes = ["diff" if base != cand else "" for _, base, cand in environments]
+    first = verdict.get("first_divergence_step")
     numbers = [["compared steps", verdict["compared_steps"]], ["candidate steps", verdict["candidate_steps"]],
-               ["baseline steps", verdict["baseline_steps"]]]
-    numbers += [[k.replace("_", " "), _fmt(v)] for k, v in verdict["absolute"].items()]
-    run_id = record.get("mlflow_run_id") or "(tracking disabled)"
+               ["baseline steps", verdict["baseline_steps"]],
+               ["first divergence step", first if first is not None else "none: the curves stay within tolerance"]]
+    numbers += [[k.replace("_", " "), _fmt(v)] for k, v in verdict.get("absolute", {}).items()]
+    if first is None:
+        zoom = "<p id=\"zoom-note\">No step where the curves part beyond tolerance: nothing to zoom on.</p>"
+    else:
+        zoom = (f"<p id=\"zoom-note\">The curves first part beyond tolerance at step <b>{html.escape(str(first))}</b>.</p>"
+                + _img(zoom_png, "zoom around the first divergence"))
+    band_note = ("The shaded band is the baseline's mean &plusmn; z&sigma; over its runs." if band_shown else
+                 "The baseline is a single run: no band to draw.")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1f2328; }}
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1f2328; padding: 0 1rem; }}
 .banner {{ padding: 1rem 1.5rem; border-radius: 6px; color: white; background: {STATUS_COLOURS.get(status, '#555')}; }}
 .banner h1 {{ margin: 0; font-size: 1.6rem; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; width: 100%; }}
 th, td {{ border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; font-size: 0.9rem; vertical-align: top; }}
 th {{ background: #f6f8fa; }}
-tr.bad td {{ background: #ffebe9; }} tr.diff td {{ background: #fff8c5; }}
+tr.bad td {{ background: #ffebe9; }} tr.diff td {{ background: #fff8c5; font-weight: 600; }}
 pre {{ background: #f6f8fa; padding: 0.8rem; overflow-x: auto; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <div class="banner" id="verdict"><h1>Verdict: {status.upper()}</h1>
-<p>profile <b>{html.escape(verdict['profile'])}</b>, baseline <code>{html.escape(verdict['baseline'])}</code>
+<p>profile <b>{html.escape(verdict['profile'])}</b>, baseline <code>{html.escape(str(verdict['baseline']))}</code>
 recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 <h2>Why</h2><ul id="reasons">{''.join(f'<li>{html.escape(r)}</li>' for r in verdict['reasons'])}</ul>
-{('<h2>Notes</h2><ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in verdict['notes']) + '</ul>') if verdict['notes'] else ''}
-<h2>Loss curves</h2><img alt="loss overlay" src="data:image/png;base64,{png}">
-<h2>Rules</h2>{_table(['rule', 'role', 'result', 'numbers', 'thresholds', 'summary'], rule_rows, rule_classes)}
-<h2>ModelZoo output</h2><pre>{html.escape(chr(10).join(verdict['modelzoo_lines']))}</pre>
-<h2>Numbers</h2>{_table(['quantity', 'value'], numbers)}
-<h2>Throughput</h2>{_table(['', 'baseline', 'candidate'], [['mean samples/s', *throughput]])}
+{('<h2>Notes</h2><ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in verdict['notes']) + '</ul>') if verdict.get('notes') else ''}
+<h2>Loss curves and difference</h2>
+<p>Top: baseline (dashed) and candidate (solid), raw and smoothed. Bottom: the per-step difference
+(candidate - baseline) / baseline in %, with the strict rule's tolerance dotted. {band_note}</p>
+{_img(overlay_png, "loss overlay and difference panel")}
+<h2>First divergence</h2>{zoom}
+<h2>Rules</h2>{_table(['rule', 'role', 'result', 'numbers', 'thresholds', 'summary'], rule_rows, rule_classes, 'rules')}
+<h2>ModelZoo output</h2><pre>{html.escape(chr(10).join(verdict.get('modelzoo_lines', [])))}</pre>
+<h2>Numbers</h2>{_table(['quantity', 'value'], numbers, table_id='numbers')}
+<h2>Throughput</h2>{_table(['', 'baseline', 'candidate', 'candidate / baseline'], throughput, table_id='throughput')}
 <h2>Environments</h2><p>Rows that differ are highlighted.</p>
-{_table(['', 'baseline', 'candidate'], [list(r) for r in environments], env_classes)}
-<h2>Tracking</h2><p>MLflow run <code>{html.escape(run_id)}</code> in <code>{html.escape(record.get('tracking_uri', ''))}</code></p>
+{_table(['', 'baseline', 'candidate', ''], env_rows, env_classes, 'environments')}
+<h2>Tracking</h2>{tracking_html(record)}
 </body></html>
 """
     path.write_text(page)
 
 
-def render_junit(path: Path, verdict: dict) -> None:
-    """One test case per rule; an inconclusive verdict makes each an error, a failed gating rule a failure."""
+def render_junit(path: Path, verdict: dict, device: str = "") -> None:
+    """One test case per rule; an inconclusive verdict makes each an error, a failed gating rule a failure.
+    The device goes into the names, so a night's files from several runners stay apart in CI."""
     status = verdict["status"]
-    suite = ET.Element("testsuite", name=f"cait-acceptance.{verdict['profile']}")
+    where = f"{verdict['profile']}.{device}" if device else verdict["profile"]
+    suite = ET.Element("testsuite", name=f"cait-acceptance.{where}")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for name, rule in verdict["rules"].items() or {"verdict": None}.items():
-        case = ET.SubElement(suite, "testcase", classname=f"acceptance.{verdict['profile']}", name=name)
+        case = ET.SubElement(suite, "testcase", classname=f"acceptance.{where}", name=name)
         counts["tests"] += 1
         numbers = ", ".join(f"{k}={v}" for k, v in (rule or {}).get("numbers", {}).items())
         if status == "inconclusive":
@@ -138,3 +241,22 @@ def render_junit(path: Path, verdict: dict) -> None:
     for key, value in counts.items():
         suite.set(key, str(value))
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_plot_table(path: Path, candidate, baseline) -> None:
+    """step, candidate, baseline: one row per step either curve has (empty where one lacks it), for `dvc plots`."""
+    import csv
+
+    from pipelines.curves import format_value
+
+    by_step: dict[int, list[str]] = {}
+    for column, curve in enumerate((candidate, baseline)):
+        for step, loss in zip(curve.steps, curve.loss):
+            by_step.setdefault(int(step), ["", ""])[column] = format_value(loss)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "candidate", "baseline"])
+        for step in sorted(by_step):
+            writer.writerow([step, *by_step[step]])
+    tmp.replace(path)

@@ -1,13 +1,32 @@
-"""MLflow tracking for the chain: one run per train stage, which later stages add to.
+"""MLflow tracking that never holds training up and never loses a record.
 
-Uses `MlflowClient` (no global "active run" state). Metrics are buffered and sent with `log_batch`
-(at most 1000 per request), never one call per value. An unreachable store is a TrackingError
-naming the URI and what to do.
+Layout in MLflow: one parent run per pipeline execution (all profiles and devices of one nightly
+share it: $CAIT_EXECUTION_ID, e.g. the CI pipeline id; without it each train stage is its own
+execution) and one child run per profile/device, holding params, the loss curve, the verdict tags
+and the report.
+
+Every write is an operation handed to a background thread, which sends metrics in batches
+(`log_batch`, at most 1000 per request), so the training loop only appends to a list. When the store
+cannot be reached, the operations are appended to a spool file under tracking.spool_dir, one warning
+is printed and the run carries on. The next RunLogger of any stage, or
+`python -m pipelines.tracking sync`, uploads the spool in its original order once the store answers.
+A run created while the store is down gets a local id (`local-...`) that the upload maps to the real
+one. Only a spool that cannot be written is an error (TrackingError, exit status 4).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
+import queue
+import shutil
+import sys
+import threading
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 from cait.errors import TrackingError
@@ -17,6 +36,9 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 TRACKED_METRICS = ("loss", "lr", "samples_per_s")
+LOCAL_PREFIX = "local-"
+EXECUTION_ENV = "CAIT_EXECUTION_ID"
+DRAIN_TIMEOUT_S = 120  # finish() waits at most this long for the sender; the rest is spooled
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -24,102 +46,491 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def _unreachable(uri: str, exc: Exception) -> TrackingError:
-    detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-    return TrackingError(f"MLflow tracking store {uri} failed ({detail}); start it, point MLFLOW_TRACKING_URI "
-                         f"or tracking.uri at a reachable one, or set tracking.enabled: false")
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else exc.__class__.__name__)
+
+
+def _client(uri: str):
+    # fail within seconds, not minutes, when a tracking server is down; the sender retries later anyway
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def store_reachable(uri: str, client=None) -> bool:
+    """A tracking server answers /health within 3 s; a local store (sqlite, file) can list experiments."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+    try:
+        (client or _client(uri)).search_experiments(max_results=1)
+        return True
+    except Exception:
+        return False
+
+
+class Spool:
+    """Operations not yet accepted by the store: JSON lines, one file per process, uploaded in order.
+
+    ids.json maps the local ids of runs created offline to their MLflow ids once uploaded; copies of
+    spooled artifacts live under files/ until uploaded (the originals may change meanwhile).
+    """
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.file = self.folder / f"{time.time_ns()}-{os.getpid()}.jsonl"
+        self._append_lock = threading.Lock()  # the sender thread and the main thread both append
+
+    @property
+    def ids_path(self) -> Path:
+        return self.folder / "ids.json"
+
+    def ids(self) -> dict[str, str]:
+        try:
+            return json.loads(self.ids_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def remember(self, local_id: str, run_id: str) -> None:
+        ids = {**self.ids(), local_id: run_id}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.ids_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ids, indent=1))
+        os.replace(tmp, self.ids_path)
+
+    def append(self, op: dict) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if op["op"] == "log_artifact" and not op.get("stashed"):
+                stash = self.folder / "files" / uuid.uuid4().hex
+                stash.mkdir(parents=True)
+                source = Path(op["path"])
+                kept = (shutil.copytree(source, stash / source.name) if source.is_dir()
+                        else shutil.copy2(source, stash))
+                op = {**op, "path": str(kept), "stashed": True}
+            with self._append_lock, self.file.open("a") as f:
+                f.write(json.dumps(op) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise TrackingError(f"MLflow records could not be spooled to {self.folder} ({_first_line(exc)}); "
+                                f"free disk space or set tracking.spool_dir to a writable folder") from None
+
+    def pending(self) -> list[Path]:
+        return sorted(self.folder.glob("*.jsonl"), key=lambda p: (len(p.name), p.name))
+
+    def uploadable(self) -> list[Path]:
+        """Pending files no other live process is still appending to (the name carries the writer's pid)."""
+        def writer_alive(path: Path) -> bool:
+            try:
+                pid = int(path.stem.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                return False
+            if pid == os.getpid():
+                return False
+            try:
+                os.kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+
+        return [p for p in self.pending() if not writer_alive(p)]
+
+    @contextlib.contextmanager
+    def locked(self):
+        """One uploader at a time (parallel stages of a DVC matrix share the spool)."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Unresolved(Exception):
+    """An operation on a run created offline whose creation has not been uploaded yet."""
+
+
+def _execute(client, op: dict, ids: dict[str, str]):
+    """Send one operation to the store; a create_run returns the new run."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    def resolve(run_id: str) -> str:
+        if run_id.startswith(LOCAL_PREFIX):
+            if run_id not in ids:
+                raise _Unresolved(run_id)
+            return ids[run_id]
+        return run_id
+
+    kind = op["op"]
+    if kind == "create_run":
+        experiment = client.get_experiment_by_name(op["experiment"])
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(op["experiment"])
+        tags = dict(op["tags"])
+        if tags.get("mlflow.parentRunId"):
+            tags["mlflow.parentRunId"] = resolve(tags["mlflow.parentRunId"])
+        run = client.create_run(experiment_id, start_time=op["start_time"], tags=tags, run_name=op["run_name"])
+        ids[op["local_id"]] = run.info.run_id
+        return run
+    elif kind == "log_batch":
+        run_id = resolve(op["run"])
+        metrics = [Metric(k, v, t, s) for k, v, t, s in op.get("metrics", [])]
+        params = [Param(k, v) for k, v in op.get("params", {}).items()]
+        tags = [RunTag(k, v) for k, v in op.get("tags", {}).items()]
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+        for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
+        for i in range(0, len(tags), MAX_TAGS_PER_BATCH):
+            client.log_batch(run_id, tags=tags[i:i + MAX_TAGS_PER_BATCH])
+    elif kind == "log_artifact":
+        if Path(op["path"]).is_dir():  # a folder keeps its name, as mlflow's log_artifact does for files
+            folder = "/".join(p for p in (op.get("folder"), Path(op["path"]).name) if p)
+            client.log_artifacts(resolve(op["run"]), op["path"], folder)
+        else:
+            client.log_artifact(resolve(op["run"]), op["path"], op.get("folder"))
+    elif kind == "terminate":
+        client.set_terminated(resolve(op["run"]), op["status"], end_time=op["end_time"])
+    else:
+        raise ValueError(f"unknown spooled operation {kind!r}")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _count(spool: Spool) -> int:
+    return sum(len(p.read_text().splitlines()) for p in spool.pending())
+
+
+def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int]:
+    """Send spooled operations in order; returns (sent, still pending). Stops at the first outage.
+
+    An operation the reachable store refuses (e.g. for a deleted run) is moved to rejected.jsonl with
+    a warning instead of blocking every later one.
+    """
+    spool = Spool(spool_dir)
+    if not spool.pending():
+        return 0, 0
+    client = client or _client(uri)
+    sent = 0
+    with spool.locked():
+        ids = spool.ids()
+        for path in spool.uploadable():
+            ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for i, op in enumerate(ops):
+                try:
+                    _execute(client, op, ids)
+                except Exception as exc:
+                    if isinstance(exc, _Unresolved) or not store_reachable(uri, client):
+                        path.write_text("".join(json.dumps(o) + "\n" for o in ops[i:]))
+                        return sent, _count(spool)
+                    with (spool.folder / "rejected.jsonl").open("a") as f:
+                        f.write(json.dumps({**op, "error": _first_line(exc)}) + "\n")
+                    _warn(f"MLflow store {uri} refused a spooled {op['op']} ({_first_line(exc)}); "
+                          f"kept in {spool.folder / 'rejected.jsonl'}")
+                    continue
+                sent += 1
+                if op["op"] == "create_run":
+                    spool.remember(op["local_id"], ids[op["local_id"]])
+                if op.get("stashed"):
+                    shutil.rmtree(Path(op["path"]).parent, ignore_errors=True)
+            path.unlink()
+    return sent, _count(spool)
+
+
+def sync(cfg: TrackingConfig, quiet: bool = False) -> tuple[int, int]:
+    """Upload whatever earlier runs spooled, if the store answers now."""
+    uri = tracking_uri(cfg)
+    spool = Spool(cfg.spool_dir)
+    if not spool.pending() or not store_reachable(uri):
+        return 0, _count(spool)
+    sent, left = upload_spool(uri, cfg.spool_dir)
+    if sent and not quiet:
+        print(f"tracking: uploaded {sent} spooled record(s) to {uri}" + (f"; {left} still pending" if left else ""),
+              file=sys.stderr)
+    return sent, left
 
 
 class RunLogger:
-    """Logs to one MLflow run; a disabled logger (tracking.enabled: false) accepts calls and does nothing."""
+    """Logs to one MLflow run without blocking the caller; tracking.enabled: false makes every call a no-op."""
 
     def __init__(self, cfg: TrackingConfig):
         self.cfg = cfg
         self.enabled = cfg.enabled
         self.uri = tracking_uri(cfg) if cfg.enabled else ""
         self.run_id = ""
-        self._pending: list = []
+        self.parent_run_id = ""
+        self.experiment_id = ""  # known when the run was created online
+        self.spooled = 0
+        self._pending_metrics: list = []
+        self._metrics_lock = threading.Lock()  # the system-metrics thread queues metrics too
+        self._queue: queue.Queue = queue.Queue()
+        self._offline = False
+        self._worker: threading.Thread | None = None
+        self._system: threading.Thread | None = None
+        self._stop_system = threading.Event()
         self._client = None
+        self._closing_at_exit = False
+        self._spool = Spool(cfg.spool_dir)
         if self.enabled:
-            # fail within seconds, not minutes, when a tracking server is down
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            from mlflow.tracking import MlflowClient
+            self._client = _client(self.uri)
+            sync(cfg)  # records an earlier outage left behind go first
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+    # -- sending -----------------------------------------------------------------------------
+    def _go_offline(self, exc: BaseException | None) -> None:
+        if not self._offline:
+            why = f" ({_first_line(exc)})" if exc else ""
+            _warn(f"MLflow tracking store {self.uri} is unreachable{why}; the run continues and its records are "
+                  f"kept in {self._spool.folder}/ until it answers again (any later stage, or "
+                  f"`python -m pipelines.tracking sync`, uploads them)")
+        self._offline = True
 
-    def _call(self, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
-            raise _unreachable(self.uri, exc) from None
+    def _send(self, op: dict) -> None:
+        """Worker side: send, or spool once the store has failed us."""
+        if not self._offline:
+            try:
+                _execute(self._client, op, self._spool.ids())
+                return
+            except _Unresolved:
+                pass
+            except Exception as exc:
+                self._go_offline(exc)
+        self._spool.append(op)
+        self.spooled += 1
 
+    def _work(self) -> None:
+        while True:
+            op = self._queue.get()
+            try:
+                if op is None:
+                    return
+                self._send(op)
+            except TrackingError as exc:  # the spool itself failed: say so, keep the run going
+                _warn(str(exc))
+            finally:
+                self._queue.task_done()
+
+    def _submit(self, op: dict) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="mlflow-sender", daemon=True)
+            self._worker.start()
+            if not self._closing_at_exit:  # a stage that forgets close() still sends everything
+                atexit.register(self.close)
+                self._closing_at_exit = True
+        self._queue.put(op)
+
+    def _create_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run now (its id is needed at once); offline, a local id stands in for it."""
+        op = {"op": "create_run", "local_id": LOCAL_PREFIX + uuid.uuid4().hex, "experiment": self.cfg.experiment,
+              "run_name": run_name, "tags": {k: str(v)[:5000] for k, v in tags.items()}, "start_time": _now_ms()}
+        if not self._offline:
+            ids = self._spool.ids()
+            try:
+                run = _execute(self._client, op, ids)
+                self.experiment_id = run.info.experiment_id
+                return run.info.run_id
+            except _Unresolved:
+                pass
+            except Exception as exc:
+                self._go_offline(exc)
+        self._spool.append(op)
+        self.spooled += 1
+        return op["local_id"]
+
+    def _resolve(self, run_id: str) -> str:
+        return self._spool.ids().get(run_id, run_id)
+
+    # -- the API stages use --------------------------------------------------------------------
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        """Start this profile/device's run as a child of the execution's parent run."""
         if not self.enabled:
             return ""
-        experiment = self._call(self._client.get_experiment_by_name, self.cfg.experiment)
-        experiment_id = experiment.experiment_id if experiment else self._call(
-            self._client.create_experiment, self.cfg.experiment)
-        run = self._call(self._client.create_run, experiment_id, run_name=run_name)
-        self.run_id = run.info.run_id
+        self.parent_run_id = self._parent_run()
+        self.run_id = self._create_run(run_name, {**tags, "mlflow.parentRunId": self.parent_run_id,
+                                                  "cait.role": "child"})
         self.log_params(params)
-        self.set_tags(tags)
         return self.run_id
 
-    def attach(self, run_id: str) -> None:
+    def _parent_run(self) -> str:
+        """The execution's parent run: found by its cait.execution tag, else created."""
+        execution = os.environ.get(EXECUTION_ENV) or f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if not self._offline and os.environ.get(EXECUTION_ENV):
+            try:
+                experiment = self._client.get_experiment_by_name(self.cfg.experiment)
+                if experiment:
+                    found = self._client.search_runs(
+                        [experiment.experiment_id], max_results=1,
+                        filter_string=f"tags.`cait.execution` = '{execution}' and tags.`cait.role` = 'parent'")
+                    if found:
+                        return found[0].info.run_id
+            except Exception as exc:
+                self._go_offline(exc)
+        return self._create_run(execution, {"cait.execution": execution, "cait.role": "parent"})
+
+    def attach(self, run_id: str, parent_run_id: str = "") -> None:
         """Continue a run another stage started (compare and report add to the train run)."""
         if self.enabled and run_id:
-            self._call(self._client.get_run, run_id)
-            self.run_id = run_id
+            self.run_id = self._resolve(run_id)
+            self.parent_run_id = self._resolve(parent_run_id) if parent_run_id else ""
 
     @property
     def active(self) -> bool:
         return self.enabled and bool(self.run_id)
 
     def log_params(self, params: dict[str, str]) -> None:
-        if not self.active:
-            return
-        from mlflow.entities import Param
+        if self.active:
+            self._submit({"op": "log_batch", "run": self.run_id,
+                          "params": {k: str(v)[:6000] for k, v in params.items()}})
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._call(self._client.log_batch, self.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        if not self.active:
-            return
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-        for i in range(0, len(items), MAX_TAGS_PER_BATCH):
-            self._call(self._client.log_batch, self.run_id, tags=items[i:i + MAX_TAGS_PER_BATCH])
+    def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
+        """Tags on this run, or on another one (the parent) given by run_id."""
+        target = run_id if run_id is not None else self.run_id
+        if self.enabled and target:
+            self._submit({"op": "log_batch", "run": target, "tags": {k: str(v)[:5000] for k, v in tags.items()}})
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        """Queue metrics; they are sent in batches by `flush` (called every tracking.flush_every steps)."""
-        if not self.active:
-            return
-        import time
-
-        from mlflow.entities import Metric
-
-        stamp = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), stamp, step) for k, v in values.items()]
+        """Queue metrics; they go out in one batch per tracking.flush_every steps (or at flush/finish)."""
+        if self.active:
+            stamp = _now_ms()
+            rows = [[k, float(v), stamp, int(step)] for k, v in values.items()]
+            with self._metrics_lock:
+                self._pending_metrics += rows
 
     def log_step(self, row: dict) -> None:
         self.log_metrics({k: row[k] for k in TRACKED_METRICS}, step=int(row["step"]))
-        if len(self._pending) >= self.cfg.flush_every * len(TRACKED_METRICS):
+        if len(self._pending_metrics) >= self.cfg.flush_every * len(TRACKED_METRICS):
             self.flush()
 
     def flush(self) -> None:
-        while self._pending and self.active:
-            batch, self._pending = self._pending[:MAX_METRICS_PER_BATCH], self._pending[MAX_METRICS_PER_BATCH:]
-            self._call(self._client.log_batch, self.run_id, metrics=batch)
+        """Hand the queued metrics to the sender thread (returns at once)."""
+        if self._pending_metrics and self.active:
+            with self._metrics_lock:
+                batch, self._pending_metrics = self._pending_metrics, []
+            self._submit({"op": "log_batch", "run": self.run_id, "metrics": batch})
 
     def log_artifact(self, path: Path | str, folder: str | None = None) -> None:
         if self.active:
-            self._call(self._client.log_artifact, self.run_id, str(path), folder)
+            self._submit({"op": "log_artifact", "run": self.run_id, "path": str(Path(path).resolve()),
+                          "folder": folder})
+
+    def start_system_metrics(self, every_s: float) -> None:
+        """Sample CPU/memory (and GPU where pynvml sees one) every `every_s` seconds as system/* metrics."""
+        if not self.active or every_s <= 0 or self._system is not None:
+            return
+        monitors = []
+        try:
+            from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+            monitors.append(CPUMonitor())
+        except Exception:  # psutil missing
+            pass
+        with contextlib.suppress(Exception):
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            monitors.append(GPUMonitor())
+        if not monitors:
+            return
+
+        def sample() -> None:
+            step = 0
+            while not self._stop_system.wait(every_s):
+                values = {}
+                for monitor in monitors:
+                    with contextlib.suppress(Exception):
+                        monitor.collect_metrics()
+                        values.update({f"system/{k}": v for k, v in monitor.aggregate_metrics().items()})
+                        monitor.clear_metrics()
+                if values:
+                    self.log_metrics(values, step=step)
+                    step += 1
+
+        self._system = threading.Thread(target=sample, name="mlflow-system-metrics", daemon=True)
+        self._system.start()
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait until the sender has sent or spooled everything queued so far."""
+        if self._worker is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._queue.unfinished_tasks:  # a hung store: keep the rest locally
+            self._go_offline(None)
+            while self._queue.unfinished_tasks:
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        """Send or spool everything, stop the threads, and upload the spool if the store is back."""
+        if not self.enabled or (self._worker is None and self._system is None and not self._pending_metrics
+                                and not self.spooled):
+            return
+        self._stop_system.set()
+        if self._system is not None:
+            self._system.join(timeout=5)
+            self._system = None
+        self.flush()
+        self.drain()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=5)
+            self._worker = None
+        if self.spooled:
+            self.spooled = 0
+            sent, left = sync(self.cfg)
+            if left:
+                _warn(f"{left} MLflow record(s) wait in {self._spool.folder}/ for {self.uri}; "
+                      f"run `python -m pipelines.tracking sync` once it is reachable")
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the run (and the parent this stage created); then `close`."""
         if self.active:
             self.flush()
-            self._call(self._client.set_terminated, self.run_id, status)
+            self._submit({"op": "terminate", "run": self.run_id, "status": status, "end_time": _now_ms()})
+            if self.parent_run_id:
+                self._submit({"op": "terminate", "run": self.parent_run_id, "status": "FINISHED",
+                              "end_time": _now_ms()})
+        self.close()
+
+
+def main(argv=None) -> int:
+    """`python -m pipelines.tracking sync`: upload records an outage left in tracking.spool_dir."""
+    from pipelines import cli
+    from pipelines.params import load_params
+
+    p = cli.parser("upload MLflow records spooled while the tracking store was unreachable")
+    p.add_argument("command", choices=["sync"])
+    args = p.parse_args(argv)
+    cfg = load_params(args.params).tracking
+    if not cfg.enabled:
+        print("tracking: disabled (tracking.enabled: false); nothing to upload")
+        return 0
+    sent, left = sync(cfg, quiet=True)
+    uri = tracking_uri(cfg)
+    if left:
+        raise TrackingError(f"{left} record(s) still wait in {cfg.spool_dir}/: the MLflow store {uri} is "
+                            f"unreachable; start it or point MLFLOW_TRACKING_URI at it, then rerun")
+    print(f"tracking: {sent} spooled record(s) uploaded to {uri}; nothing pending")
+    return 0
+
+
+if __name__ == "__main__":
+    from pipelines import cli
+
+    sys.exit(cli.run(main))

@@ -15,7 +15,7 @@ from pipelines.baselines import load_baseline, refusals
 from pipelines.curves import read_curve_csv
 from pipelines.layout import CURVE, RECORD, VERDICT, run_dir
 from pipelines.params import load_params
-from pipelines.provenance import read_record, write_record
+from pipelines.provenance import file_id, read_record, write_record
 from pipelines.tracking import RunLogger
 from pipelines.verdict import decide
 
@@ -50,14 +50,19 @@ def main(argv=None) -> int:
         print(f"  - {reason}")
 
     logger = RunLogger(params.tracking)
-    logger.attach(record.get("mlflow_run_id", ""))
+    logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     numbers = {f"compare.{name}.{k}": v for name, rule in verdict.rules.items() for k, v in rule.numbers.items()}
     logger.log_metrics({**numbers, "compare.compared_steps": verdict.compared_steps})
     logger.set_tags({"verdict": verdict.status, "verdict.reasons": json.dumps(verdict.reasons),
-                     "baseline": params.compare.baseline,
-                     **{f"rule.{name}": "pass" if r.passed else "fail" for name, r in verdict.rules.items()}})
+                     "baseline": params.compare.baseline, "baseline.id": file_id(params.compare.baseline),
+                     "baseline.source": baseline.provenance.get("source", ""),
+                     **{f"rule.{name}": "pass" if r.passed else "fail" for name, r in verdict.rules.items()},
+                     **{f"rule.{name}.{k}": f"{v:.6g}" for name, r in verdict.rules.items() for k, v in r.numbers.items()}})
+    # the parent run shows every profile/device of the execution at a glance
+    logger.set_tags({f"verdict.{params.profile}.{record['environment']['device']}": verdict.status},
+                    run_id=logger.parent_run_id)
     logger.log_artifact(out / VERDICT)
-    logger.flush()
+    logger.close()
     return 0
 
 

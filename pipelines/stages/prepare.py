@@ -14,6 +14,7 @@ from cait.data import scan_imagenet, write_manifest, write_synthetic
 from pipelines import cli
 from pipelines.layout import PREPARED_DIR
 from pipelines.params import load_params
+from pipelines.progress import Progress
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if data.source == "synthetic":
         syn = data.synthetic
+        total = syn.pattern.num_classes * (syn.train_per_class + syn.val_per_class)
+        progress = Progress(total, "prepare synthetic images", quiet=args.quiet)
         manifest = write_synthetic(PREPARED_DIR, syn.pattern, seed=syn.seed, train_per_class=syn.train_per_class,
-                                   val_per_class=syn.val_per_class, jpeg_quality=syn.jpeg_quality)
+                                   val_per_class=syn.val_per_class, jpeg_quality=syn.jpeg_quality,
+                                   on_image=progress.update)
+        progress.close()
     else:
         manifest = scan_imagenet(data.path)
         tmp = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")

@@ -1,29 +1,62 @@
-"""report stage: loss overlay PNG, self-contained HTML page and JUnit XML for the verdict.
+"""report stage: loss overlay and zoom PNGs, a self-contained HTML page and JUnit XML for the verdict.
 
-Outputs: reports/<profile>/overlay.png, report.html, junit.xml; the figure and page are attached to
-the run's MLflow record.
+Outputs: reports/<profile>/overlay.png, zoom.png, report.html, junit.xml, plots.csv (both curves by
+step, for `dvc plots`). The figures and page are attached to the run's MLflow record, with the
+DVC lock hash as a tag.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from pipelines import cli
 from pipelines.baselines import environment_table, load_baseline
 from pipelines.curves import read_curve_csv
-from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, RECORD, VERDICT, run_dir
+from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
 from pipelines.params import load_params
-from pipelines.provenance import read_record
-from pipelines.report import render_html, render_junit, render_overlay
+from pipelines.provenance import file_id, read_record
+from pipelines.report import (render_html, render_junit, render_overlay, render_zoom, throughput_rows,
+                              write_plot_table)
 from pipelines.tracking import RunLogger
+
+
+def baseline_band(baseline, params):
+    """(lower, upper) per step for a multi-run baseline, as the band rule draws it; None otherwise."""
+    band = getattr(baseline, "band", None)
+    rule = getattr(params.compare.rules, "band", None)
+    if band is None or rule is None:
+        return None
+    return band(rule.z, getattr(rule, "min_halfwidth_relative", 0.0))
+
+
+def divergence_tolerance(verdict: dict) -> float | None:
+    """The relative tolerance the first divergence was found with (else the strict rule's)."""
+    found = verdict.get("divergence", {}).get("max_relative_error")
+    if found is not None:
+        return found
+    return verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
+
+
+def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
+    """SHA-256 (first 12 hex digits) of dvc.lock: names the exact inputs and outputs of the chain."""
+    try:
+        return file_id(path).rsplit("@", 1)[1]
+    except FileNotFoundError:
+        return "none"
 
 
 def main(argv=None) -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params)
     out = run_dir(params.profile)
-    verdict = json.loads((out / VERDICT).read_text())
+    try:
+        verdict = json.loads((out / VERDICT).read_text())
+    except FileNotFoundError:
+        from cait.errors import BaselineError
+
+        raise BaselineError(f"{out / VERDICT}: no verdict; run the compare stage first (dvc repro compare)") from None
     record = read_record(out / RECORD)
     candidate = read_curve_csv(out / CURVE)
     baseline = load_baseline(params.compare.baseline)
@@ -31,18 +64,29 @@ def main(argv=None) -> int:
     labels = (f"candidate: {env['device']} ({env['device_name']})",
               f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
     render_overlay(out / OVERLAY, candidate, baseline.curve, verdict, labels)
-    base_ips = baseline.provenance.get("mean_samples_per_s")
-    throughput = (f"{base_ips:.1f}" if isinstance(base_ips, (int, float)) else "not recorded",
-                  f"{record.get('mean_samples_per_s', float('nan')):.1f}")
-    render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput)
-    render_junit(out / JUNIT, verdict)
-    print(f"report: {out / HTML}, {out / OVERLAY}, {out / JUNIT}")
+    band = baseline_band(baseline, params)
+    first = verdict.get("first_divergence_step")
+    zoom = None
+    if first is not None:
+        zoom = out / ZOOM
+        render_zoom(zoom, candidate, baseline.curve, int(first), band, divergence_tolerance(verdict))
+    else:
+        (out / ZOOM).unlink(missing_ok=True)
+    throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
+    render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
+                zoom_png=zoom, band_shown=band is not None)
+    render_junit(out / JUNIT, verdict, env['device'])
+    write_plot_table(out / PLOTS, candidate, baseline.curve)
+    print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
+          + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
     logger = RunLogger(params.tracking)
-    logger.attach(record.get("mlflow_run_id", ""))
-    logger.log_artifact(out / OVERLAY, "report")
-    logger.log_artifact(out / HTML, "report")
-    logger.log_artifact(out / JUNIT, "report")
+    logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
+    logger.set_tags({"dvc_lock_hash": dvc_lock_hash(), "report": str(out / HTML)})
+    for path in (out / OVERLAY, zoom, out / HTML, out / JUNIT):
+        if path is not None:
+            logger.log_artifact(path, "report")
+    logger.close()
     return 0
 
 

@@ -16,6 +16,7 @@ from pipelines import cli
 from pipelines.curves import write_curve_csv
 from pipelines.layout import CURVE, PREPARED_DIR, RECORD, run_dir
 from pipelines.params import Params, load_params
+from pipelines.progress import Progress
 from pipelines.provenance import git_commit, write_record
 from pipelines.tracking import RunLogger
 
@@ -27,8 +28,11 @@ def dllogger_line(row: dict, epoch: int = 0, rank: int = 0) -> str:
             f"train.loss : {row['loss']}  train.ips : {row['samples_per_s']} imgs/s")
 
 
-def run_training(params: Params, out_dir: Path) -> tuple[Path, Path]:
-    """Train and write curve.csv and train.json into out_dir; returns their paths."""
+def run_training(params: Params, out_dir: Path, quiet: bool = False) -> tuple[Path, Path]:
+    """Train and write curve.csv and train.json into out_dir; returns their paths.
+
+    On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every
+    few seconds; `quiet` leaves only the closing summary."""
     import torch
 
     from cait.data import read_manifest, train_loader
@@ -49,11 +53,12 @@ def run_training(params: Params, out_dir: Path) -> tuple[Path, Path]:
     commit = git_commit()
 
     logger = RunLogger(params.tracking)
-    logger.start(run_name=f"{params.profile}-{device.type}-train", params=params.flat(),
+    logger.start(run_name=f"{params.profile}-{device.type}", params=params.flat(),
                  tags={"profile": params.profile, "stage": "train", "model": params.model.name,
                        "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                        "data_manifest_hash": manifest.hash, "params_hash": params.curve_hash(),
                        **{f"env.{k}": v for k, v in environment.items()}})
+    logger.start_system_metrics(params.tracking.system_metrics_every_s)
 
     torch.manual_seed(params.train.seed)  # the weights come from the CPU generator: the same on every device
     model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
@@ -64,18 +69,21 @@ def run_training(params: Params, out_dir: Path) -> tuple[Path, Path]:
     from cait.train import train_steps
 
     rows: list[dict] = []
+    progress = Progress(params.train.steps, f"train {params.profile} on {device.type}", quiet=quiet)
 
     steps_per_epoch = max(1, len(manifest.splits["train"]) // params.train.batch_size)
 
     def on_step(row: dict) -> None:
         rows.append(row)
-        print(dllogger_line(row, epoch=row["step"] // steps_per_epoch), flush=True)
+        progress.write(dllogger_line(row, epoch=row["step"] // steps_per_epoch))
+        progress.update(1, loss=f"{row['loss']:.4f}", ips=f"{row['samples_per_s']:.1f}")
         logger.log_step(row)
 
     curve_path, record_path = out_dir / CURVE, out_dir / RECORD
     try:
         summary = train_steps(model, loader, device, params.train, on_step=on_step)
     except BaseException:
+        progress.close()
         write_curve_csv(curve_path, rows)  # keep every step already trained
         print(f"train: interrupted after {len(rows)} step(s); partial curve kept in {curve_path}", file=sys.stderr)
         try:
@@ -83,10 +91,13 @@ def run_training(params: Params, out_dir: Path) -> tuple[Path, Path]:
         except Exception:  # the original error matters more than the tracking one
             pass
         raise
+    progress.close()
     write_curve_csv(curve_path, rows)
     record = {
         "profile": params.profile,
         "mlflow_run_id": logger.run_id,
+        "mlflow_parent_run_id": logger.parent_run_id,
+        "mlflow_experiment_id": logger.experiment_id,
         "tracking_uri": logger.uri,
         "environment": environment,
         "git_commit": commit,
@@ -116,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", help="where to write curve.csv and train.json (default: reports/<profile>)")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    run_training(params, Path(args.out_dir) if args.out_dir else run_dir(params.profile))
+    run_training(params, Path(args.out_dir) if args.out_dir else run_dir(params.profile), quiet=args.quiet)
     return 0
 
 

@@ -1,0 +1,115 @@
+"""summary command: one table of a night's verdicts across devices and profiles.
+
+  python -m pipelines.stages.summary                      # every reports/<profile>/ of this checkout
+  python -m pipelines.stages.summary nightly-artifacts/   # folders the CI jobs uploaded (searched recursively)
+  python -m pipelines.stages.summary --format markdown >> "$GITHUB_STEP_SUMMARY"
+
+Reads only verdict.json and train.json (standard library only, so a CI job without torch can run it).
+Exit status: the night's worst: 1 if any run failed, else 3 if any was inconclusive, else 0; 2 when a
+folder holds no verdict or a malformed one (a job that died before comparing is not a pass).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, BaselineError
+from pipelines import cli
+from pipelines.layout import HTML, RECORD, REPORTS_DIR, VERDICT
+
+COLUMNS = ("profile", "device", "device name", "verdict", "steps", "MRE (signed)", "MAE (signed)",
+           "mean |d|/|b|", "first divergence", "samples/s", "report")
+
+
+def _num(value, fmt: str = ".4g") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def find_verdicts(paths: list[Path]) -> list[Path]:
+    """verdict.json files under the given folders (or given directly), in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(path.rglob(VERDICT))
+        else:
+            raise BaselineError(f"{path}: no such file or folder; give the folders the nightly jobs uploaded")
+    return found
+
+
+def summary_row(verdict_path: Path) -> dict:
+    """One night's run as table cells; a missing train.json only blanks the device columns."""
+    try:
+        verdict = json.loads(verdict_path.read_text())
+        status = verdict["status"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise BaselineError(f"{verdict_path}: malformed verdict; rerun that job's compare stage") from None
+    try:
+        env = json.loads((verdict_path.parent / RECORD).read_text()).get("environment", {})
+        ips = json.loads((verdict_path.parent / RECORD).read_text()).get("mean_samples_per_s")
+    except (FileNotFoundError, json.JSONDecodeError):
+        env, ips = {}, None
+    rules = verdict.get("rules", {})
+    modelzoo = rules.get("modelzoo", {}).get("numbers", {})
+    strict = rules.get("strict", {}).get("numbers", {})
+    first = verdict.get("first_divergence_step")
+    return {"profile": verdict.get("profile", "?"), "device": env.get("device", "?"),
+            "device name": env.get("device_name", "?"), "verdict": status,
+            "steps": str(verdict.get("compared_steps", "-")),
+            "MRE (signed)": _num(modelzoo.get("mean_relative_error")),
+            "MAE (signed)": _num(modelzoo.get("mean_absolute_error")),
+            "mean |d|/|b|": _num(strict.get("mean_abs_relative_error")),
+            "first divergence": "-" if first is None else str(first),
+            "samples/s": _num(ips, ".1f"), "report": str(verdict_path.parent / HTML)}
+
+
+def render(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    cells = [[row[c] for c in COLUMNS] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for row in cells:
+            row[3] = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive"}.get(row[3], row[3])
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def night_status(statuses: list[str]) -> int:
+    if "fail" in statuses:
+        return EXIT_FAIL
+    if any(s != "pass" for s in statuses):
+        return EXIT_INCONCLUSIVE
+    return EXIT_PASS
+
+
+def main(argv=None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="*", type=Path, help=f"folders or verdict.json files (default: {REPORTS_DIR}/)")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    args = p.parse_args(argv)
+    paths = args.paths or [REPORTS_DIR]
+    verdicts = find_verdicts(paths)
+    if not verdicts:
+        raise BaselineError(f"no {VERDICT} under {', '.join(map(str, paths))}; run the chain "
+                            f"(dvc repro report) or download the nightly jobs' artifacts first")
+    rows = [summary_row(v) for v in verdicts]
+    rows.sort(key=lambda r: (r["profile"], r["device"], r["report"]))
+    print(render(rows, args.format))
+    statuses = [r["verdict"] for r in rows]
+    if args.format == "text" and not args.quiet:
+        counts = {s: statuses.count(s) for s in ("pass", "fail", "inconclusive") if s in statuses}
+        print("\nnight: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+    return night_status(statuses)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

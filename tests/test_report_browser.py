@@ -1,0 +1,151 @@
+"""The HTML report as a reader sees it: rendered by headless Chromium (Debian's chromium package).
+
+A probe script added to a copy of the page reads what the browser actually rendered (innerText holds
+only visible text; images report their decoded size; the highlighted rows their computed colour) and
+writes it into the DOM, which Chromium dumps. A screenshot of the real page is kept under
+test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, write_params
+from fake_runs import reference_loss, write_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = REPO / "test-artifacts"
+RUN_ID = "5f0c1d2e3a4b4c5d9e8f7a6b5c4d3e2f"
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const rowColour = (tableId, name) => {
+    for (const tr of document.querySelectorAll('#' + tableId + ' tbody tr')) {
+      if (tr.cells[0].innerText.trim() === name) return getComputedStyle(tr.cells[0]).backgroundColor;
+    }
+    return null;
+  };
+  const out = {
+    text: document.body.innerText,
+    images: [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.getBoundingClientRect().height})),
+    banner: getComputedStyle(document.getElementById('verdict')).backgroundColor,
+    device_row: rowColour('environments', 'device'),
+    python_row: rowColour('environments', 'python'),
+    strict_row: rowColour('rules', 'strict'),
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'probe';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_stage(name: str, project: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"pipelines.stages.{name}"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
+def test_report_renders_in_chromium(project, tmp_path):
+    write_params(project, {"tracking": {"enabled": False}})
+    # a port that drifts away from the baseline from step 30 on
+    baseline = reference_loss(60)
+    candidate = baseline.copy()
+    candidate[30:] *= 1.0 + np.linspace(0.0, 0.08, 30)
+    out = write_run(project, candidate, run_id=RUN_ID, baseline_loss=baseline)
+    assert run_stage("compare", project).returncode == 0
+    verdict_path = out / "verdict.json"
+    verdict = json.loads(verdict_path.read_text())
+    # the verdict names the first divergence step (comparison rules); a verdict without one still renders
+    verdict.setdefault("first_divergence_step", 30)
+    verdict_path.write_text(json.dumps(verdict))
+    done = run_stage("report", project)
+    assert done.returncode == 0, done.stderr
+    page = out / "report.html"
+    html = page.read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", html), "the report must load nothing from the network"
+
+    probe_page = out / "probe.html"
+    probe_page.write_text(html.replace("</body>", PROBE + "</body>"))
+    dumped = chromium(["--virtual-time-budget=5000", "--dump-dom", probe_page.as_uri()], tmp_path / "chrome1")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dumped.stdout, re.S)
+    assert found, f"chromium rendered no probe: {dumped.stderr[-2000:]}"
+    seen = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+                      .replace("&amp;", "&"))
+    text = seen["text"]
+
+    assert "Verdict: FAIL" in text
+    assert seen["banner"] == "rgb(207, 34, 46)"  # the fail colour, not the pass one
+    # every rule with its numbers and thresholds; the failed gating rule highlighted
+    rules = verdict["rules"]
+    for name, rule in rules.items():
+        assert name in text
+        for key, value in rule["numbers"].items():
+            assert f"{key} = {value:.6g}" in text
+    assert "max_mean_abs_relative_error = 0.02" in text
+    assert seen["strict_row"] == "rgb(255, 235, 233)"
+    # figures: the overlay with its difference panel, and the zoom around step 30, decoded and shown
+    images = {i["alt"]: i for i in seen["images"]}
+    assert set(images) == {"loss overlay and difference panel", "zoom around the first divergence"}
+    assert all(i["w"] > 500 and i["h"] > 200 for i in images.values()), images
+    assert "first part beyond tolerance at step 30" in text
+    # environments: the device differs (highlighted), the python version does not
+    assert "NVIDIA A100-SXM4-40GB" in text and "Tecorigin T100" in text
+    assert seen["device_row"] == "rgb(255, 248, 197)"
+    assert seen["python_row"] == "rgba(0, 0, 0, 0)"
+    # throughput of both sides and the MLflow run it came from
+    assert re.search(r"mean samples/s\s+400\.0\s+210\.0\s+0\.53x", text), text
+    assert f"MLflow run {RUN_ID}" in text
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    taken = chromium(["--window-size=1200,3600", f"--screenshot={shot}", page.as_uri()], tmp_path / "chrome2")
+    assert shot.is_file() and shot.stat().st_size > 50_000, taken.stderr[-2000:]
+    shutil.copy2(page, ARTIFACTS / "report.html")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
+def test_dvc_plots_overlay_renders_offline(project, tmp_path):
+    """`dvc plots show` through the offline template: the vega chart draws with no network at all."""
+    write_params(project, {"tracking": {"enabled": False}})
+    baseline = reference_loss(60)
+    write_run(project, baseline * 1.01, baseline_loss=baseline)
+    for stage in ("compare", "report"):
+        done = run_stage(stage, project)
+        assert done.returncode == 0, done.stderr
+    table = (project / "reports" / "default" / "plots.csv").read_text().splitlines()
+    assert table[0] == "step,candidate,baseline" and len(table) == 61
+
+    done = run_stage("plots", project)
+    assert done.returncode == 0, done.stderr
+    out = project / "reports" / "plots"
+    page = (out / "index.html").read_text()
+    assert not re.search(r"""<script[^>]+src=["']https?://""", page), "the plots page must not load scripts"
+    for name in ("loss_overlay.svg", "loss_overlay.png"):
+        assert (out / name).stat().st_size > 10_000
+    svg = (out / "loss_overlay.svg").read_text()
+    assert "candidate" in svg and "baseline" in svg and ">step<" in svg
+
+    # --proxy-server to a closed port: any attempt to reach the network fails
+    dumped = chromium(["--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000", "--dump-dom",
+                       (out / "index.html").as_uri()], tmp_path / "chrome3")
+    assert 'class="marks"' in dumped.stdout, dumped.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy2(out / "loss_overlay.png", ARTIFACTS / "dvc_loss_overlay.png")
