@@ -84,8 +84,10 @@ class Baseline:
         if len(self.runs) < 2:
             return None
         values = np.stack([r.loss for r in self.runs])
-        return {"mean": values.mean(axis=0), "std": values.std(axis=0, ddof=1),
-                "min": values.min(axis=0), "max": values.max(axis=0)}
+        low, high = values.min(axis=0), values.max(axis=0)
+        agree = low == high  # repeats of one seed on a deterministic device: exactly zero spread, exact mean
+        return {"mean": np.where(agree, low, values.mean(axis=0)),
+                "std": np.where(agree, 0.0, values.std(axis=0, ddof=1)), "min": low, "max": high}
 
     def band(self, z: float, min_halfwidth_relative: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-step (lower, upper) = mean +- max(z*sigma, min_halfwidth_relative*|mean|) on `steps`, as the

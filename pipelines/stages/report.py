@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     env = record["environment"]
     labels = (f"candidate: {env['device']} ({env['device_name']})",
               f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
-    render_overlay(out / OVERLAY, candidate, baseline.curve, verdict, labels)
+    band_cfg = params.compare.rules.band
+    limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
+    band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
+    reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
+    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
     base_ips = baseline.provenance.get("mean_samples_per_s")
     throughput = (f"{base_ips:.1f}" if isinstance(base_ips, (int, float)) else "not recorded",
                   f"{record.get('mean_samples_per_s', float('nan')):.1f}")
