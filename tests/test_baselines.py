@@ -247,3 +247,30 @@ def test_record_trains_k_runs_and_compare_uses_their_band(tiny_project, capsys):
     assert verdict["status"] == "pass", verdict["reasons"]
     assert verdict["baseline_runs"] == 2 and verdict["rules"]["band"]["passed"]
     assert verdict["rules"]["strict"]["numbers"]["mean_abs_error"] == 0.0  # seed 0 paired with the seed-0 run
+
+
+def test_promote_an_mlflow_run(project, capsys):
+    """A tracked train run (its loss history and train.json artifact) promoted by id; a run without the
+    artifact is refused with a clear message."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.params import load_params
+    from pipelines.stages import baseline as stage
+    from pipelines.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(load_params().tracking))
+    experiment = client.create_experiment("promote")
+    curve = curve_for(4)
+    run = client.create_run(experiment).info.run_id
+    client.log_batch(run, metrics=[Metric("loss", float(v), 0, int(s)) for s, v in zip(curve.steps, curve.loss)])
+    write_record(project / "train.json", record_for(4))
+    client.log_artifact(run, str(project / "train.json"))
+    assert stage.main(["promote", "--mlflow-run", run, "--out", "b/from_mlflow.json"]) == 0
+    back = load_baseline(project / "b/from_mlflow.json")
+    assert back.loss.tolist() == curve.loss.tolist() and back.seeds == [4]
+    assert back.provenance["source"] == f"MLflow run {run}"
+    bare = client.create_run(experiment).info.run_id
+    client.log_batch(bare, metrics=[Metric("loss", 1.0, 0, 0)])
+    with pytest.raises(BaselineError, match="has no train.json artifact"):
+        stage.main(["promote", "--mlflow-run", bare, "--out", "b/x.json"])

@@ -167,7 +167,7 @@ def test_epoch_lines(tmp_path):
 
 def test_user_regex(tmp_path):
     path = tmp_path / "train.out"
-    path.write_text("".join(f"[it {i * 10}] objective={v!r} lr=0.1\n" for i, v in enumerate(make_loss(12, 4))))
+    path.write_text("".join(f"[it {i * 10}] objective={float(v)!r} lr=0.1\n" for i, v in enumerate(make_loss(12, 4))))
     got = load_curve(str(path), regex=r"\[it (?P<step>\d+)\] objective=(?P<loss>\S+)")
     assert got.curve.steps.tolist() == list(range(0, 120, 10))
     assert got.curve.loss.tolist() == [float(v) for v in make_loss(12, 4)]
@@ -182,7 +182,7 @@ def test_user_regex(tmp_path):
 def test_csv_and_json(tmp_path):
     loss = make_loss(15, 5)
     csv = tmp_path / "c.csv"
-    csv.write_text("step,loss,lr\n" + "".join(f"{i},{v!r},0.1\n" for i, v in enumerate(loss)))
+    csv.write_text("step,loss,lr\n" + "".join(f"{i},{float(v)!r},0.1\n" for i, v in enumerate(loss)))
     assert load_curve(str(csv)).curve.loss.tolist() == loss.tolist()
     as_dict = tmp_path / "d.json"
     as_dict.write_text(json.dumps({"steps": list(range(15)), "loss": loss.tolist()}))

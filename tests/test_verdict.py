@@ -209,7 +209,7 @@ def _fake_run(project, loss, seed=0):
     return baseline
 
 
-def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys):
+def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys, monkeypatch):
     from conftest import write_params
     from pipelines.stages import compare
 
@@ -225,6 +225,19 @@ def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys):
     assert any("paired with the baseline run of seed 1" in n for n in verdict["notes"])
     assert any(n.startswith("device differs: baseline cpu, candidate cuda") for n in verdict["notes"])
     assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.001, rel=1e-6)
+
+    # the report draws the baseline's band on the overlay
+    import matplotlib.axes
+
+    from pipelines.stages import report
+
+    shaded = []
+    original = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda ax, x, lo, hi, **kw: shaded.append((len(x), kw.get("label"))) or original(ax, x, lo, hi, **kw))
+    assert report.main([]) == 0
+    assert shaded and shaded[0][0] == 120 and "sigma of 3 runs" in shaded[0][1]
+    assert (project / "reports/default/overlay.png").stat().st_size > 0
 
 
 def test_compare_stage_refuses_a_baseline_for_other_params(project):

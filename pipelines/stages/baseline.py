@@ -6,6 +6,9 @@
   python -m pipelines.stages.baseline promote --run-dir a --run-dir b --mlflow-run <id> ...
   python -m pipelines.stages.baseline show                       # print the stored baseline's provenance
 
+Each recorded run is an ordinary tracked train run: if `record` is interrupted, the finished runs are
+not lost; promote them with `promote --mlflow-run <id> ...`.
+
 The baseline is written to compare.baseline (or --out); commit it to git with its provenance. With
 several runs it keeps every curve and per-step mean/std/min/max, which the band rule uses. A baseline
 of several seeds leaves train.seed out of its params hash (any seed is judged against the spread);
