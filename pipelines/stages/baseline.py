@@ -123,6 +123,8 @@ def main(argv=None) -> int:
         runs += [run_from_mlflow(run_id, params) for run_id in args.mlflow_run]
         if not runs:
             runs = [run_from_folder(run_dir(params.profile))]
+        # the reference run (the baseline's own curve) is the one of train.seed, whatever order they came in
+        runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
     baseline = baseline_from_runs(runs, params.profile)
     save_baseline(out, baseline)
     prov = baseline.provenance
