@@ -33,7 +33,11 @@ def modelzoo_loss_py(sdaa_text: str, cuda_text: str) -> list[str]:
         values = re.findall(r"rank : 0  train.loss : ([\d\.e-]+)", text) or re.findall(r"loss ([\d\.e-]+)", text)
         return np.array([float(v) for v in values])
 
-    sdaa, cuda = parse(sdaa_text), parse(cuda_text)
+    return modelzoo_printout(parse(sdaa_text), parse(cuda_text))
+
+
+def modelzoo_printout(sdaa: np.ndarray, cuda: np.ndarray) -> list[str]:
+    """loss.py's computation and print lines on two parsed value lists."""
     n = min(len(sdaa), len(cuda))
     sdaa, cuda = sdaa[:n], cuda[:n]
     mre = np.mean((sdaa - cuda) / cuda)
@@ -129,6 +133,47 @@ def test_modelzoo_card_numbers_come_back_from_logs_built_to_match(project, capsy
     assert lines[:4] == modelzoo_loss_py((project / "a.log").read_text(), (project / "b.log").read_text())
     assert abs(float(lines[0].split(": ")[1]) - 0.001251484563571443) < 1e-12
     assert json.loads((project / "out/v.json").read_text())["status"] in ("pass", "fail")
+
+
+def write_in_format(path, fmt: str, loss: np.ndarray) -> list[str]:
+    """Write `loss` (logged every 5 steps) as `fmt`; returns the compare arguments that name it."""
+    steps = [5 * i for i in range(len(loss))]
+    values = [float(v) for v in loss]
+    if fmt == "mlflow":
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()  # the project's own store (MLFLOW_TRACKING_URI)
+        experiment = client.get_experiment_by_name("logs") or client.create_experiment("logs")
+        run = client.create_run(getattr(experiment, "experiment_id", experiment)).info.run_id
+        client.log_batch(run, metrics=[Metric("loss", v, 0, s) for s, v in zip(steps, values)])
+        return [f"mlflow:{run}"]
+    if fmt == "dllogger-json":
+        path.write_text("".join("DLLL " + json.dumps({"type": "LOG", "step": [0, s], "data": {"train.loss": v}}) + "\n"
+                                for s, v in zip(steps, values)))
+    elif fmt == "epoch":
+        path.write_text("".join(f"Epoch[{s}]: train_loss {v!r} acc1 1.0 | val_loss 9.9\n" for s, v in zip(steps, values)))
+    elif fmt == "regex":
+        path.write_text("".join(f"it={s} objective={v!r}\n" for s, v in zip(steps, values)))
+        return [path.name, "--regex", r"it=(?P<step>\d+) objective=(?P<loss>\S+)"]
+    elif fmt == "csv":
+        path.write_text("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in zip(steps, values)))
+    elif fmt == "json":
+        path.write_text(json.dumps({"steps": steps, "loss": values}))
+    return [path.name]
+
+
+@pytest.mark.parametrize("fmt", ["dllogger-json", "epoch", "regex", "csv", "json", "mlflow"])
+def test_compare_of_two_logs_in_each_format_gives_the_modelzoo_numbers(project, capsys, fmt):
+    from pipelines.stages import compare
+
+    cuda, sdaa = make_loss(60, 7), make_loss(60, 7, 1.01)
+    candidate, *extra = write_in_format(project / "sdaa.out", fmt, sdaa)
+    baseline, *_ = write_in_format(project / "cuda.out", fmt, cuda)
+    assert compare.main(["--candidate", candidate, "--baseline", baseline, *extra]) == 0
+    assert capsys.readouterr().out.splitlines()[:4] == modelzoo_printout(sdaa, cuda)
+    verdict = json.loads((project / "reports/logs/verdict.json").read_text())
+    assert verdict["compared_steps"] == 60 and verdict["status"] == "pass"
 
 
 def test_dllogger_json_lines(tmp_path):
