@@ -236,7 +236,7 @@ def test_record_trains_k_runs_and_compare_uses_their_band(tiny_project, capsys):
     from pipelines.stages import baseline as stage
     from pipelines.stages import compare, prepare, train
 
-    write_params(tiny_project, {"tracking": {"enabled": False}})
+    write_params(tiny_project, {"tracking": {"enabled": False}, "device": {"threads": 1}})
     assert prepare.main([]) == 0
     assert stage.main(["record", "--runs", "2"]) == 0
     baseline = load_baseline(tiny_project / "baselines/default/baseline.json")

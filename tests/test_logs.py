@@ -283,7 +283,7 @@ def test_train_stage_output_is_read_back_by_the_importer(tiny_project, capsys):
     from pipelines.curves import read_curve_csv
     from pipelines.stages import prepare, train
 
-    write_params(tiny_project, {"tracking": {"enabled": False}})
+    write_params(tiny_project, {"tracking": {"enabled": False}, "device": {"threads": 1}})
     assert prepare.main([]) == 0
     capsys.readouterr()
     assert train.main([]) == 0
