@@ -7,6 +7,7 @@ baseline made under other conditions can be refused instead of silently passing 
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import math
@@ -18,10 +19,37 @@ import numpy as np
 
 from cait.errors import BaselineError
 from pipelines.curves import Curve
+from pipelines.params import hash_json
+from pipelines.verdict import band_limits
 
-SCHEMA_VERSION = 1
+# 1: a single run. 2: adds "kind", "runs" (every run's curve at full precision) and "stats" (per-step
+# mean, std, min, max) for multi-run baselines, and provenance "seeds" and "seed_in_hash".
+SCHEMA_VERSION = 2
 PROVENANCE_FIELDS = ("device", "device_name", "versions", "params_hash", "params", "data_manifest_hash",
                      "git_commit", "date", "seed")
+STAT_FIELDS = ("mean", "std", "min", "max")
+SEED_KEY = ("train", "seed")
+
+
+def curve_hash(curve_params: dict, with_seed: bool = True) -> str:
+    """Hash of the params that define a curve. A multi-seed baseline describes the spread over seeds, so
+    its hash leaves train.seed out (any seed's candidate may be judged against the band); a single-run
+    baseline, or repeats of one seed, keep it: another seed is another curve."""
+    if with_seed:
+        return hash_json(curve_params)
+    params = copy.deepcopy(curve_params)
+    params.get(SEED_KEY[0], {}).pop(SEED_KEY[1], None)
+    return hash_json(params)
+
+
+@dataclass
+class BaselineRun:
+    """One of a multi-run baseline's runs: its seed, curve and where it came from."""
+
+    seed: int
+    loss: np.ndarray
+    source: str = ""
+    mlflow_run_id: str = ""
 
 
 @dataclass
@@ -29,31 +57,83 @@ class Baseline:
     profile: str
     model: str
     steps: np.ndarray
-    loss: np.ndarray
+    loss: np.ndarray  # the reference run: the one with provenance["seed"]
     provenance: dict
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+    runs: list[BaselineRun] = field(default_factory=list)  # empty for a single-run baseline
 
     @property
     def curve(self) -> Curve:
         return Curve(self.steps, self.loss)
 
+    @property
+    def kind(self) -> str:
+        return "multi-run" if len(self.runs) > 1 else "single-run"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs] if self.runs else [self.provenance["seed"]]
+
+    @property
+    def seed_in_hash(self) -> bool:
+        return len(set(self.seeds)) <= 1
+
+    def stats(self) -> dict[str, np.ndarray] | None:
+        """Per-step mean, std (ddof 1), min and max over the runs; None for a single-run baseline."""
+        if len(self.runs) < 2:
+            return None
+        values = np.stack([r.loss for r in self.runs])
+        low, high = values.min(axis=0), values.max(axis=0)
+        agree = low == high  # repeats of one seed on a deterministic device: exactly zero spread, exact mean
+        return {"mean": np.where(agree, low, values.mean(axis=0)),
+                "std": np.where(agree, 0.0, values.std(axis=0, ddof=1)), "min": low, "max": high}
+
+    def band(self, z: float, min_halfwidth_relative: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-step (lower, upper) = mean +- max(z*sigma, min_halfwidth_relative*|mean|) on `steps`, as the
+        band rule uses it; None for a single-run baseline."""
+        stats = self.stats()
+        return None if stats is None else band_limits(stats["mean"], stats["std"], z, min_halfwidth_relative)
+
+    def reference_for(self, seed: int | None) -> tuple[Curve, str]:
+        """The curve a candidate of `seed` is paired with by the modelzoo/strict/trend rules, and a note
+        saying which: the run of the same seed if the baseline has one, else the reference run."""
+        if seed is not None and len(self.runs) > 1 and seed != self.provenance["seed"]:
+            for run in self.runs:
+                if run.seed == seed:
+                    return Curve(self.steps, run.loss), f"paired with the baseline run of seed {seed}"
+            return self.curve, (f"the baseline has no run of seed {seed}; paired with its reference run "
+                                f"(seed {self.provenance['seed']})")
+        return self.curve, ""
+
     def to_json(self) -> dict:
-        return {
+        out = {
             "schema_version": self.schema_version,
             "profile": self.profile,
             "model": self.model,
-            "kind": "single-run",
+            "kind": self.kind,
             "provenance": self.provenance,
             # full precision: json writes floats with repr(), which round-trips float64 exactly
             "steps": [int(s) for s in self.steps],
             "loss": [float(v) for v in self.loss],
-            **self.extra,
         }
+        if len(self.runs) > 1:
+            out["runs"] = [{"seed": r.seed, "source": r.source, "mlflow_run_id": r.mlflow_run_id,
+                            "loss": [float(v) for v in r.loss]} for r in self.runs]
+            out["stats"] = {"runs": len(self.runs),
+                            **{k: [float(v) for v in a] for k, a in self.stats().items()}}
+        return {**out, **self.extra}
 
 
 def _fail(path, what: str) -> BaselineError:
     return BaselineError(f"{path}: {what}; record a new one with `python -m pipelines.stages.baseline record`")
+
+
+def _numbers(path, values, what: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in values):
+        raise _fail(path, f"{what} must be a list of numbers")
+    return np.array(values, dtype=np.float64)
 
 
 def load_baseline(path: Path | str) -> Baseline:
@@ -65,16 +145,24 @@ def load_baseline(path: Path | str) -> Baseline:
         raise BaselineError(
             f"{path}: baseline not found; set compare.baseline in params.yaml or record one with "
             f"`python -m pipelines.stages.baseline record`") from None
+    except IsADirectoryError:
+        raise BaselineError(f"{path}: is a folder; point compare.baseline at its baseline.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(path, f"not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')}; truncated?)") from None
+    return baseline_from_json(data, path)
+
+
+def baseline_from_json(data, path: Path | str = "baseline") -> Baseline:
     if not isinstance(data, dict):
         raise _fail(path, "expected a JSON object at the top level")
     version = data.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise _fail(path, "missing or non-integer 'schema_version'")
     if version > SCHEMA_VERSION:
         raise BaselineError(f"{path}: schema_version {version} is newer than this harness understands "
                             f"({SCHEMA_VERSION}); update the harness (git pull) to read it")
+    if version < 1:
+        raise _fail(path, f"schema_version {version} is not a known version (1..{SCHEMA_VERSION})")
     for key, kind in (("profile", str), ("model", str), ("provenance", dict), ("steps", list), ("loss", list)):
         if not isinstance(data.get(key), kind):
             raise _fail(path, f"missing or malformed field {key!r} (expected {kind.__name__})")
@@ -92,10 +180,37 @@ def load_baseline(path: Path | str) -> Baseline:
         raise _fail(path, "'loss' holds a non-numeric value")
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise _fail(path, "'steps' must increase strictly")
-    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss"}
-    return Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
-                    loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
-                    schema_version=version, extra={k: v for k, v in data.items() if k not in known})
+    runs = []
+    if version >= 2 and data.get("kind", "single-run") == "multi-run":
+        raw_runs = data.get("runs")
+        if not isinstance(raw_runs, list) or len(raw_runs) < 2:
+            raise _fail(path, "a multi-run baseline needs 'runs' with at least 2 entries")
+        for i, run in enumerate(raw_runs):
+            if not isinstance(run, dict) or not isinstance(run.get("seed"), int):
+                raise _fail(path, f"runs[{i}] needs an integer 'seed' and a 'loss' list")
+            values = _numbers(path, run.get("loss"), f"runs[{i}].loss")
+            if len(values) != len(steps):
+                raise _fail(path, f"runs[{i}].loss has {len(values)} entries but 'steps' has {len(steps)}")
+            runs.append(BaselineRun(run["seed"], values, str(run.get("source", "")), str(run.get("mlflow_run_id", ""))))
+        stats = data.get("stats")
+        if not isinstance(stats, dict) or any(k not in stats for k in STAT_FIELDS):
+            raise _fail(path, f"a multi-run baseline needs 'stats' with {', '.join(STAT_FIELDS)}")
+        for key in STAT_FIELDS:
+            if len(_numbers(path, stats[key], f"stats.{key}")) != len(steps):
+                raise _fail(path, f"stats.{key} has {len(stats[key])} entries but 'steps' has {len(steps)}")
+    elif data.get("kind", "single-run") not in ("single-run", "multi-run"):
+        raise _fail(path, f"unknown kind {data.get('kind')!r} (single-run or multi-run)")
+    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats"}
+    baseline = Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
+                        loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
+                        schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs)
+    if runs:
+        stored, recomputed = data["stats"], baseline.stats()
+        for key in STAT_FIELDS:  # per-step stats are stored for readers; they must be those of the runs
+            if not np.allclose(np.array(stored[key], dtype=np.float64), recomputed[key], rtol=1e-9, atol=0,
+                               equal_nan=True):
+                raise _fail(path, f"stats.{key} does not match the runs (edited by hand?)")
+    return baseline
 
 
 def save_baseline(path: Path | str, baseline: Baseline) -> None:
@@ -106,12 +221,9 @@ def save_baseline(path: Path | str, baseline: Baseline) -> None:
     os.replace(tmp, path)
 
 
-def baseline_from_run(curve: Curve, record: dict, profile: str, source: str) -> Baseline:
-    """Turn a train stage's curve and record (train.json) into a baseline with full provenance."""
-    if not np.all(np.isfinite(curve.loss)):
-        raise BaselineError(f"{source}: the curve holds non-finite losses; it cannot become a baseline")
+def _provenance(record: dict, source: str) -> dict:
     env = record["environment"]
-    provenance = {
+    return {
         "device": env["device"],
         "device_name": env["device_name"],
         "driver": env.get("driver", ""),
@@ -127,8 +239,51 @@ def baseline_from_run(curve: Curve, record: dict, profile: str, source: str) -> 
         "mlflow_run_id": record.get("mlflow_run_id") or "",
         "mean_samples_per_s": record.get("mean_samples_per_s"),
     }
-    return Baseline(profile=profile, model=record["curve_params"]["model"]["name"], steps=curve.steps,
-                    loss=curve.loss, provenance=provenance)
+
+
+def baseline_from_run(curve: Curve, record: dict, profile: str, source: str) -> Baseline:
+    """Turn a train stage's curve and record (train.json) into a baseline with full provenance."""
+    return baseline_from_runs([(curve, record, source)], profile)
+
+
+def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str) -> Baseline:
+    """One baseline from K runs of the same params (but perhaps the seed) on the same device and data.
+
+    The first run is the reference (its curve is `loss`, its seed `provenance.seed`); with K > 1 every
+    run's curve is kept and per-step statistics are computed over them."""
+    if not runs:
+        raise BaselineError("no runs given to make a baseline from")
+    for curve, record, source in runs:
+        if len(curve) == 0:
+            raise BaselineError(f"{source}: the curve has no steps; it cannot become a baseline")
+        if not np.all(np.isfinite(curve.loss)):
+            raise BaselineError(f"{source}: the curve holds non-finite losses; it cannot become a baseline")
+        if record.get("stopped"):
+            raise BaselineError(f"{source}: training stopped early ({record['stopped']}); it cannot become a baseline")
+    ref_curve, ref_record, ref_source = runs[0]
+    seeds = [r["curve_params"]["train"]["seed"] for _, r, _ in runs]
+    seed_in_hash = len(set(seeds)) == 1
+    ref_hash = curve_hash(ref_record["curve_params"], seed_in_hash)
+    for curve, record, source in runs[1:]:
+        if curve_hash(record["curve_params"], seed_in_hash) != ref_hash:
+            keys = [k for k in _diff_keys(ref_record["curve_params"], record["curve_params"]) if k != "train.seed"]
+            raise BaselineError(f"{source}: made with other params than {ref_source} ({', '.join(keys)}); "
+                                f"the runs of one baseline differ only in their seed")
+        if record["data_manifest_hash"] != ref_record["data_manifest_hash"]:
+            raise BaselineError(f"{source}: made from other data than {ref_source} (data manifest hash differs)")
+        if record["environment"]["device_name"] != ref_record["environment"]["device_name"]:
+            raise BaselineError(f"{source}: ran on {record['environment']['device_name']}, {ref_source} on "
+                                f"{ref_record['environment']['device_name']}; a baseline comes from one device")
+        if not np.array_equal(curve.steps, ref_curve.steps):
+            raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+    provenance = _provenance(ref_record, ref_source if len(runs) == 1 else f"{len(runs)} runs")
+    provenance["seeds"] = seeds
+    provenance["seed_in_hash"] = seed_in_hash
+    provenance["params_hash"] = ref_hash
+    baseline_runs = [BaselineRun(seed, curve.loss, source, record.get("mlflow_run_id") or "")
+                     for seed, (curve, record, source) in zip(seeds, runs)] if len(runs) > 1 else []
+    return Baseline(profile=profile, model=ref_record["curve_params"]["model"]["name"], steps=ref_curve.steps,
+                    loss=ref_curve.loss, provenance=provenance, runs=baseline_runs)
 
 
 def _diff_keys(a, b, prefix: str = "") -> list[str]:
@@ -142,17 +297,31 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 
 def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
-    """Reasons the baseline cannot judge this run: another profile, model, params or data."""
+    """Reasons the baseline cannot judge this run: another profile, model, params or data. Each names
+    the keys that differ. A multi-seed baseline's hash leaves train.seed out (see `curve_hash`)."""
     out = []
     if baseline.profile != profile:
         out.append(f"baseline is for profile {baseline.profile!r}, this run is {profile!r}")
     prov = baseline.provenance
-    if prov["params_hash"] != record["params_hash"]:
+    run_model = record["curve_params"].get("model", {}).get("name")
+    if baseline.model != run_model:
+        out.append(f"baseline is for model {baseline.model!r}, this run trained {run_model!r}")
+    if prov["params_hash"] != curve_hash(record["curve_params"], baseline.seed_in_hash):
         keys = _diff_keys(prov.get("params", {}), record["curve_params"])
+        if not baseline.seed_in_hash:
+            keys = [k for k in keys if k != "train.seed"]
         out.append("baseline was made with other params: " + (", ".join(keys) if keys else "params hash differs"))
     if prov["data_manifest_hash"] != record["data_manifest_hash"]:
         out.append("baseline was made from other data (data manifest hash differs)")
     return out
+
+
+def environment_differences(baseline: Baseline, record: dict) -> list[str]:
+    """Device and version differences between baseline and candidate, as sentences for the verdict's
+    notes: they do not refuse a comparison (a port is exactly such a difference) but are never hidden."""
+    return [f"{name} differs: baseline {a or '(none)'}, candidate {b or '(none)'}"
+            for name, a, b in environment_table(baseline, record)
+            if a != b and name in ("device", "device name", "driver", "torch", "timm", "plugin", "cuda", "python")]
 
 
 def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, str]]:

@@ -18,7 +18,8 @@ from cait.config import DataConfig, DeviceConfig, ModelConfig, Section, TrainCon
 from cait.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-RULE_NAMES = ("modelzoo", "strict")
+RULE_NAMES = ("modelzoo", "strict", "band", "trend")
+RuleName = Literal["modelzoo", "strict", "band", "trend"]
 
 
 class ModelZooRuleConfig(Section):
@@ -33,23 +34,62 @@ class StrictRuleConfig(Section):
 
     max_mean_abs_relative_error: float = Field(0.02, ge=0)
     max_mean_abs_error: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # steps numbered below this are not judged
+    outlier_fraction: float = Field(0.0, ge=0, lt=1)  # this fraction of the worst steps is left out of each mean
+
+
+class BandRuleConfig(Section):
+    """Candidate within the multi-run baseline's mean +- z*sigma, but for a fraction of steps."""
+
+    z: float = Field(3.0, gt=0)
+    max_outside_fraction: float = Field(0.05, ge=0, le=1)
+    min_halfwidth_relative: float = Field(0.001, ge=0)  # floor of the band where the runs agree exactly
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrendRuleConfig(Section):
+    """A slow drift of the per-step difference: fails when significant (p < alpha) and large."""
+
+    alpha: float = Field(0.01, gt=0, lt=1)
+    max_drift_relative: float = Field(0.01, ge=0)  # Theil-Sen drift over the span / mean baseline loss
+    warmup_steps: int = Field(0, ge=0)
+
+
+class DivergenceConfig(Section):
+    """Where the curves part: |d| > max(max_relative_error * |b|, max_abs_error) for consecutive_steps in a row."""
+
+    max_relative_error: float = Field(0.02, ge=0)
+    max_abs_error: float = Field(0.0, ge=0)
+    consecutive_steps: int = Field(3, gt=0)
 
 
 class RulesConfig(Section):
     modelzoo: ModelZooRuleConfig = ModelZooRuleConfig()
     strict: StrictRuleConfig = StrictRuleConfig()
+    band: BandRuleConfig = BandRuleConfig()
+    trend: TrendRuleConfig = TrendRuleConfig()
 
 
 class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
-    gate: list[Literal["modelzoo", "strict"]] = ["modelzoo", "strict"]  # rules that decide; the rest inform
+    gate: list[RuleName] = ["modelzoo", "strict"]  # rules that decide the verdict
+    inform: list[RuleName] = ["band", "trend"]  # rules computed and reported that do not decide
+    alignment: Literal["steps", "interpolate"] = "steps"  # how curves logged at other steps are paired
+    divergence: DivergenceConfig = DivergenceConfig()
     rules: RulesConfig = RulesConfig()
 
     @model_validator(mode="after")
-    def _gate_not_empty(self):
+    def _policy(self):
         if not self.gate:
             raise ValueError(f"gate: name at least one rule ({', '.join(RULE_NAMES)})")
+        for key in ("gate", "inform"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key}: names a rule twice")
+        both = sorted(set(self.gate) & set(self.inform))
+        if both:
+            raise ValueError(f"inform: {', '.join(both)} already gate(s); a rule either gates or informs")
         return self
 
 

@@ -24,8 +24,10 @@ def smooth(values: np.ndarray) -> np.ndarray:
     return savgol_filter(finite, 5, 1) if len(values) >= 5 else values
 
 
-def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str]) -> None:
-    """Baseline (dashed) and candidate (solid), raw and smoothed, over a panel of the per-step relative difference."""
+def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str], band=None) -> None:
+    """Baseline (dashed) and candidate (solid), raw and smoothed, over a panel of the per-step relative difference.
+
+    `band` is a multi-run baseline's (lower, upper, label) on the baseline's steps (Baseline.band), shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +36,9 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
     cand_label, base_label = labels
+    if band is not None:
+        lower, upper, band_label = band
+        top.fill_between(baseline.steps, lower, upper, color="#57606a", alpha=0.18, linewidth=0, label=band_label)
     for curve, label, style, colour in ((baseline, base_label, "--", "#57606a"), (candidate, cand_label, "-", "#0969da")):
         top.plot(curve.steps, curve.loss, style, color=colour, alpha=0.3, linewidth=0.8)
         top.plot(curve.steps, smooth(curve.loss), style, color=colour, linewidth=1.8, label=f"{label} (smoothed)")

@@ -1,18 +1,34 @@
 """Acceptance rules over two loss curves, as plain functions over numpy arrays.
 
-`modelzoo_rule` reproduces the Tecorigin ModelZoo `loss.py` exactly: both curves cut to the shorter
-length (by position), signed means, pass iff MRE <= 0.05 or MAE <= 0.0002. Because it is signed and
-an "or", a port whose loss sits consistently lower passes; `strict_rule` bounds the absolute errors.
-`decide` combines the rules named in the gate into a verdict: pass, fail or inconclusive.
+- `modelzoo_rule` reproduces the Tecorigin ModelZoo `loss.py` exactly: both curves cut to the shorter
+  length (by position), signed means, pass iff MRE <= 0.05 or MAE <= 0.0002. Because it is signed and
+  an "or", a port whose loss sits consistently lower, or swings around the baseline, passes; the rule
+  says so in its summary when that is the only reason it holds.
+- `strict_rule` bounds the absolute per-step errors (mean relative and mean absolute, both), after an
+  optional warm-up, allowing a configured fraction of outlier steps.
+- `band_rule` needs a multi-run baseline: the candidate must stay within mean +- z*sigma per step.
+- `trend_rule` tests the per-step differences for a slow drift that a mean hides (Kendall's tau,
+  Theil-Sen slope as the effect size).
+- `first_divergence` finds the step where the curves part beyond tolerance.
+
+`decide` aligns the curves on their step numbers (pipelines/align.py), applies the rules the policy
+names (`gate`: decide; `inform`: reported only) and returns a verdict: pass, fail or inconclusive,
+with its reasons. Anything that makes the numbers meaningless makes it inconclusive, never pass.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cait.errors import BaselineError
+from pipelines.align import align
+
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+RULE_NAMES = ("modelzoo", "strict", "band", "trend")
+TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
 
 
 @dataclass
@@ -23,6 +39,7 @@ class RuleResult:
     summary: str  # one line a reviewer reads
     numbers: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    applicable: bool = True  # False: too few steps to evaluate (inconclusive when the rule gates)
 
 
 @dataclass
@@ -36,6 +53,10 @@ class Verdict:
     baseline_steps: int
     modelzoo_lines: list[str]
     notes: list[str] = field(default_factory=list)
+    first_divergence_step: int | None = None
+    divergence: dict = field(default_factory=dict)  # the tolerance that defines "parting"
+    alignment: dict = field(default_factory=dict)
+    baseline_runs: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,15 +75,26 @@ def modelzoo_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[float,
     return float(np.mean(diff / b)), float(np.mean(diff))
 
 
-def absolute_errors(candidate: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
-    """The unsigned versions a reviewer needs beside the signed ModelZoo means."""
-    c, b = cut_to_shorter(candidate, baseline)
+def per_step_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|d|, |d| / min(|c|, |b|)) per step. Relative to the smaller magnitude, so that swapping the
+    curves never changes a result and the error is never smaller than |d|/|b|; 0 where d is 0."""
+    c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     diff = np.abs(c - b)
-    return {
-        "mean_abs_relative_error": float(np.mean(diff / np.abs(b))),
-        "mean_abs_error": float(np.mean(diff)),
-        "max_abs_error": float(np.max(diff)),
-    }
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.minimum(np.abs(c), np.abs(b)))
+    return diff, rel
+
+
+def absolute_errors(candidate: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
+    """The unsigned versions a reviewer needs beside the signed ModelZoo means (pairs as given)."""
+    c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if not len(c):
+        return {}
+    diff = np.abs(c - b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"mean_abs_relative_error": float(np.mean(diff / np.abs(b))),
+                "mean_abs_error": float(np.mean(diff)),
+                "max_abs_error": float(np.max(diff))}
 
 
 def modelzoo_lines(mre: float, mae: float, max_mre: float = 0.05, max_mae: float = 0.0002) -> list[str]:
@@ -81,36 +113,164 @@ def modelzoo_rule(candidate, baseline, max_mean_relative_error=0.05, max_mean_ab
                   gating=True) -> RuleResult:
     mre, mae = modelzoo_errors(candidate, baseline)
     passed = mre <= max_mean_relative_error or mae <= max_mean_absolute_error
+    summary = (f"signed MRE {mre:.6g} <= {max_mean_relative_error} or signed MAE {mae:.6g} <= "
+               f"{max_mean_absolute_error}: {'holds' if passed else 'neither holds'}")
+    if passed:
+        c, b = cut_to_shorter(candidate, baseline)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            abs_mre, abs_mae = float(np.mean(np.abs(c - b) / np.abs(b))), float(np.mean(np.abs(c - b)))
+        if not (abs_mre <= max_mean_relative_error or abs_mae <= max_mean_absolute_error):
+            summary += (f", but only because the signed errors cancel or the candidate sits lower "
+                        f"(unsigned: mean |d|/|b| {abs_mre:.6g}, mean |d| {abs_mae:.6g})")
     return RuleResult(
-        name="modelzoo",
-        passed=passed,
-        gating=gating,
-        summary=(f"signed MRE {mre:.6g} <= {max_mean_relative_error} or signed MAE {mae:.6g} <= "
-                 f"{max_mean_absolute_error}: {'holds' if passed else 'neither holds'}"),
+        name="modelzoo", passed=passed, gating=gating, summary=summary,
         numbers={"mean_relative_error": mre, "mean_absolute_error": mae},
         thresholds={"max_mean_relative_error": max_mean_relative_error,
                     "max_mean_absolute_error": max_mean_absolute_error},
     )
 
 
-def strict_rule(candidate, baseline, max_mean_abs_relative_error=0.02, max_mean_abs_error=0.05,
-                gating=True) -> RuleResult:
-    numbers = absolute_errors(candidate, baseline)
+def after_warmup(steps: np.ndarray, warmup_steps: int) -> np.ndarray:
+    """Mask of the steps a rule looks at: those numbered warmup_steps or later."""
+    return np.asarray(steps) >= warmup_steps
+
+
+def _mean_without_worst(values: np.ndarray, k: int) -> float:
+    """Mean after dropping the k largest values (the allowed outliers); NaN sorts last, so it is dropped
+    only if it is among the k largest, which is what we want: a NaN is never hidden by averaging."""
+    if k <= 0:
+        return float(np.mean(values))
+    return float(np.mean(np.sort(values)[:len(values) - k]))
+
+
+def strict_rule(candidate, baseline, steps=None, max_mean_abs_relative_error=0.02, max_mean_abs_error=0.05,
+                warmup_steps=0, outlier_fraction=0.0, gating=True) -> RuleResult:
+    """Both means of the absolute per-step errors bounded, over the steps after the warm-up, with the
+    worst floor(outlier_fraction * n) steps of each left out."""
+    c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    steps = np.arange(len(c)) if steps is None else np.asarray(steps)
+    keep = after_warmup(steps, warmup_steps)
+    diff, rel = per_step_errors(c[keep], b[keep])
+    n = len(diff)
+    thresholds = {"max_mean_abs_relative_error": max_mean_abs_relative_error,
+                  "max_mean_abs_error": max_mean_abs_error, "warmup_steps": warmup_steps,
+                  "outlier_fraction": outlier_fraction}
+    if n == 0:
+        return RuleResult("strict", False, gating, f"no steps left after a warm-up of {warmup_steps} steps",
+                          {"steps_used": 0}, thresholds, applicable=False)
+    k = int(math.floor(outlier_fraction * n))
+    numbers = {"mean_abs_relative_error": _mean_without_worst(rel, k), "mean_abs_error": _mean_without_worst(diff, k),
+               "max_abs_relative_error": float(np.max(rel)), "max_abs_error": float(np.max(diff)),
+               "steps_used": n, "outliers_allowed": k, "warmup_skipped": int(np.sum(~keep))}
     rel_ok = numbers["mean_abs_relative_error"] <= max_mean_abs_relative_error
     abs_ok = numbers["mean_abs_error"] <= max_mean_abs_error
-    broken = [f"mean |d|/|b| {numbers['mean_abs_relative_error']:.6g} > {max_mean_abs_relative_error}"] if not rel_ok else []
-    broken += [f"mean |d| {numbers['mean_abs_error']:.6g} > {max_mean_abs_error}"] if not abs_ok else []
-    return RuleResult(
-        name="strict",
-        passed=rel_ok and abs_ok,
-        gating=gating,
-        summary="; ".join(broken) if broken else (
-            f"mean |d|/|b| {numbers['mean_abs_relative_error']:.6g} <= {max_mean_abs_relative_error} and "
-            f"mean |d| {numbers['mean_abs_error']:.6g} <= {max_mean_abs_error}"),
-        numbers=numbers,
-        thresholds={"max_mean_abs_relative_error": max_mean_abs_relative_error,
-                    "max_mean_abs_error": max_mean_abs_error},
-    )
+    parts = [f"steps >= {warmup_steps}"] if warmup_steps else []
+    parts += [f"worst {k} of {n} steps left out"] if k else []
+    scope = f" ({', '.join(parts)})" if parts else ""
+    broken = []
+    if not rel_ok:
+        broken.append(f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} > {max_mean_abs_relative_error}")
+    if not abs_ok:
+        broken.append(f"mean |d| {numbers['mean_abs_error']:.6g} > {max_mean_abs_error}")
+    summary = ("; ".join(broken) if broken else (
+        f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} <= {max_mean_abs_relative_error} and "
+        f"mean |d| {numbers['mean_abs_error']:.6g} <= {max_mean_abs_error}")) + scope
+    return RuleResult("strict", rel_ok and abs_ok, gating, summary, numbers, thresholds)
+
+
+def band_limits(mean, std, z: float, min_halfwidth_relative: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """mean +- max(z*std, min_halfwidth_relative*|mean|). The floor matters where the baseline runs agree
+    exactly (repeats of one seed on a deterministic device have zero spread)."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    half = np.maximum(z * std, min_halfwidth_relative * np.abs(mean))
+    return mean - half, mean + half
+
+
+def band_rule(candidate, mean, std, steps=None, runs: int = 0, z=3.0, max_outside_fraction=0.05,
+              min_halfwidth_relative=0.001, warmup_steps=0, gating=True) -> RuleResult:
+    c = np.asarray(candidate, dtype=np.float64)
+    steps = np.arange(len(c)) if steps is None else np.asarray(steps)
+    keep = after_warmup(steps, warmup_steps)
+    c, mean, std, steps = c[keep], np.asarray(mean)[keep], np.asarray(std)[keep], steps[keep]
+    thresholds = {"z": z, "max_outside_fraction": max_outside_fraction,
+                  "min_halfwidth_relative": min_halfwidth_relative, "warmup_steps": warmup_steps}
+    if not len(c):
+        return RuleResult("band", False, gating, f"no steps left after a warm-up of {warmup_steps} steps",
+                          {"steps_used": 0}, thresholds, applicable=False)
+    lower, upper = band_limits(mean, std, z, min_halfwidth_relative)
+    outside = ~((c >= lower) & (c <= upper))  # NaN counts as outside
+    fraction = float(np.mean(outside))
+    zero_spread = int(np.sum(std == 0))
+    numbers = {"outside_fraction": fraction, "outside_steps": int(np.sum(outside)), "steps_used": len(c),
+               "baseline_runs": runs, "zero_spread_steps": zero_spread,
+               "mean_sigma": float(np.mean(std))}
+    if np.any(outside):
+        numbers["first_outside_step"] = int(steps[np.argmax(outside)])
+    passed = fraction <= max_outside_fraction
+    summary = (f"{numbers['outside_steps']} of {len(c)} steps ({fraction:.1%}) outside mean +- {z} sigma of "
+               f"{runs} baseline runs; at most {max_outside_fraction:.1%} allowed")
+    if np.any(outside):
+        summary += f"; first outside at step {numbers['first_outside_step']}"
+    if zero_spread:
+        summary += (f"; the runs agree exactly at {zero_spread} step(s), where the band is "
+                    f"+- {min_halfwidth_relative:g} x |mean|")
+    return RuleResult("band", passed, gating, summary, numbers, thresholds)
+
+
+def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0.01, warmup_steps=0,
+               gating=True) -> RuleResult:
+    """Kendall's tau of the differences d = c - b against the step number (a monotonic drift), with the
+    Theil-Sen slope over the compared span, relative to the mean baseline loss, as its effect size.
+    Fails only when the drift is both significant (p < alpha) and large (|drift| > max_drift_relative)."""
+    from scipy import stats
+
+    c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    steps = np.arange(len(c)) if steps is None else np.asarray(steps)
+    keep = after_warmup(steps, warmup_steps)
+    c, b, steps = c[keep], b[keep], steps[keep].astype(np.float64)
+    d = c - b
+    thresholds = {"alpha": alpha, "max_drift_relative": max_drift_relative, "warmup_steps": warmup_steps}
+    if len(d) < 3:
+        return RuleResult("trend", False, gating, f"{len(d)} step(s) after the warm-up: too few for a trend test",
+                          {"steps_used": len(d)}, thresholds, applicable=False)
+    if np.ptp(d) == 0:  # the same difference at every step: no trend (a constant offset is strict's job)
+        tau, p, slope = 0.0, 1.0, 0.0
+    else:
+        tau, p = stats.kendalltau(steps, d)
+        pick = np.linspace(0, len(d) - 1, min(len(d), TREND_MAX_POINTS)).round().astype(int)
+        slope = float(stats.theilslopes(d[pick], steps[pick])[0])
+        tau, p = float(tau), float(p)
+    drift = slope * (steps[-1] - steps[0])
+    scale = float(np.mean(np.abs(b)))
+    drift_relative = drift / scale if scale > 0 else (0.0 if drift == 0 else math.inf)
+    passed = not (p < alpha and abs(drift_relative) > max_drift_relative)
+    numbers = {"kendall_tau": tau, "p_value": p, "theil_sen_slope": slope, "drift": drift,
+               "drift_relative": drift_relative, "steps_used": len(d)}
+    direction = "upward" if drift > 0 else "downward"
+    if passed:
+        summary = (f"no drift both significant and large: tau {tau:.3g}, p {p:.3g} (alpha {alpha}), "
+                   f"drift {drift_relative:+.3%} of the mean loss over steps {int(steps[0])}-{int(steps[-1])} "
+                   f"(limit {max_drift_relative:.1%})")
+    else:
+        summary = (f"{direction} drift of the difference: tau {tau:.3g}, p {p:.3g} < {alpha}, Theil-Sen drift "
+                   f"{drift_relative:+.3%} of the mean loss over steps {int(steps[0])}-{int(steps[-1])} "
+                   f"> {max_drift_relative:.1%}")
+    return RuleResult("trend", passed, gating, summary, numbers, thresholds)
+
+
+def first_divergence(steps, candidate, baseline, max_relative_error=0.02, max_abs_error=0.0,
+                     consecutive_steps=3) -> int | None:
+    """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
+    `consecutive_steps` logged steps in a row (one noisy step is not a parting); None if never."""
+    c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        beyond = ~(np.abs(c - b) <= np.maximum(max_relative_error * np.abs(b), max_abs_error))
+    k = max(1, int(consecutive_steps))
+    if len(beyond) < k:
+        return None
+    runs = np.convolve(beyond.astype(int), np.ones(k, dtype=int), mode="valid")
+    hits = np.flatnonzero(runs == k)
+    return int(np.asarray(steps)[hits[0]]) if len(hits) else None
 
 
 def _first_nonfinite(values: np.ndarray, steps: np.ndarray) -> str | None:
@@ -118,54 +278,116 @@ def _first_nonfinite(values: np.ndarray, steps: np.ndarray) -> str | None:
     if len(bad) == 0:
         return None
     i = bad[0]
-    return f"{values[i]} at step {steps[i]} ({len(bad)} non-finite value(s))"
+    where = f"step {steps[i]}" if i < len(steps) else f"position {i}"
+    return f"{values[i]} at {where} ({len(bad)} non-finite value(s))"
 
 
 def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: np.ndarray, baseline: np.ndarray,
            *, gate: list[str], min_steps: int, modelzoo: dict | None = None, strict: dict | None = None,
-           refusals: list[str] | None = None) -> Verdict:
-    """Apply every rule; the gating ones decide. Anything that makes the numbers meaningless
-    (non-finite values, too few steps, a baseline made under other conditions: `refusals`) makes the
-    verdict inconclusive, never pass."""
-    modelzoo = modelzoo or {}
-    strict = strict or {}
+           refusals: list[str] | None = None, inform: list[str] = (), band: dict | None = None,
+           trend: dict | None = None, divergence: dict | None = None, alignment: str = "steps",
+           band_stats: dict | None = None, notes: list[str] | None = None) -> Verdict:
+    """Apply the rules named in `gate` (they decide) and `inform` (reported only).
+
+    `band_stats` is a multi-run baseline's per-step {"mean", "std", "runs"} on `baseline_steps`; without
+    it the band rule cannot run (inconclusive if it gates). Anything that makes the numbers meaningless
+    (non-finite values, too few comparable steps, step numbers that cannot be aligned, a baseline made
+    under other conditions: `refusals`) makes the verdict inconclusive, never pass.
+    """
+    configs = {"modelzoo": modelzoo or {}, "strict": strict or {}, "band": band or {}, "trend": trend or {}}
+    divergence = {"max_relative_error": 0.02, "max_abs_error": 0.0, "consecutive_steps": 3, **(divergence or {})}
     candidate = np.asarray(candidate, dtype=np.float64)
     baseline = np.asarray(baseline, dtype=np.float64)
-    n = min(len(candidate), len(baseline))
+    candidate_steps, baseline_steps = np.asarray(candidate_steps), np.asarray(baseline_steps)
+    active = list(gate) + [r for r in inform if r not in gate]
     reasons = list(refusals or [])
-    notes = []
+    notes = list(notes or [])
+
     for label, values, steps in (("candidate", candidate, candidate_steps), ("baseline", baseline, baseline_steps)):
-        if (bad := _first_nonfinite(values[:n], np.asarray(steps)[:n])) is not None:
+        if (bad := _first_nonfinite(values, steps)) is not None:
             reasons.append(f"{label} loss is not finite: {bad}")
-    if n < min_steps:
-        reasons.append(f"only {n} step(s) can be compared (candidate {len(candidate)}, baseline {len(baseline)}); "
-                       f"compare.min_steps is {min_steps}")
+    if band_stats is not None:
+        for key in ("mean", "std"):
+            if (bad := _first_nonfinite(np.asarray(band_stats[key], dtype=np.float64), baseline_steps)) is not None:
+                reasons.append(f"baseline band {key} is not finite: {bad}")
+
+    # ModelZoo's own pairing: by position, cut to the shorter curve
+    n_pos = min(len(candidate), len(baseline))
     if len(candidate) != len(baseline):
         notes.append(f"curves have different lengths (candidate {len(candidate)}, baseline {len(baseline)}); "
-                     f"compared the first {n} steps, as ModelZoo does")
-    if n and not np.array_equal(np.asarray(candidate_steps)[:n], np.asarray(baseline_steps)[:n]):
-        notes.append("step numbers differ between the curves; compared by position, as ModelZoo does")
+                     f"the modelzoo rule compares the first {n_pos} by position, as ModelZoo does")
+    if n_pos and not np.array_equal(candidate_steps[:n_pos], baseline_steps[:n_pos]):
+        notes.append("step numbers differ between the curves: the modelzoo rule pairs them by position, as "
+                     "ModelZoo does; the other rules pair them on step numbers")
+
+    # every other rule: paired on step numbers
+    extra = {"mean": band_stats["mean"], "std": band_stats["std"]} if band_stats is not None else None
+    aligned = None
+    try:
+        aligned = align(candidate_steps, candidate, baseline_steps, baseline, mode=alignment, baseline_extra=extra)
+    except BaselineError as exc:
+        reasons.append(f"the curves cannot be aligned on step numbers: {exc}")
+    n = len(aligned) if aligned is not None else 0
+    if aligned is not None:
+        notes += aligned.notes()
+        if n < min_steps:
+            reasons.append(f"only {n} step(s) can be compared on matching step numbers (candidate "
+                           f"{len(candidate)}, baseline {len(baseline)}); compare.min_steps is {min_steps}")
+    if n_pos == 0 or (aligned is not None and n == 0):
+        reasons.append("one of the curves is empty, or they share no step")
 
     rules: dict[str, RuleResult] = {}
     lines: list[str] = []
     absolute: dict[str, float] = {}
-    if n:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rules["modelzoo"] = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **modelzoo)
-            rules["strict"] = strict_rule(candidate, baseline, gating="strict" in gate, **strict)
-            absolute = absolute_errors(candidate, baseline)
-        mz = rules["modelzoo"]
-        lines = modelzoo_lines(mz.numbers["mean_relative_error"], mz.numbers["mean_absolute_error"],
-                               mz.thresholds["max_mean_relative_error"], mz.thresholds["max_mean_absolute_error"])
-    else:
-        reasons.append("one of the curves is empty")
+    first_split = None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if n_pos:
+            mz = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **configs["modelzoo"])
+            if "modelzoo" in active:
+                rules["modelzoo"] = mz
+            lines = modelzoo_lines(mz.numbers["mean_relative_error"], mz.numbers["mean_absolute_error"],
+                                   mz.thresholds["max_mean_relative_error"], mz.thresholds["max_mean_absolute_error"])
+        if n:
+            s, c, b = aligned.steps, aligned.candidate, aligned.baseline
+            absolute = absolute_errors(c, b)
+            first_split = first_divergence(s, c, b, **divergence)
+            if "strict" in active:
+                rules["strict"] = strict_rule(c, b, s, gating="strict" in gate, **configs["strict"])
+            if "trend" in active:
+                rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **configs["trend"])
+            if "band" in active and band_stats is not None:
+                rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,
+                                          runs=int(band_stats.get("runs", 0)), gating="band" in gate,
+                                          **configs["band"])
+    if "band" in active and band_stats is None:
+        if "band" in gate:
+            reasons.append("the band rule gates but the baseline has a single run; record a multi-run baseline "
+                           "(python -m pipelines.stages.baseline record --runs 3) or move band to compare.inform")
+        else:
+            notes.append("band rule not applied: the baseline has a single run")
+    for name, rule in rules.items():
+        if not rule.applicable:
+            (reasons if rule.gating else notes).append(f"{name} rule not applied: {rule.summary}")
 
+    split_line = (f"curves part at step {first_split}: |d| > max({divergence['max_relative_error']} x |b|, "
+                  f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} logged steps in a row"
+                  if first_split is not None else
+                  f"curves never part beyond max({divergence['max_relative_error']} x |b|, "
+                  f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} steps in a row")
     if reasons:
         status = INCONCLUSIVE
+        if n:
+            notes.append(split_line)
     else:
         failed = [r for r in rules.values() if r.gating and not r.passed]
         status = FAIL if failed else PASS
         reasons = [f"{r.name}: {r.summary}" for r in failed] or [
             f"{r.name}: {r.summary}" for r in rules.values() if r.gating]
+        reasons += [f"informative rule {r.name} fails: {r.summary}" for r in rules.values()
+                    if not r.gating and not r.passed and r.applicable]
+        reasons.append(split_line)
     return Verdict(status=status, reasons=reasons, rules=rules, absolute=absolute, compared_steps=n,
-                   candidate_steps=len(candidate), baseline_steps=len(baseline), modelzoo_lines=lines, notes=notes)
+                   candidate_steps=len(candidate), baseline_steps=len(baseline), modelzoo_lines=lines, notes=notes,
+                   first_divergence_step=first_split, divergence=divergence,
+                   alignment=aligned.to_dict() if aligned is not None else {"mode": alignment, "compared_steps": 0},
+                   baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1)

@@ -1,10 +1,18 @@
-"""baseline command: record a new baseline, or promote an existing run's curve into one.
+"""baseline command: record a new baseline from K training runs, or promote existing runs into one.
 
-  python -m pipelines.stages.baseline promote   # reports/<profile>/curve.csv + train.json -> compare.baseline
-  python -m pipelines.stages.baseline record    # train now with params.yaml, then promote that run
-  python -m pipelines.stages.baseline show      # print the stored baseline's provenance
+  python -m pipelines.stages.baseline record --runs 3            # train seeds s, s+1, s+2 (s = train.seed)
+  python -m pipelines.stages.baseline record --runs 3 --repeat   # 3 repeats of train.seed: the device's own noise
+  python -m pipelines.stages.baseline promote                    # reports/<profile>/curve.csv + train.json
+  python -m pipelines.stages.baseline promote --run-dir a --run-dir b --mlflow-run <id> ...
+  python -m pipelines.stages.baseline show                       # print the stored baseline's provenance
 
-The baseline is written to compare.baseline (or --out); commit it to git with its provenance.
+Each recorded run is an ordinary tracked train run: if `record` is interrupted, the finished runs are
+not lost; promote them with `promote --mlflow-run <id> ...`.
+
+The baseline is written to compare.baseline (or --out); commit it to git with its provenance. With
+several runs it keeps every curve and per-step mean/std/min/max, which the band rule uses. A baseline
+of several seeds leaves train.seed out of its params hash (any seed is judged against the spread);
+one of a single seed keeps it (see pipelines/baselines.py `curve_hash`).
 """
 
 from __future__ import annotations
@@ -14,28 +22,83 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cait.errors import BaselineError, ConfigError
 from pipelines import cli
-from pipelines.baselines import baseline_from_run, load_baseline, save_baseline
+from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
 from pipelines.curves import read_curve_csv
 from pipelines.layout import CURVE, RECORD, run_dir
-from pipelines.params import load_params
+from pipelines.logs import read_mlflow_run
+from pipelines.params import Params, load_params
 from pipelines.provenance import read_record
+from pipelines.tracking import tracking_uri
 
 
-def promote(curve_path: Path, record_path: Path, out: Path, profile: str, source: str | None = None) -> None:
-    record = read_record(record_path)
-    baseline = baseline_from_run(read_curve_csv(curve_path), record, profile, source or str(curve_path))
-    save_baseline(out, baseline)
-    prov = baseline.provenance
-    print(f"baseline: {len(baseline.loss)} steps from {curve_path} ({prov['device']}: {prov['device_name']}) -> {out}")
+def run_from_folder(folder: Path) -> tuple:
+    """(curve, record, source) of a train stage's output folder (curve.csv + train.json)."""
+    return read_curve_csv(folder / CURVE), read_record(folder / RECORD), str(folder / CURVE)
+
+
+def run_from_mlflow(run_id: str, params: Params) -> tuple:
+    """(curve, record, source) of a tracked train run: its `loss` history and its train.json artifact."""
+    if not params.tracking.enabled:
+        raise ConfigError("--mlflow-run needs tracking.enabled: true (and the store the run is in)")
+    uri = tracking_uri(params.tracking)
+    curve = read_mlflow_run(run_id, uri).curve
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="baseline-promote-") as tmp:
+        try:
+            local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, RECORD, tmp)
+        except Exception:
+            raise BaselineError(f"MLflow run {run_id}: has no {RECORD} artifact (not a train stage run?); "
+                                f"promote its folder with --run-dir instead") from None
+        record = read_record(local)
+    return curve, record, f"MLflow run {run_id}"
+
+
+def seeds_for(params: Params, runs: int, repeat: bool, seeds: str | None) -> list[int]:
+    if seeds:
+        try:
+            return [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {seeds!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+    if runs < 1:
+        raise ConfigError(f"--runs {runs}: must be at least 1")
+    first = params.train.seed
+    return [first] * runs if repeat else list(range(first, first + runs))
+
+
+def record_runs(params: Params, seeds: list[int]) -> list[tuple]:
+    """Train once per seed with params.yaml otherwise unchanged; each run is tracked in MLflow as usual."""
+    from pipelines.stages.train import run_training
+
+    runs = []
+    for i, seed in enumerate(seeds):
+        run_params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+        print(f"baseline: run {i + 1} of {len(seeds)} (train.seed {seed})", flush=True)
+        with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
+            curve_path, record_path = run_training(run_params, Path(tmp))
+            record = read_record(record_path)
+            run_id = record.get("mlflow_run_id") or "untracked"
+            runs.append((read_curve_csv(curve_path), record, f"baseline record, seed {seed} (MLflow run {run_id})"))
+    return runs
 
 
 def main(argv=None) -> int:
     p = cli.parser("record or promote a baseline")
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("promote", help="turn an existing run's curve into the baseline")
-    pr.add_argument("--run-dir", help="folder holding curve.csv and train.json (default: reports/<profile>)")
-    rec = sub.add_parser("record", help="train now with params.yaml and promote that run")
+    pr = sub.add_parser("promote", help="turn existing runs into the baseline (one run, or several for a band)")
+    pr.add_argument("--run-dir", action="append", default=[],
+                    help="folder holding curve.csv and train.json; repeat for a multi-run baseline "
+                         "(default: reports/<profile>)")
+    pr.add_argument("--curve", action="append", default=[],
+                    help="a curve CSV; its train.json is read from the same folder unless --record follows")
+    pr.add_argument("--record", action="append", default=[], help="train.json of the matching --curve")
+    pr.add_argument("--mlflow-run", action="append", default=[], help="id of a tracked train run; repeatable")
+    rec = sub.add_parser("record", help="train K runs now with params.yaml and make them the baseline")
+    rec.add_argument("--runs", type=int, default=1, help="how many runs (default 1)")
+    rec.add_argument("--repeat", action="store_true", help="repeat train.seed instead of seeds s, s+1, ...")
+    rec.add_argument("--seeds", help="explicit seeds, e.g. 0,1,2 (overrides --runs)")
     sub.add_parser("show", help="print the baseline's provenance")
     for s in (pr, rec):
         s.add_argument("--out", help="baseline file to write (default: compare.baseline)")
@@ -43,20 +106,30 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     if args.command == "show":
         baseline = load_baseline(params.compare.baseline)
-        print(json.dumps({"profile": baseline.profile, "model": baseline.model, "steps": len(baseline.loss),
+        print(json.dumps({"profile": baseline.profile, "model": baseline.model, "kind": baseline.kind,
+                          "steps": len(baseline.loss), "seeds": baseline.seeds,
                           "provenance": {k: v for k, v in baseline.provenance.items() if k != "params"}}, indent=1))
         return 0
     out = Path(args.out or params.compare.baseline)
-    if args.command == "promote":
-        folder = Path(args.run_dir) if args.run_dir else run_dir(params.profile)
-        promote(folder / CURVE, folder / RECORD, out, params.profile)
-        return 0
-    from pipelines.stages.train import run_training
-
-    with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-        curve_path, record_path = run_training(params, Path(tmp))
-        run_id = read_record(record_path).get("mlflow_run_id") or "untracked"
-        promote(curve_path, record_path, out, params.profile, source=f"baseline record (MLflow run {run_id})")
+    if args.command == "record":
+        runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds))
+    else:
+        if args.record and len(args.record) != len(args.curve):
+            raise ConfigError("--record: give one per --curve, in the same order (or none: train.json beside each)")
+        runs = [run_from_folder(Path(d)) for d in args.run_dir]
+        for i, curve_path in enumerate(args.curve):
+            record_path = Path(args.record[i]) if args.record else Path(curve_path).parent / RECORD
+            runs.append((read_curve_csv(curve_path), read_record(record_path), curve_path))
+        runs += [run_from_mlflow(run_id, params) for run_id in args.mlflow_run]
+        if not runs:
+            runs = [run_from_folder(run_dir(params.profile))]
+        # the reference run (the baseline's own curve) is the one of train.seed, whatever order they came in
+        runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
+    baseline = baseline_from_runs(runs, params.profile)
+    save_baseline(out, baseline)
+    prov = baseline.provenance
+    print(f"baseline: {baseline.kind}, {len(baseline.loss)} steps, seeds {baseline.seeds} "
+          f"({prov['device']}: {prov['device_name']}) -> {out}")
     return 0
 
 

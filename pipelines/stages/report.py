@@ -22,15 +22,6 @@ from pipelines.report import (render_html, render_junit, render_overlay, render_
 from pipelines.tracking import RunLogger
 
 
-def baseline_band(baseline, params):
-    """(lower, upper) per step for a multi-run baseline, as the band rule draws it; None otherwise."""
-    band = getattr(baseline, "band", None)
-    rule = getattr(params.compare.rules, "band", None)
-    if band is None or rule is None:
-        return None
-    return band(rule.z, getattr(rule, "min_halfwidth_relative", 0.0))
-
-
 def divergence_tolerance(verdict: dict) -> float | None:
     """The relative tolerance the first divergence was found with (else the strict rule's)."""
     found = verdict.get("divergence", {}).get("max_relative_error")
@@ -63,20 +54,23 @@ def main(argv=None) -> int:
     env = record["environment"]
     labels = (f"candidate: {env['device']} ({env['device_name']})",
               f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
-    render_overlay(out / OVERLAY, candidate, baseline.curve, verdict, labels)
-    band = baseline_band(baseline, params)
+    band_cfg = params.compare.rules.band
+    limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
+    band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
+    reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
+    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
     first = verdict.get("first_divergence_step")
     zoom = None
     if first is not None:
         zoom = out / ZOOM
-        render_zoom(zoom, candidate, baseline.curve, int(first), band, divergence_tolerance(verdict))
+        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict))
     else:
         (out / ZOOM).unlink(missing_ok=True)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
     render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
                 zoom_png=zoom, band_shown=band is not None)
     render_junit(out / JUNIT, verdict, env['device'])
-    write_plot_table(out / PLOTS, candidate, baseline.curve)
+    write_plot_table(out / PLOTS, candidate, reference)
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 

@@ -2,7 +2,8 @@
 
 Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s) and
 reports/<profile>/train.json (MLflow run id, environment, params hash, data manifest hash).
-Prints one ModelZoo-style (tcap_dllogger) line per step, so existing ModelZoo tooling reads our runs.
+Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
+so existing ModelZoo tooling reads our runs.
 """
 
 from __future__ import annotations
@@ -15,17 +16,11 @@ from cait.errors import ConfigError
 from pipelines import cli
 from pipelines.curves import write_curve_csv
 from pipelines.layout import CURVE, PREPARED_DIR, RECORD, run_dir
+from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
 from pipelines.provenance import git_commit, write_record
 from pipelines.tracking import RunLogger
-
-
-def dllogger_line(row: dict, epoch: int = 0, rank: int = 0) -> str:
-    """The per-step line ModelZoo's tcap_dllogger prints (double spaces included)."""
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
-    return (f"TCAPPDLL {stamp} - Epoch: {epoch} Iteration: {row['step']}  rank : {rank}  "
-            f"train.loss : {row['loss']}  train.ips : {row['samples_per_s']} imgs/s")
 
 
 def run_training(params: Params, out_dir: Path, quiet: bool = False) -> tuple[Path, Path]:
