@@ -57,7 +57,7 @@ class ImageNetConfig(Section):
     def _unusable_excluded(cls, kinds: list[str]) -> list[str]:
         missing = [k for k in UNUSABLE_KINDS if k not in kinds]
         if missing:
-            raise ValueError(f"exclude: must include {', '.join(missing)} (such files cannot be trained on)")
+            raise ValueError(f"must include {', '.join(missing)} (such files cannot be trained on)")
         return kinds
 
 

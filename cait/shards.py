@@ -45,8 +45,8 @@ def pin_subset(manifest: Manifest, *, train_images: int, val_images: int, seed: 
     """Choose up to `train_images` / `val_images` files by seed, hash their bytes and list them in manifest order.
 
     Candidates come from a permutation keyed by (seed, split); one that fails to decode is quarantined
-    and the next candidate taken, so the subset is as large as asked whenever the data allows. Asking
-    for at least the whole split keeps the split as it is (same files, same order).
+    and the next candidate taken, so the subset is as large as asked whenever the data allows (else it
+    holds every readable file). Asking for at least the whole split keeps the split as it is.
     """
     splits: dict[str, list[tuple[str, int, str]]] = {}
     quarantined = list(manifest.quarantined)
@@ -73,9 +73,9 @@ def pin_subset(manifest: Manifest, *, train_images: int, val_images: int, seed: 
                     continue
                 chosen.append(i)
                 hashes[i] = digest
-        if len(chosen) < want:
-            raise DataError(f"{manifest.root / split}: only {len(chosen)} of the {want} images asked for "
-                            f"(data.subset) are readable; restore the damaged files or ask for fewer")
+        if want and not chosen:
+            raise DataError(f"{manifest.root / split}: none of its {len(entries)} listed images is readable; "
+                            f"restore them from the archive")
         splits[split] = [(entries[i][0], entries[i][1], hashes[i]) for i in sorted(chosen)]
     pinned = {"seed": seed, "train_images": len(splits.get("train", [])), "val_images": len(splits.get("val", [])),
               "from_hash": manifest.hash, "from_counts": {k: len(v) for k, v in manifest.splits.items()}}
