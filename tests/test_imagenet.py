@@ -416,6 +416,7 @@ def _untracked(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_synthetic_and_imagenet_take_the_same_path_into_training(tiny_project, tmp_path, monkeypatch):
     from pipelines.baselines import baseline_from_run, refusals
     from pipelines.curves import read_curve_csv
