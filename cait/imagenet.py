@@ -267,6 +267,48 @@ def _decode_this(rel: str, fraction: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The scan
 
+class ScanCache:
+    """What earlier scans found, per file, so that a rerun (or a resumed scan) checks only new or changed files.
+
+    Keyed by the ImageNet root; an entry counts while the file's size and mtime are unchanged and it was
+    checked at least as thoroughly as now asked (decoded, or header only). Saved after every chunk.
+    """
+
+    VERSION = 1
+
+    def __init__(self, folder: Path | None, root: Path):
+        from PIL import __version__ as pillow_version
+
+        self.path = None if folder is None else Path(folder) / (
+            hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".json")
+        self.key = {"version": self.VERSION, "root": str(root.resolve()), "pillow": pillow_version}
+        self.entries: dict[str, list] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("key") == self.key:
+                    self.entries = data["entries"]
+            except (ValueError, KeyError, TypeError):
+                self.entries = {}  # a damaged cache is only a slower scan
+
+    def get(self, rel: str, stat: os.stat_result, decode: bool) -> tuple[str, str] | None:
+        hit = self.entries.get(rel)
+        if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns and (hit[2] or not decode):
+            return hit[3], hit[4]
+        return None
+
+    def put(self, rel: str, stat: os.stat_result, decoded: bool, kind: str, detail: str) -> None:
+        self.entries[rel] = [stat.st_size, stat.st_mtime_ns, decoded, kind, detail]
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".partial")
+        tmp.write_text(json.dumps({"key": self.key, "entries": self.entries}, separators=(",", ":")))
+        os.replace(tmp, self.path)
+
+
 @dataclass
 class ScanReport:
     """What the scan found and where: counts per split against the expected totals, and every oddity."""
@@ -293,8 +335,9 @@ class ScanReport:
                  f"({self.workers} worker(s))"]
         for split, s in self.splits.items():
             expected = f" of {s['expected']} expected" if s["expected"] else ""
+            cached = f" ({s['from_cache']} unchanged since the last scan)" if s.get("from_cache") else ""
             lines.append(f"  {split}: {s['found']} images{expected}, {s['per_class_min']}-{s['per_class_max']} "
-                         f"per class, {s['decoded']} fully decoded")
+                         f"per class, {s['decoded']} fully decoded{cached}")
         if self.val_links_made:
             lines.append(f"  val: {self.val_links_made} flat image(s) linked into class folders")
         for kind, f in sorted(self.findings.items()):
@@ -356,18 +399,19 @@ def check_layout(root: Path | str, cfg: ImageNetConfig) -> tuple[Path, list[str]
     return root, classes, links
 
 
-def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None = None,
-                  progress: bool = True) -> tuple[Manifest, ScanReport]:
+def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None = None, progress: bool = True,
+                  cache_dir: Path | None = None, chunk: int = 20_000) -> tuple[Manifest, ScanReport]:
     """Check an ImageNet folder and list its files by size, leaving quarantined ones out.
 
     Errors name the path and the fix: a missing folder, a split without class folders, an empty
     class, the wrong number of classes or images, val classes that train does not have, a ground
-    truth that does not match the images.
+    truth that does not match the images. With `cache_dir`, files unchanged since an earlier
+    (possibly interrupted) scan are not checked again.
     """
     start = time.perf_counter()
     root, classes, links = check_layout(root, cfg)
     index = {name: i for i, name in enumerate(classes)}
-    listing: dict[str, list[tuple[str, int, int]]] = {}
+    listing: dict[str, list[tuple[str, int, os.stat_result]]] = {}
     report = ScanReport(str(root.resolve()), len(classes), val_links_made=links, workers=workers or os.cpu_count() or 1)
     for split in ("train", "val"):
         entries, empty, per_class = [], [], []
@@ -376,7 +420,7 @@ def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None 
             if not files:
                 empty.append(str(class_dir))
             per_class.append(len(files))
-            entries += [(f"{split}/{class_dir.name}/{p.name}", index[class_dir.name], p.stat().st_size) for p in files]
+            entries += [(f"{split}/{class_dir.name}/{p.name}", index[class_dir.name], p.stat()) for p in files]
         if empty:
             raise DataError(f"empty class folder(s): {_examples(empty)}; restore their images or remove the folders")
         expected = getattr(cfg.expected, split)
@@ -385,17 +429,29 @@ def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None 
                             f"files (or set data.imagenet.expected.{split} to {len(entries)} for a deliberate subset)")
         listing[split] = entries
         report.splits[split] = {"found": len(entries), "expected": expected, "per_class_min": min(per_class),
-                                "per_class_max": max(per_class), "decoded": 0}
+                                "per_class_max": max(per_class), "decoded": 0, "from_cache": 0}
 
     splits: dict[str, list[tuple[str, int, str]]] = {}
     quarantined: list[tuple[str, str, str, bool]] = []
     findings: dict[str, dict] = {}
+    cache = ScanCache(cache_dir, root)
     for split, entries in listing.items():
-        tasks = [(str(root / rel), _decode_this(rel, cfg.decode_fraction)) for rel, _, _ in entries]
-        report.splits[split]["decoded"] = sum(decode for _, decode in tasks)
-        results = parallel_map(_inspect_task, tasks, workers=workers, desc=f"scan {split}", progress=progress)
+        decode = [_decode_this(rel, cfg.decode_fraction) for rel, _, _ in entries]
+        results = [cache.get(rel, st, d) for (rel, _, st), d in zip(entries, decode)]
+        todo = [i for i, r in enumerate(results) if r is None]
+        report.splits[split]["decoded"] = sum(decode)
+        report.splits[split]["from_cache"] = len(entries) - len(todo)
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            found = parallel_map(_inspect_task, [(str(root / entries[i][0]), decode[i]) for i in part],
+                                 workers=workers, desc=f"scan {split} {start // chunk + 1}/{-(-len(todo) // chunk)}",
+                                 progress=progress)
+            for i, (kind, detail) in zip(part, found):
+                results[i] = (kind, detail)
+                cache.put(entries[i][0], entries[i][2], decode[i], kind, detail)
+            cache.save()
         kept = []
-        for (rel, label, size), (kind, detail) in zip(entries, results):
+        for (rel, label, st), (kind, detail) in zip(entries, results):
             excluded = kind in cfg.exclude
             if kind != "ok":
                 quarantined.append((rel, kind, detail, excluded))
@@ -403,7 +459,7 @@ def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None 
                 f["count"] += 1
                 f["paths"].append(rel)
             if not excluded:
-                kept.append((rel, label, str(size)))
+                kept.append((rel, label, str(st.st_size)))
         left = Counter(label for _, label, _ in kept)
         gone = [f"{split}/{classes[i]}" for i in sorted({label for _, label, _ in entries}) if not left[i]]
         if gone:

@@ -470,3 +470,23 @@ def test_prepare_failure_keeps_the_previous_data(tiny_project, tmp_path):
     with pytest.raises(DataError, match="train: 4 class folders, expected 3"):
         prepare(load_params(), progress=False)
     assert (tiny_project / "data/prepared/manifest.json").read_text() == before
+
+
+def test_scan_cache_rechecks_only_changed_files(imagenet, tmp_path):
+    root, info = imagenet
+    cache = tmp_path / "cache"
+    first, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, cache_dir=cache, chunk=5)
+    assert report.splits["train"]["from_cache"] == 0 and len(list(cache.iterdir())) == 1
+    again, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, cache_dir=cache)
+    assert report.splits["train"]["from_cache"] == 18 and report.splits["val"]["from_cache"] == 6
+    assert again.hash == first.hash and again.quarantined == first.quarantined
+    damaged = root / "train" / CLASSES[0] / f"{CLASSES[0]}_3.JPEG"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    changed, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, cache_dir=cache)
+    assert report.splits["train"]["from_cache"] == 17
+    assert f"train/{CLASSES[0]}/{damaged.name}" in {rel for rel, _, _, excluded in changed.quarantined if excluded}
+    # a header-only cache entry does not stand in for a full decode
+    other = tmp_path / "cache2"
+    scan_imagenet(root, fixture_config(decode_fraction=0.0), workers=1, progress=False, cache_dir=other)
+    _, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, cache_dir=other)
+    assert report.splits["train"]["from_cache"] == 0

@@ -5,7 +5,8 @@ Outputs (data/prepared/): dataset.json (the full listing), manifest.json (the pi
 content hashes: what train reads and what baselines are tied to), shards/ (its pixels, uint8, at the
 training resolution), scan.json (ImageNet: what the integrity scan found), and for synthetic data the
 images themselves. ImageNet's images stay where data.path says: DVC does not see them, so after
-changing files there rerun with `dvc repro -f prepare`.
+changing files there rerun with `dvc repro -f prepare`: data/scan-cache/ remembers what earlier scans
+found, so only new or changed files are checked again (an interrupted scan resumes the same way).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 
 from pipelines import cli
-from pipelines.layout import DATASET, PREPARED_DIR, SCAN_REPORT, SHARDS_DIR
+from pipelines.layout import DATASET, PREPARED_DIR, SCAN_CACHE_DIR, SCAN_REPORT, SHARDS_DIR
 from pipelines.params import Params, load_params
 
 
@@ -39,7 +40,8 @@ def prepare(params: Params, *, progress: bool = True) -> None:
                                val_per_class=syn.val_per_class, jpeg_quality=syn.jpeg_quality)
         root_text = "."
     else:
-        full, report = scan_imagenet(data.path, data.imagenet, workers=data.workers, progress=progress)
+        full, report = scan_imagenet(data.path, data.imagenet, workers=data.workers, progress=progress,
+                                     cache_dir=SCAN_CACHE_DIR)
         tmp.mkdir(parents=True)
         (tmp / SCAN_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n")
         print(report.summary())
