@@ -23,7 +23,6 @@ from cait.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

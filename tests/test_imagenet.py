@@ -490,3 +490,16 @@ def test_scan_cache_rechecks_only_changed_files(imagenet, tmp_path):
     scan_imagenet(root, fixture_config(decode_fraction=0.0), workers=1, progress=False, cache_dir=other)
     _, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, cache_dir=other)
     assert report.splits["train"]["from_cache"] == 0
+
+
+def test_a_baseline_with_other_pixels_from_the_same_files_is_refused():
+    from pipelines.baselines import Baseline, refusals
+
+    record = {"params_hash": "p", "curve_params": {}, "data_manifest_hash": "m", "data_pixels_hash": "a"}
+    baseline = Baseline("default", "cait_XXS24_224", np.arange(3), np.ones(3),
+                        {"params_hash": "p", "params": {}, "data_manifest_hash": "m", "data_pixels_hash": "b"})
+    assert refusals(baseline, "default", record) == [
+        "baseline saw other pixels from the same files (shard pixel hash differs: another image decoder); "
+        "share data/prepared/shards between the machines (dvc push / dvc pull)"]
+    assert refusals(baseline, "default", {**record, "data_pixels_hash": "b"}) == []
+    assert refusals(baseline, "default", {**record, "data_pixels_hash": ""}) == []  # a run from JPEGs
