@@ -101,7 +101,7 @@ def _sha256_of(array: np.ndarray, rows: int = 1024) -> str:
 
 
 def build_shards(manifest: Manifest, out_dir: Path | str, img_size: int, *, workers: int | None = None,
-                 progress: bool = True, chunk: int = 4096) -> dict:
+                 progress: bool = True, chunk: int = 1024) -> dict:
     """Decode every file of the manifest once into `<split>.npy` (uint8 N x H x W x 3) and `<split>_labels.npy`.
 
     meta.json is written last: a folder without it is not a finished set of shards.
