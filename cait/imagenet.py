@@ -441,10 +441,10 @@ def scan_imagenet(root: Path | str, cfg: ImageNetConfig, *, workers: int | None 
         todo = [i for i, r in enumerate(results) if r is None]
         report.splits[split]["decoded"] = sum(decode)
         report.splits[split]["from_cache"] = len(entries) - len(todo)
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
+        for first in range(0, len(todo), chunk):
+            part = todo[first:first + chunk]
             found = parallel_map(_inspect_task, [(str(root / entries[i][0]), decode[i]) for i in part],
-                                 workers=workers, desc=f"scan {split} {start // chunk + 1}/{-(-len(todo) // chunk)}",
+                                 workers=workers, desc=f"scan {split} {first // chunk + 1}/{-(-len(todo) // chunk)}",
                                  progress=progress)
             for i, (kind, detail) in zip(part, found):
                 results[i] = (kind, detail)

@@ -505,3 +505,9 @@ def test_a_baseline_with_other_pixels_from_the_same_files_is_refused():
         "share data/prepared/shards between the machines (dvc push / dvc pull)"]
     assert refusals(baseline, "default", {**record, "data_pixels_hash": "b"}) == []
     assert refusals(baseline, "default", {**record, "data_pixels_hash": ""}) == []  # a run from JPEGs
+
+
+def test_the_report_times_the_whole_scan(imagenet):
+    root, _ = imagenet
+    _, report = scan_imagenet(root, fixture_config(), workers=1, progress=False, chunk=4)
+    assert 0 < report.seconds < 60 and report.to_json()["images_per_s"] > 0
