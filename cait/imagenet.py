@@ -45,8 +45,15 @@ def _examples(items: Iterable[str]) -> str:
     return ", ".join(items[:EXAMPLES]) + more
 
 
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list it ({exc.strerror}); check its permissions") from None
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in _listing(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,16 +122,18 @@ def read_val_labels(path: Path, synsets: Path | None) -> dict[str, str]:
 def _link(source: Path, target: Path, kind: str) -> None:
     """Make `target` a link to `source` atomically: a half-made link never carries the final name."""
     tmp = target.with_name(f".{target.name}.partial")
-    tmp.unlink(missing_ok=True)
-    if kind == "hard":
-        try:
+    try:
+        target.parent.mkdir(exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        if kind == "hard":
             os.link(source, tmp)
-        except OSError as exc:
-            raise DataError(f"{target}: cannot hard-link to {source} ({exc.strerror}); set "
-                            f"data.imagenet.link: symbolic, or make {source.parent} writable") from None
-    else:
-        tmp.symlink_to(os.path.relpath(source, target.parent))
-    os.replace(tmp, target)
+        else:
+            tmp.symlink_to(os.path.relpath(source, target.parent))
+        os.replace(tmp, target)
+    except OSError as exc:
+        other = "symbolic" if kind == "hard" else "hard"
+        raise DataError(f"{target}: cannot make a {kind} link to {source} ({exc.strerror}); make {source.parent} "
+                        f"writable, or try data.imagenet.link: {other}") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -175,7 +184,6 @@ def organise_val(val_dir: Path, labels: dict[str, str], classes: list[str], *, l
             if _same_file(target, path):
                 continue
             raise DataError(f"{target}: exists and is not a link to {path}; remove it and rerun prepare")
-        target.parent.mkdir(exist_ok=True)
         _link(path, target, link)
         made += 1
     tmp = marker.with_name(marker.name + ".partial")
@@ -356,7 +364,7 @@ def _under_root(root: Path, value: str | None) -> Path | None:
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in _listing(folder) if p.is_dir() and not p.name.startswith("."))
 
 
 def check_layout(root: Path | str, cfg: ImageNetConfig) -> tuple[Path, list[str], int]:
