@@ -28,16 +28,72 @@ class SyntheticConfig(Section):
     pattern: SyntheticSpec = SyntheticSpec()
 
 
+ODDITY_KINDS = ("cmyk", "png_as_jpeg", "grayscale", "truncated", "unreadable")
+UNUSABLE_KINDS = ("truncated", "unreadable")  # cannot be trained on: always excluded
+
+
+class ExpectedCounts(Section):
+    """What a complete ImageNet holds; null skips a check (a deliberate subset, a test fixture)."""
+
+    classes: Optional[int] = Field(1000, gt=0)
+    train: Optional[int] = Field(1_281_167, gt=0)
+    val: Optional[int] = Field(50_000, gt=0)
+
+
+class ImageNetConfig(Section):
+    """How to check an ImageNet folder (cait/imagenet.py). Relative file paths are under data.path."""
+
+    # ground truth for a flat val/: Kaggle's LOC_val_solution.csv, or the devkit's
+    # ILSVRC2012_validation_ground_truth.txt (then `synsets` maps its 1-based ids to WordNet ids)
+    val_labels: Optional[str] = None
+    synsets: Optional[str] = None  # devkit meta.mat, or a text file with one wnid per line in ILSVRC2012_ID order
+    link: Literal["hard", "symbolic"] = "hard"  # how a flat val/ is reorganised into class folders (never copies)
+    expected: ExpectedCounts = ExpectedCounts()
+    decode_fraction: float = Field(1.0, ge=0.0, le=1.0)  # share of files fully decoded by the scan; the rest: header only
+    exclude: list[Literal["cmyk", "png_as_jpeg", "grayscale", "truncated", "unreadable"]] = list(UNUSABLE_KINDS)
+
+    @field_validator("exclude")
+    @classmethod
+    def _unusable_excluded(cls, kinds: list[str]) -> list[str]:
+        missing = [k for k in UNUSABLE_KINDS if k not in kinds]
+        if missing:
+            raise ValueError(f"must include {', '.join(missing)} (such files cannot be trained on)")
+        return kinds
+
+
+class SubsetConfig(Section):
+    """The pinned subset a short run trains on (cait/shards.py): chosen by seed, listed with content hashes."""
+
+    enabled: bool = True
+    seed: int = 0
+    train_images: Optional[int] = Field(None, gt=0)  # null: train.steps x train.batch_size (one pass, no repeats)
+    val_images: int = Field(1000, ge=0)  # capped at what val/ holds
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "imagenet"] = "synthetic"
     path: Optional[str] = None  # ImageNet root holding train/ and val/ (source: imagenet)
+    workers: Optional[int] = Field(None, gt=0)  # processes for scanning, hashing and decoding; null: all CPU cores
+    shards: bool = True  # train from pre-decoded uint8 shards of the manifest (no JPEG decoding during training)
     synthetic: SyntheticConfig = SyntheticConfig()
+    imagenet: ImageNetConfig = ImageNetConfig()
+    subset: SubsetConfig = SubsetConfig()
 
     @model_validator(mode="after")
     def _imagenet_needs_path(self):
         if self.source == "imagenet" and not self.path:
             raise ValueError("path: required when source is imagenet (the folder holding train/ and val/)")
+        if self.source == "imagenet" and self.shards and not self.subset.enabled:
+            raise ValueError("shards: needs subset.enabled for imagenet (all of ImageNet as shards is ~190 GB)")
         return self
+
+    def curve_defining(self) -> dict:
+        """The data knobs that shape the curve: not where the files live nor how many processes read them
+        (the data manifest hash identifies the images themselves)."""
+        out = self.model_dump(mode="json")
+        for key in ("path", "workers"):
+            out.pop(key)
+        return out
 
 
 class ModelConfig(Section):

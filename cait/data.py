@@ -1,9 +1,10 @@
-"""Data for training: the synthetic ImageNet-layout dataset, real ImageNet folders, the manifest
-that pins both, and the loader that reads either through the same code path.
+"""Data for training: the synthetic ImageNet-layout dataset, the manifest that pins it or a real
+ImageNet folder (checked by cait/imagenet.py), and the loader that reads either through the same
+code path (JPEG folders, or the pre-decoded shards of cait/shards.py).
 
 Layout (as ImageNet): `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`. The manifest lists every file
-with its label (and, for synthetic data, its SHA-256); its hash identifies the data a curve was
-trained on, and goes into every run record and baseline.
+with its label and its SHA-256 (or, for a full ImageNet listing, its size); its hash identifies the
+data a curve was trained on, and goes into every run record and baseline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from cait.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -39,6 +39,10 @@ class Manifest:
     classes: list[str]
     splits: dict[str, list[tuple[str, int, str]]]  # split -> [(relative path, label, sha256 or size)]
     content_hashes: bool
+    # files left out of `splits` or worth knowing about: [(relative path, kind, detail, excluded)];
+    # not part of the hash, which covers only what is trained on
+    quarantined: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    pinned: dict | None = None  # how a pinned subset was chosen (seed, sizes, the full listing's hash)
 
     @property
     def hash(self) -> str:
@@ -49,25 +53,28 @@ class Manifest:
         return {"version": MANIFEST_VERSION, "source": self.source, "root": root_text, "classes": self.classes,
                 "content_hashes": self.content_hashes, "hash": self.hash,
                 "counts": {k: len(v) for k, v in self.splits.items()},
+                "pinned": self.pinned, "quarantined": [list(q) for q in self.quarantined],
                 "splits": {k: [list(e) for e in v] for k, v in self.splits.items()}}
 
 
-def write_manifest(manifest: Manifest, folder: Path, root_text: str) -> Path:
-    path = Path(folder) / MANIFEST_NAME
+def write_manifest(manifest: Manifest, folder: Path, root_text: str, name: str = MANIFEST_NAME) -> Path:
+    path = Path(folder) / name
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest.to_json(root_text), indent=0) + "\n")
     os.replace(tmp, path)
     return path
 
 
-def read_manifest(folder: Path | str) -> Manifest:
+def read_manifest(folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
     """Read the prepare stage's manifest; `root` is relative to the manifest's folder unless absolute."""
-    path = Path(folder) / MANIFEST_NAME
+    path = Path(folder) / name
     try:
         data = json.loads(path.read_text())
         splits = {k: [(p, int(lbl), h) for p, lbl, h in v] for k, v in data["splits"].items()}
         manifest = Manifest(data["source"], (path.parent / data["root"]).resolve(), list(data["classes"]), splits,
-                            bool(data["content_hashes"]))
+                            bool(data["content_hashes"]),
+                            [(p, kind, detail, bool(ex)) for p, kind, detail, ex in data.get("quarantined", [])],
+                            data.get("pinned"))
     except FileNotFoundError:
         raise DataError(f"{path}: no data manifest; run the prepare stage first (dvc repro prepare)") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -119,45 +126,8 @@ def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: in
     return manifest
 
 
-def scan_imagenet(root: Path | str) -> Manifest:
-    """Check an ImageNet-layout folder and list its files (by size: hashing 1.3M JPEGs is its own job).
-
-    Errors name the path and the fix: a missing folder, a split without class folders, an empty class,
-    val classes that train does not have.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path {root}: not a folder; point data.path at the ImageNet root holding train/ and val/")
-    classes: list[str] = []
-    splits: dict[str, list[tuple[str, int, str]]] = {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(f"{folder}: missing; an ImageNet root needs train/ and val/ folders")
-        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
-        if not class_dirs:
-            raise DataError(f"{folder}: no class folders; reorganise it into {split}/<wnid>/*.JPEG (see README)")
-        names = [p.name for p in class_dirs]
-        if split == "train":
-            classes = names
-        elif set(names) - set(classes):
-            extra = sorted(set(names) - set(classes))
-            raise DataError(f"{folder}: class folder(s) {', '.join(extra[:5])} do not exist in train/; "
-                            f"the two splits must use the same WordNet ids")
-        index = {name: i for i, name in enumerate(classes)}
-        entries = []
-        for class_dir in class_dirs:
-            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise DataError(f"{class_dir}: empty class folder; restore its images or remove the folder")
-            entries += [(f"{split}/{class_dir.name}/{p.name}", index[class_dir.name], str(p.stat().st_size))
-                        for p in files]
-        splits[split] = entries
-    return Manifest("imagenet", root.resolve(), classes, splits, content_hashes=False)
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB float32 CHW, resized (bicubic) to `size` if needed, normalised with ImageNet statistics."""
+def decode_rgb(path: Path, size: int) -> np.ndarray:
+    """Decode to RGB uint8 HWC, resized (bicubic) to `size` x `size` if needed: the pixels a shard stores."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -165,10 +135,20 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             img = img.convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BICUBIC)
-            array = np.asarray(img, dtype=np.float32) / 255.0
+            return np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc}); remove or replace the file and rerun prepare") from None
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HWC RGB -> float32 CHW normalised with ImageNet statistics (the same arithmetic for JPEGs and shards)."""
+    array = pixels.astype(np.float32) / 255.0
     return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Decode to RGB float32 CHW, resized (bicubic) to `size` if needed, normalised with ImageNet statistics."""
+    return normalise(decode_rgb(path, size))
 
 
 class ManifestDataset:
@@ -211,10 +191,20 @@ class StepBatchSampler:
             yield order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
 
 
-def train_loader(manifest: Manifest, *, img_size: int, batch_size: int, steps: int, seed: int, num_workers: int):
+def open_dataset(manifest: Manifest, split: str, img_size: int, shards_dir: Path | None = None):
+    """The split as a dataset of (CHW float32 tensor, label): from pre-decoded shards when given, else JPEGs."""
+    if shards_dir is None:
+        return ManifestDataset(manifest, split, img_size)
+    from cait.shards import ShardDataset
+
+    return ShardDataset(shards_dir, split, manifest=manifest, img_size=img_size)
+
+
+def train_loader(manifest: Manifest, *, img_size: int, batch_size: int, steps: int, seed: int, num_workers: int,
+                 shards_dir: Path | None = None):
     """A DataLoader yielding exactly `steps` batches of the training split, in a seed-fixed order."""
     from torch.utils.data import DataLoader
 
-    dataset = ManifestDataset(manifest, "train", img_size)
+    dataset = open_dataset(manifest, "train", img_size, shards_dir)
     sampler = StepBatchSampler(len(dataset), batch_size, steps, seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

@@ -232,6 +232,7 @@ def _provenance(record: dict, source: str) -> dict:
         "params_hash": record["params_hash"],
         "params": record["curve_params"],
         "data_manifest_hash": record["data_manifest_hash"],
+        "data_pixels_hash": record.get("data_pixels_hash", ""),  # the train shard's pixels (data.shards)
         "git_commit": record.get("git_commit", ""),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": record["curve_params"]["train"]["seed"],
@@ -313,6 +314,10 @@ def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
         out.append("baseline was made with other params: " + (", ".join(keys) if keys else "params hash differs"))
     if prov["data_manifest_hash"] != record["data_manifest_hash"]:
         out.append("baseline was made from other data (data manifest hash differs)")
+    elif prov.get("data_pixels_hash") and record.get("data_pixels_hash") and \
+            prov["data_pixels_hash"] != record["data_pixels_hash"]:
+        out.append("baseline saw other pixels from the same files (shard pixel hash differs: another image "
+                   "decoder); share data/prepared/shards between the machines (dvc push / dvc pull)")
     return out
 
 

@@ -3,6 +3,10 @@
 from pathlib import Path
 
 PREPARED_DIR = Path("data/prepared")  # prepare -> train: manifest.json (+ synthetic images)
+SHARDS_DIR = PREPARED_DIR / "shards"  # pre-decoded uint8 pixels of the manifest (data.shards)
+DATASET = "dataset.json"  # the full listing the pinned manifest.json was chosen from
+SCAN_REPORT = "scan.json"  # what the ImageNet integrity scan found and where
+SCAN_CACHE_DIR = Path("data/scan-cache")  # per-file scan results kept between prepare runs (not a DVC output)
 REPORTS_DIR = Path("reports")
 
 

@@ -113,7 +113,7 @@ class Params(Section):
 
     def curve_defining(self) -> dict:
         """The params that determine the loss curve; the device is deliberately not among them."""
-        return {"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json"),
+        return {"data": self.data.curve_defining(), "model": self.model.model_dump(mode="json"),
                 "train": self.train.model_dump(mode="json")}
 
     def curve_hash(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from cait.errors import ConfigError
 from pipelines import cli
 from pipelines.curves import write_curve_csv
-from pipelines.layout import CURVE, PREPARED_DIR, RECORD, run_dir
+from pipelines.layout import CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
@@ -58,8 +58,15 @@ def run_training(params: Params, out_dir: Path, quiet: bool = False) -> tuple[Pa
     torch.manual_seed(params.train.seed)  # the weights come from the CPU generator: the same on every device
     model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
                         num_classes=num_classes, drop_path=params.model.drop_path)
+    shards_dir = SHARDS_DIR if params.data.shards else None
     loader = train_loader(manifest, img_size=img_size, batch_size=params.train.batch_size,
-                          steps=params.train.steps, seed=params.train.seed, num_workers=params.train.num_workers)
+                          steps=params.train.steps, seed=params.train.seed, num_workers=params.train.num_workers,
+                          shards_dir=shards_dir)
+    pixels_hash = ""
+    if shards_dir is not None:
+        from cait.shards import read_shard_meta
+
+        pixels_hash = read_shard_meta(shards_dir)["splits"]["train"]["pixels_sha256"]
 
     from cait.train import train_steps
 
@@ -101,6 +108,8 @@ def run_training(params: Params, out_dir: Path, quiet: bool = False) -> tuple[Pa
         "curve_params": params.curve_defining(),
         "data_manifest_hash": manifest.hash,
         "data_source": manifest.source,
+        "data_input": "shards" if shards_dir is not None else "jpeg",
+        "data_pixels_hash": pixels_hash,  # sha256 of the train shard's pixels: the same on every device
         "steps_done": summary.steps_done,
         "stopped": summary.stopped,
         "wall_s": summary.wall_s,
