@@ -438,7 +438,7 @@ def test_synthetic_and_imagenet_take_the_same_path_into_training(tiny_project, t
             make_imagenet(root)
             _imagenet_params(tiny_project, root)
         params = load_params()
-        prepare(params, progress=False)
+        prepare(params, quiet=True)
         manifest = read_manifest("data/prepared")
         # 3 steps x batch 8 = 24 pinned images (synthetic has 64, the fixture 17 usable: all of them)
         expected_train = 24 if source == "synthetic" else 17
@@ -463,14 +463,14 @@ def test_prepare_failure_keeps_the_previous_data(tiny_project, tmp_path):
     from pipelines.params import load_params
     from pipelines.stages.prepare import prepare
 
-    prepare(load_params(), progress=False)
+    prepare(load_params(), quiet=True)
     before = (tiny_project / "data/prepared/manifest.json").read_text()
     root = tmp_path / "imagenet"
     make_imagenet(root)
     (root / "train" / "n02000000").mkdir()
     _imagenet_params(tiny_project, root)
     with pytest.raises(DataError, match="train: 4 class folders, expected 3"):
-        prepare(load_params(), progress=False)
+        prepare(load_params(), quiet=True)
     assert (tiny_project / "data/prepared/manifest.json").read_text() == before
 
 
@@ -497,9 +497,14 @@ def test_scan_cache_rechecks_only_changed_files(imagenet, tmp_path):
 def test_a_baseline_with_other_pixels_from_the_same_files_is_refused():
     from pipelines.baselines import Baseline, refusals
 
-    record = {"params_hash": "p", "curve_params": {}, "data_manifest_hash": "m", "data_pixels_hash": "a"}
+    from pipelines.baselines import curve_hash
+
+    params = {"model": {"name": "cait_XXS24_224"}, "train": {"seed": 0}}
+    record = {"params_hash": curve_hash(params), "curve_params": params, "data_manifest_hash": "m",
+              "data_pixels_hash": "a"}
     baseline = Baseline("default", "cait_XXS24_224", np.arange(3), np.ones(3),
-                        {"params_hash": "p", "params": {}, "data_manifest_hash": "m", "data_pixels_hash": "b"})
+                        {"params_hash": curve_hash(params), "params": params, "seed": 0,
+                         "data_manifest_hash": "m", "data_pixels_hash": "b"})
     assert refusals(baseline, "default", record) == [
         "baseline saw other pixels from the same files (shard pixel hash differs: another image decoder); "
         "share data/prepared/shards between the machines (dvc push / dvc pull)"]

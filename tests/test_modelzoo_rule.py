@@ -69,7 +69,7 @@ def test_consistently_lower_curve_passes_modelzoo_but_fails_strict():
     assert verdict.status == FAIL
     assert any(r.startswith("strict:") for r in verdict.reasons)
     # with only the ModelZoo rule gating, the same curve passes and strict merely informs
-    informed = judge(cand, gate=("modelzoo",))
+    informed = judge(cand, gate=("modelzoo",), inform=["strict"])
     assert informed.status == PASS and not informed.rules["strict"].gating
 
 

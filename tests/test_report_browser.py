@@ -104,7 +104,7 @@ def test_report_renders_in_chromium(project, tmp_path):
     images = {i["alt"]: i for i in seen["images"]}
     assert set(images) == {"loss overlay and difference panel", "zoom around the first divergence"}
     assert all(i["w"] > 500 and i["h"] > 200 for i in images.values()), images
-    assert "first part beyond tolerance at step 30" in text
+    assert f"first part beyond tolerance at step {verdict['first_divergence_step']}" in text
     # environments: the device differs (highlighted), the python version does not
     assert "NVIDIA A100-SXM4-40GB" in text and "Tecorigin T100" in text
     assert seen["device_row"] == "rgb(255, 248, 197)"
