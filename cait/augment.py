@@ -40,6 +40,19 @@ def digest(*arrays) -> str:
     return h.hexdigest()
 
 
+def sample_hash(image, target) -> int:
+    """64-bit content hash of one sample as a signed int64 (fits a tensor)."""
+    value = int(digest(image, target), 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def batch_hash(positions, sample_hashes) -> str:
+    """Hash of a global batch from its samples' hashes taken in position order: the same whether the
+    batch was loaded by one process or split over several."""
+    order = np.argsort(np.asarray(positions), kind="stable")
+    return digest(np.asarray(sample_hashes, dtype=np.int64)[order])
+
+
 # ---- RandAugment ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -286,12 +286,19 @@ class Batch:
     images: object  # float32 N x C x H x W (after Mixup/CutMix when on)
     targets: object  # int64 labels, or float32 soft targets with Mixup/CutMix
     step: int
-    positions: object  # int64: each sample's place in the global batch
-    hash: str  # content hash of images and targets: two runs that saw the same data agree on it
+    positions: object  # int64 tensor: each sample's place in the global batch
+    sample_hashes: object  # int64 tensor: each sample's content hash (image and target)
+
+    @property
+    def hash(self) -> str:
+        """This batch's hash; with one process it is the global batch's (see cait.augment.batch_hash)."""
+        from cait.augment import batch_hash
+
+        return batch_hash(self.positions.numpy(), self.sample_hashes.numpy())
 
 
 class CollateBatch:
-    """Stack the samples of one step, apply Mixup/CutMix (keyed by the step) and hash the result.
+    """Stack the samples of one step, apply Mixup/CutMix (keyed by the step) and hash each sample.
 
     Runs in the loader worker, so hashing and mixing cost the training loop nothing.
     """
@@ -302,7 +309,7 @@ class CollateBatch:
     def __call__(self, samples) -> Batch:
         import torch
 
-        from cait.augment import digest, mix_batch
+        from cait.augment import mix_batch, sample_hash
 
         images = torch.stack([s[0] for s in samples])
         targets = torch.tensor([s[1] for s in samples], dtype=torch.int64)
@@ -311,7 +318,8 @@ class CollateBatch:
         if self.mixup is not None and self.mixup.enabled:
             images, targets = mix_batch(images, targets, self.mixup, num_classes=self.num_classes,
                                         smoothing=self.smoothing, seed=self.seed, step=step)
-        return Batch(images, targets, step, positions, digest(images, targets))
+        hashes = torch.tensor([sample_hash(images[i], targets[i]) for i in range(len(samples))], dtype=torch.int64)
+        return Batch(images, targets, step, positions, hashes)
 
 
 def train_loader(manifest: Manifest, *, img_size: int, batch_size: int, steps: int, seed: int, num_workers: int,

@@ -109,17 +109,6 @@ def global_sum(values: list[float], ctx: DistContext, device) -> list[float]:
     return [v * ctx.world_size for v in global_mean(values, ctx, device)]
 
 
-def gather_strings(text: str, ctx: DistContext) -> list[str]:
-    """Every rank's string, in rank order (used for the per-step batch hash)."""
-    if not ctx.enabled:
-        return [text]
-    import torch.distributed as dist
-
-    out: list = [None] * ctx.world_size
-    dist.all_gather_object(out, text)
-    return out
-
-
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled:
         import torch.distributed as dist

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cait.augment import DropPathKeys, digest, install_keyed_drop_path
+from cait.augment import DropPathKeys, batch_hash, install_keyed_drop_path
 from cait.checkpoint import BEST, LAST, load_model_state, restore_rng_states, rng_states, save_checkpoint
 from cait.config import TrainConfig
 from cait.devices import synchronize
@@ -150,22 +150,26 @@ class SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def step_exchange(loss: float, stop: bool, batch_hash: str, ctx: DistContext) -> tuple[float, bool, str]:
-    """One collective per step: the global mean loss, whether any rank must stop, and the ranks' hashes."""
+def step_exchange(loss: float, stop: bool, batch, ctx: DistContext) -> tuple[float, bool, str]:
+    """One collective per step: the global mean loss, whether any rank must stop, the global batch hash."""
     if not ctx.enabled:
-        return loss, stop, batch_hash
+        return loss, stop, batch.hash
     import torch
     import torch.distributed as dist
 
-    value = int(batch_hash, 16)
-    mine = torch.tensor([loss, float(stop), float(value >> 32), float(value & 0xFFFFFFFF)], dtype=torch.float64)
+    # [loss, stop, positions..., sample hashes...] as int64 bit patterns: all_gather moves them untouched
+    loss_bits = torch.tensor([loss], dtype=torch.float64).view(torch.int64)
+    mine = torch.cat([loss_bits, torch.tensor([int(stop)]), batch.positions, batch.sample_hashes])
     if ctx.backend != "gloo":
         mine = mine.to(f"{_device_type(ctx)}:{ctx.local_rank}")
     gathered = [torch.empty_like(mine) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, mine)
     rows = torch.stack(gathered).cpu()
-    hashes = "".join(f"{(int(r[2]) << 32) | int(r[3]):016x}" for r in rows)
-    return rows[:, 0].mean().item(), bool(rows[:, 1].max() > 0), digest(bytearray(hashes.encode()))
+    losses = rows[:, 0].contiguous().view(torch.float64)
+    half = (rows.shape[1] - 2) // 2
+    positions, hashes = rows[:, 2:2 + half].reshape(-1), rows[:, 2 + half:].reshape(-1)
+    return (losses.sum() / ctx.world_size).item(), bool(rows[:, 1].max() > 0), batch_hash(positions.numpy(),
+                                                                                           hashes.numpy())
 
 
 def _device_type(ctx: DistContext) -> str:
@@ -272,7 +276,8 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer) if cfg.clip_grad else None
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
                 else:
                     loss.backward()
                 if cfg.clip_grad:
@@ -285,7 +290,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                 if ema is not None:
                     ema.update(model, step=step)
                 value = loss.item()  # synchronises: the step is done
-                value, stop_requested, batch_hash = step_exchange(value, sigterm.raised, batch.hash, ctx)
+                value, stop_requested, global_hash = step_exchange(value, sigterm.raised, batch, ctx)
             except RuntimeError as exc:
                 if ctx.enabled and _is_peer_failure(exc):
                     raise RankFailure(f"rank {ctx.rank}: lost contact with another rank at step {step} "
@@ -294,7 +299,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
 
             now = time.perf_counter()
             row = {"step": step, "loss": value, "lr": lr, "samples_per_s": global_batch / (now - last),
-                   "elapsed_s": now - start, "batch_hash": batch_hash,
+                   "elapsed_s": now - start, "batch_hash": global_hash,
                    "drop_path_hash": drop_path_keys.step_hash()}
             last = now
             summary.rows.append(row)
