@@ -116,7 +116,8 @@ def launch(args, argv: list[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "cait.run", *argv)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        # the rank that died first (by a signal, if any did) is the cause; the others failed after it
+        rank, failure = min(exc.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp))
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         others = len(exc.failures) - 1
         raise RankFailure(f"rank {rank} (pid {failure.pid}) died with {how}; the launcher stopped the other "
