@@ -6,8 +6,9 @@
   reduces its 4 samples and DDP then averages two gradients where one process reduces all 8 at once,
   and the matrix products run on other shapes. Those float32 rounding differences (about 1e-7
   relative) pass through AdamW, whose update divides by sqrt(v) and so magnifies them for parameters
-  with tiny gradients; after 4 steps they stay far below 1e-3 in the loss, while a real error (other
-  data, other masks, a wrong mean) moves the loss by 1e-2 or more.
+  with tiny gradients. Measured: equal at steps 0-1, 1.2e-7 (one float32 ulp) at steps 2-3. The
+  tolerance leaves room for other CPUs and thread counts, while a real error (other data, other
+  masks, a wrong mean) moves the loss by 1e-2 or more.
 - A rank that dies (SIGKILL) makes the whole job fail fast with one line naming the rank.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-LOSS_TOLERANCE = 1e-3  # absolute, per step; see the module docstring
+LOSS_TOLERANCE = 1e-4  # absolute, per step; see the module docstring
 
 TEST_RECIPE = {
     "model": {"drop_path": 0.1, "img_size": 32},
