@@ -288,7 +288,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                 else:
                     optimizer.step()
                 if ema is not None:
-                    ema.update(model, step=step)
+                    ema.update(model)  # constant decay, as DeiT's ModelEma
                 value = loss.item()  # synchronises: the step is done
                 value, stop_requested, global_hash = step_exchange(value, sigterm.raised, batch, ctx)
             except RuntimeError as exc:
