@@ -41,6 +41,11 @@ class Manifest:
     splits: dict[str, list[tuple[str, int, str]]]  # split -> [(relative path, label, sha256 or size)]
     content_hashes: bool
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True) so that copies to the device can overlap compute."""
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.step, self.positions,
+                     self.sample_hashes)
+
     @property
     def hash(self) -> str:
         body = {"classes": self.classes, "splits": self.splits, "content_hashes": self.content_hashes}
@@ -288,6 +293,11 @@ class Batch:
     step: int
     positions: object  # int64 tensor: each sample's place in the global batch
     sample_hashes: object  # int64 tensor: each sample's content hash (image and target)
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True) so that copies to the device can overlap compute."""
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.step, self.positions,
+                     self.sample_hashes)
 
     @property
     def hash(self) -> str:

@@ -97,7 +97,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                                 num_workers=cfg.num_workers, augment=cfg.augment, mixup=cfg.mixup,
                                 num_classes=num_classes, smoothing=cfg.label_smoothing, rank=ctx.rank,
                                 world_size=ctx.world_size, repeats=cfg.repeated_aug if ctx.enabled else 1,
-                                start_step=start_step, pin_memory=device.type != "cpu")
+                                start_step=start_step, pin_memory=device.type == "cuda")
 
         def make_eval_loader():
             return eval_loader(manifest, img_size=img_size, batch_size=cfg.batch_size, crop_ratio=cfg.eval_crop_ratio,
