@@ -230,7 +230,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
     best_top1 = -1.0
     start_step = 0
     if resume is not None:
-        where = checkpoints.folder if checkpoints else "checkpoint"
+        where = checkpoints.folder / LAST if checkpoints else "checkpoint"
         load_model_state(model, resume["model"], where)
         optimizer.load_state_dict(resume["optimizer"])
         if scaler is not None and resume.get("scaler"):
