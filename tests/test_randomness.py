@@ -148,3 +148,17 @@ def test_bad_rand_augment_string_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"train\.augment\.rand_augment.*unknown part 'q7'"):
         parse_params({"train": {"augment": {"rand_augment": "rand-m9-q7"}}})
+
+
+def test_curve_file_keeps_the_batch_hash_and_old_curves_still_read(tmp_path):
+    from pipelines.curves import read_curve_csv, write_curve_csv
+
+    rows = [{"step": s, "loss": 1.0 / (s + 3), "lr": 0.1, "samples_per_s": 5.0, "elapsed_s": float(s),
+             "batch_hash": f"{s:016x}"} for s in range(3)]
+    write_curve_csv(tmp_path / "curve.csv", rows)
+    curve = read_curve_csv(tmp_path / "curve.csv")
+    assert list(curve.extra["batch_hash"]) == [r["batch_hash"] for r in rows]
+    assert list(curve.loss) == [r["loss"] for r in rows]
+    old = tmp_path / "old.csv"
+    old.write_text("step,loss,lr,samples_per_s,elapsed_s\n0,2.5,0.1,5.0,1.0\n1,2.4,0.1,5.0,2.0\n")
+    assert list(read_curve_csv(old).loss) == [2.5, 2.4] and "batch_hash" not in read_curve_csv(old).extra
