@@ -119,20 +119,87 @@ class ModelConfig(Section):
         return self
 
 
+class MixupConfig(Section):
+    """Mixup/CutMix on whole batches (timm's `mode='batch'`); both alphas 0 turns it off."""
+
+    mixup_alpha: float = Field(0.0, ge=0)  # DeiT: 0.8
+    cutmix_alpha: float = Field(0.0, ge=0)  # DeiT: 1.0
+    prob: float = Field(1.0, ge=0, le=1)  # chance that a batch is mixed at all
+    switch_prob: float = Field(0.5, ge=0, le=1)  # with both on: chance of CutMix instead of Mixup
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+class AugmentConfig(Section):
+    """Per-image training augmentation (cait/augment.py); everything off means decode and resize only."""
+
+    random_resized_crop: bool = False  # DeiT: true (scale 0.08-1, ratio 3/4-4/3, bicubic)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = Field(0.0, ge=0, le=1)  # DeiT: 0.5
+    rand_augment: Optional[str] = None  # DeiT: rand-m9-mstd0.5-inc1 (timm's RandAugment config string)
+    reprob: float = Field(0.0, ge=0, le=1)  # random erasing probability; DeiT: 0.25
+    remode: Literal["pixel", "const"] = "pixel"  # erase with per-pixel normal noise (DeiT) or zeros
+
+    @field_validator("rand_augment")
+    @classmethod
+    def _rand_augment_string(cls, value):
+        if value is not None:
+            from cait.augment import parse_rand_augment
+
+            parse_rand_augment(value)  # raises ValueError naming the bad part
+        return value
+
+    @model_validator(mode="after")
+    def _scale_order(self):
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale: needs 0 < low <= high <= 1 (got {list(self.crop_scale)})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.random_resized_crop or self.hflip > 0 or bool(self.rand_augment) or self.reprob > 0
+
+
+# Keys of `train` that change how a run is executed but not its curve: left out of the params hash.
+RUN_ONLY_TRAIN_KEYS = ("num_workers", "checkpoint_every")
+
+
 class TrainConfig(Section):
-    seed: int = 0
-    steps: int = Field(120, gt=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    """The training recipe. The defaults are the short regression profile; recipes/cait_deit.yaml holds
+    the full DeiT/CaiT recipe (see REFERENCE.md)."""
+
+    seed: int = Field(0, ge=0)
+    steps: Optional[int] = Field(120, gt=0)  # null: epochs x steps per epoch; set: stop after this many
+    epochs: int = Field(1, gt=0)  # the schedule's length when steps is null
+    batch_size: int = Field(32, gt=0)  # per process; the global batch is batch_size x world size
+    lr: float = Field(1e-3, gt=0)  # peak learning rate (base lr when lr_batch_scaling is on)
+    lr_batch_scaling: bool = False  # DeiT: lr = lr x global_batch / 512
     min_lr: float = Field(1e-5, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    num_workers: int = Field(0, ge=0)
+    warmup_lr: float = Field(0.0, ge=0)  # the warm-up starts here (DeiT: 1e-6)
+    warmup_steps: Optional[int] = Field(10, ge=0)  # null: warmup_epochs x steps per epoch
+    warmup_epochs: float = Field(0.0, ge=0)  # DeiT: 5
+    weight_decay: float = Field(0.05, ge=0)  # not applied to norms, biases, pos_embed, cls_token, gammas
+    opt_eps: float = Field(1e-8, gt=0)
+    clip_grad: Optional[float] = Field(None, gt=0)  # max gradient norm; null: no clipping
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # DeiT: 0.1
+    mixup: MixupConfig = MixupConfig()
+    augment: AugmentConfig = AugmentConfig()
+    repeated_aug: int = Field(1, ge=1)  # repeats of each image per epoch, only when distributed (DeiT: 3)
+    ema: bool = False  # keep an exponential moving average of the weights (DeiT: on)
+    ema_decay: float = Field(0.99996, gt=0, lt=1)
+    amp: Optional[Literal["bf16", "fp16"]] = None  # mixed precision; null: fp32
+    eval_every_epoch: bool = False  # top-1/top-5 on the val split after each epoch, best/last checkpoints
+    eval_crop_ratio: float = Field(1.0, gt=0, le=1)  # CaiT's numbers use 1.0 (DeiT's default is 0.875)
+    checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at epoch ends and on SIGTERM
+    num_workers: int = Field(0, ge=0)  # loader processes; the curve does not depend on it
     stop_on_nonfinite: bool = True  # a NaN/inf loss ends the run; the verdict becomes inconclusive
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.warmup_steps >= self.steps:
+        if self.steps is not None and self.warmup_steps is not None and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be smaller than steps ({self.steps})")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr: {self.min_lr} must not exceed lr ({self.lr})")
@@ -141,5 +208,8 @@ class TrainConfig(Section):
 
 class DeviceConfig(Section):
     type: Literal["cpu", "cuda", "sdaa"] = "cpu"
-    index: int = Field(0, ge=0)
+    index: int = Field(0, ge=0)  # with several processes each uses its LOCAL_RANK instead
     threads: Optional[int] = Field(None, gt=0)  # CPU threads for torch; null: torch's default
+    deterministic: bool = True  # deterministic kernels, no TF32, no cudnn autotuning, no fused attention
+    dist_backend: Optional[Literal["gloo", "nccl", "tccl"]] = None  # null: gloo on cpu, nccl on cuda, tccl on sdaa
+    dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the job

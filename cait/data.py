@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -126,23 +127,31 @@ def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: in
     return manifest
 
 
-def decode_rgb(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB uint8 HWC, resized (bicubic) to `size` x `size` if needed: the pixels a shard stores."""
+def open_rgb(path: Path):
+    """Decode an image file to an RGB PIL image; an unreadable file is a DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+            return img.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc}); remove or replace the file and rerun prepare") from None
 
 
-def normalise(pixels: np.ndarray) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW normalised with ImageNet statistics (the same arithmetic for JPEGs and shards)."""
-    array = pixels.astype(np.float32) / 255.0
+def decode_rgb(path: Path, size: int) -> np.ndarray:
+    """Decode to RGB uint8 HWC, resized (bicubic) to `size` x `size` if needed: the pixels a shard stores."""
+    from PIL import Image
+
+    img = open_rgb(path)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalise(pixels) -> np.ndarray:
+    """uint8 HWC RGB (array or PIL image) -> float32 CHW normalised with ImageNet statistics: the same
+    arithmetic for JPEGs, shards and augmented views."""
+    array = np.asarray(pixels, dtype=np.float32) / 255.0
     return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
@@ -151,60 +160,185 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return normalise(decode_rgb(path, size))
 
 
-class ManifestDataset:
-    """The images of one split of a manifest, as (CHW float32 tensor, label)."""
+def decode_eval_image(path: Path, size: int, crop_ratio: float) -> np.ndarray:
+    """Evaluation view as timm builds it: shorter side to size/crop_ratio (bicubic), centre crop `size`."""
+    from PIL import Image
 
-    def __init__(self, manifest: Manifest, split: str, img_size: int):
+    img = open_rgb(path)
+    if crop_ratio == 1.0 and img.size == (size, size):
+        return normalise(img)
+    scale = int(math.floor(size / crop_ratio))
+    w, h = img.size
+    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    img = img.resize((new_w, new_h), Image.BICUBIC)
+    left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
+    return normalise(img.crop((left, top, left + size, top + size)))
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """Which image to load and where it sits: `position` is its place in the global batch of `step`."""
+
+    index: int
+    step: int
+    position: int
+
+
+class ManifestDataset:
+    """The images of one split of a manifest, decoded from their files or read from pre-decoded shards.
+
+    Indexed by an int (plain view, or the evaluation view when `eval_crop_ratio` is given) or by a
+    SampleKey (training view: augmentation drawn from the generator keyed by (seed, step, position)).
+    Items are (CHW float32 tensor, label, step, position). With `shards_dir` the training and plain
+    views start from the shard's uint8 pixels (no JPEG decoded); the evaluation view always decodes.
+    """
+
+    def __init__(self, manifest: Manifest, split: str, img_size: int, *, augment=None, seed: int = 0,
+                 eval_crop_ratio: float | None = None, shards_dir: Path | None = None):
+        from cait.augment import SampleTransform
+
         self.root = manifest.root
         self.entries = manifest.splits[split]
         self.img_size = img_size
+        self.eval_crop_ratio = eval_crop_ratio
+        self.transform = SampleTransform(augment, img_size, seed) if augment is not None and augment.enabled else None
+        self.shards = None
+        if shards_dir is not None and eval_crop_ratio is None:
+            from cait.shards import ShardDataset
+
+            self.shards = ShardDataset(shards_dir, split, manifest=manifest, img_size=img_size)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
         import torch
 
+        index, step, position = (key.index, key.step, key.position) if isinstance(key, SampleKey) else (key, -1, -1)
         rel, label, _ = self.entries[index]
-        return torch.from_numpy(decode_image(self.root / rel, self.img_size)), label
+        path = self.root / rel
+        if self.eval_crop_ratio is not None:
+            array = decode_eval_image(path, self.img_size, self.eval_crop_ratio)
+        elif self.transform is None or step < 0:
+            array = normalise(self.shards.pixels(index) if self.shards else decode_rgb(path, self.img_size))
+        else:
+            from PIL import Image
+
+            rng = self.transform.rng(step, position)
+            source = Image.fromarray(self.shards.pixels(index)) if self.shards else open_rgb(path)
+            array = self.transform.erase(normalise(self.transform.image(source, rng)), rng)
+        return torch.from_numpy(array), label, step, position
 
 
 class StepBatchSampler:
-    """Batches of sample indices for steps 0..steps-1: a fresh permutation each epoch, drawn from a
-    numpy generator keyed by (seed, epoch), so the order depends on nothing but those two numbers."""
+    """Batches of SampleKeys for steps start_step..steps-1.
 
-    def __init__(self, num_samples: int, batch_size: int, steps: int, seed: int):
-        if batch_size > num_samples:
-            raise DataError(f"train.batch_size {batch_size} exceeds the {num_samples} training images; "
-                            f"lower the batch size or prepare more data")
+    Each epoch is a fresh permutation drawn from a generator keyed by (seed, epoch); with repeated
+    augmentation (DeiT's RASampler) every image appears `repeats` times in a row and an epoch still has
+    num_samples // global_batch steps. Step k's global batch is the k-th slice of batch_size x world_size;
+    rank r takes positions r, r + world_size, ... of it (so the copies of a repeated image land on
+    different ranks). The batches therefore depend on the seed and the step only: not on the device,
+    the loader workers, or where a resumed run starts.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, steps: int, seed: int, *, rank: int = 0,
+                 world_size: int = 1, repeats: int = 1, start_step: int = 0):
+        global_batch = batch_size * world_size
+        if global_batch > num_samples:
+            raise DataError(f"train.batch_size {batch_size} x {world_size} process(es) exceeds the {num_samples} "
+                            f"training images; lower the batch size or prepare more data")
         self.num_samples, self.batch_size, self.steps, self.seed = num_samples, batch_size, steps, seed
+        self.rank, self.world_size, self.repeats, self.start_step = rank, world_size, repeats, start_step
+        self.global_batch = global_batch
+        self.steps_per_epoch = num_samples // global_batch
 
     def __len__(self) -> int:
-        return self.steps
+        return max(0, self.steps - self.start_step)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return np.repeat(order, self.repeats) if self.repeats > 1 else order
 
     def __iter__(self):
-        per_epoch = self.num_samples // self.batch_size
-        for step in range(self.steps):
-            epoch, position = divmod(step, per_epoch)
-            if position == 0:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-            yield order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+        order, order_epoch = None, -1
+        positions = range(self.rank, self.global_batch, self.world_size)
+        for step in range(self.start_step, self.steps):
+            epoch, slot = divmod(step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = self.epoch_order(epoch), epoch
+            batch = order[slot * self.global_batch:(slot + 1) * self.global_batch]
+            yield [SampleKey(int(batch[p]), step, p) for p in positions]
 
 
-def open_dataset(manifest: Manifest, split: str, img_size: int, shards_dir: Path | None = None):
-    """The split as a dataset of (CHW float32 tensor, label): from pre-decoded shards when given, else JPEGs."""
-    if shards_dir is None:
-        return ManifestDataset(manifest, split, img_size)
-    from cait.shards import ShardDataset
+@dataclass
+class Batch:
+    images: object  # float32 N x C x H x W (after Mixup/CutMix when on)
+    targets: object  # int64 labels, or float32 soft targets with Mixup/CutMix
+    step: int
+    positions: object  # int64 tensor: each sample's place in the global batch
+    sample_hashes: object  # int64 tensor: each sample's content hash (image and target)
 
-    return ShardDataset(shards_dir, split, manifest=manifest, img_size=img_size)
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True) so that copies to the device can overlap compute."""
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.step, self.positions,
+                     self.sample_hashes)
+
+    @property
+    def hash(self) -> str:
+        """This batch's hash; with one process it is the global batch's (see cait.augment.batch_hash)."""
+        from cait.augment import batch_hash
+
+        return batch_hash(self.positions.numpy(), self.sample_hashes.numpy())
+
+
+class CollateBatch:
+    """Stack the samples of one step, apply Mixup/CutMix (keyed by the step) and hash each sample.
+
+    Runs in the loader worker, so hashing and mixing cost the training loop nothing.
+    """
+
+    def __init__(self, *, mixup=None, num_classes: int = 0, smoothing: float = 0.0, seed: int = 0):
+        self.mixup, self.num_classes, self.smoothing, self.seed = mixup, num_classes, smoothing, seed
+
+    def __call__(self, samples) -> Batch:
+        import torch
+
+        from cait.augment import mix_batch, sample_hash
+
+        images = torch.stack([s[0] for s in samples])
+        targets = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        step = samples[0][2]
+        positions = torch.tensor([s[3] for s in samples], dtype=torch.int64)
+        if self.mixup is not None and self.mixup.enabled:
+            images, targets = mix_batch(images, targets, self.mixup, num_classes=self.num_classes,
+                                        smoothing=self.smoothing, seed=self.seed, step=step)
+        hashes = torch.tensor([sample_hash(images[i], targets[i]) for i in range(len(samples))], dtype=torch.int64)
+        return Batch(images, targets, step, positions, hashes)
 
 
 def train_loader(manifest: Manifest, *, img_size: int, batch_size: int, steps: int, seed: int, num_workers: int,
+                 augment=None, mixup=None, num_classes: int | None = None, smoothing: float = 0.0,
+                 rank: int = 0, world_size: int = 1, repeats: int = 1, start_step: int = 0, pin_memory: bool = False,
                  shards_dir: Path | None = None):
-    """A DataLoader yielding exactly `steps` batches of the training split, in a seed-fixed order."""
+    """A DataLoader yielding the Batches of steps start_step..steps-1 of the training split (read from
+    pre-decoded shards when `shards_dir` is given, else decoded from the image files)."""
     from torch.utils.data import DataLoader
 
-    dataset = open_dataset(manifest, "train", img_size, shards_dir)
-    sampler = StepBatchSampler(len(dataset), batch_size, steps, seed)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)
+    dataset = ManifestDataset(manifest, "train", img_size, augment=augment, seed=seed, shards_dir=shards_dir)
+    sampler = StepBatchSampler(len(dataset), batch_size, steps, seed, rank=rank, world_size=world_size,
+                               repeats=repeats, start_step=start_step)
+    collate = CollateBatch(mixup=mixup, num_classes=num_classes or len(manifest.classes), smoothing=smoothing,
+                           seed=seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=False, pin_memory=pin_memory)
+
+
+def eval_loader(manifest: Manifest, *, img_size: int, batch_size: int, crop_ratio: float, num_workers: int,
+                rank: int = 0, world_size: int = 1):
+    """The val split, rank r taking images r, r + world_size, ... (no padding: counts stay exact)."""
+    from torch.utils.data import DataLoader
+
+    dataset = ManifestDataset(manifest, "val", img_size, eval_crop_ratio=crop_ratio)
+    indices = list(range(rank, len(dataset), world_size))
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                      collate_fn=CollateBatch(), persistent_workers=False)

@@ -1,7 +1,9 @@
 """Per-step training curves: the CSV the train stage writes and every later stage reads.
 
-Columns: step, loss, lr, samples_per_s, elapsed_s. Losses are written with repr() so that a curve
-read back is bit-for-bit the curve that was trained.
+Columns: step, loss, lr, samples_per_s, elapsed_s, batch_hash. Losses are written with repr() so that a
+curve read back is bit-for-bit the curve that was trained. batch_hash is a 64-bit content hash of the
+step's input batch (images and targets, over all ranks): two runs with equal hashes saw the same data.
+Curves written before that column existed still read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from cait.errors import BaselineError
 
-CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s")
+CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s", "batch_hash")
+TEXT_COLUMNS = ("batch_hash",)  # kept as strings; every other column is a number
 
 
 @dataclass
@@ -51,7 +54,8 @@ def write_curve_csv(path: Path | str, rows: list[dict]) -> None:
         writer = csv.writer(f)
         writer.writerow(CURVE_COLUMNS)
         for row in rows:
-            writer.writerow([int(row["step"])] + [format_value(row[c]) for c in CURVE_COLUMNS[1:]])
+            writer.writerow([int(row["step"])] + [str(row.get(c, "")) if c in TEXT_COLUMNS else format_value(row[c])
+                                                  for c in CURVE_COLUMNS[1:]])
     os.replace(tmp, path)
 
 
@@ -69,13 +73,16 @@ def read_curve_csv(path: Path | str) -> Curve:
     header = next(reader, None)
     if not header or "step" not in header or "loss" not in header:
         raise BaselineError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
-    columns: dict[str, list[float]] = {name: [] for name in header}
+    columns: dict[str, list] = {name: [] for name in header}
     for line_no, row in enumerate(reader, start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise BaselineError(f"{path}:{line_no}: expected {len(header)} values, found {len(row)} (truncated file?)")
         for name, cell in zip(header, row):
+            if name in TEXT_COLUMNS:
+                columns[name].append(cell)
+                continue
             try:
                 columns[name].append(float(cell))
             except ValueError:
@@ -86,4 +93,5 @@ def read_curve_csv(path: Path | str) -> Curve:
     if any(not math.isfinite(s) or s != int(s) for s in steps):
         raise BaselineError(f"{path}: step numbers must be whole numbers")
     loss = columns.pop("loss")
-    return Curve(np.array(steps, dtype=np.int64), np.array(loss), {k: np.array(v) for k, v in columns.items()})
+    extra = {k: np.array(v, dtype=str if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
+    return Curve(np.array(steps, dtype=np.int64), np.array(loss), extra)

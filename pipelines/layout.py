@@ -18,6 +18,7 @@ def run_dir(profile: str) -> Path:
 
 CURVE = "curve.csv"
 RECORD = "train.json"
+CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"
 OVERLAY = "overlay.png"
 HTML = "report.html"

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from cait.config import DataConfig, DeviceConfig, ModelConfig, Section, TrainConfig
+from cait.config import RUN_ONLY_TRAIN_KEYS, DataConfig, DeviceConfig, ModelConfig, Section, TrainConfig
 from cait.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -113,8 +113,8 @@ class Params(Section):
 
     def curve_defining(self) -> dict:
         """The params that determine the loss curve; the device is deliberately not among them."""
-        return {"data": self.data.curve_defining(), "model": self.model.model_dump(mode="json"),
-                "train": self.train.model_dump(mode="json")}
+        train = {k: v for k, v in self.train.model_dump(mode="json").items() if k not in RUN_ONLY_TRAIN_KEYS}
+        return {"data": self.data.curve_defining(), "model": self.model.model_dump(mode="json"), "train": train}
 
     def curve_hash(self) -> str:
         return hash_json(self.curve_defining())

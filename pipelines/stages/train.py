@@ -1,9 +1,12 @@
 """train stage: a short CaiT run of train.steps steps on the chosen device, tracked in MLflow.
 
-Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s) and
-reports/<profile>/train.json (MLflow run id, environment, params hash, data manifest hash).
+Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s, batch_hash),
+reports/<profile>/train.json (MLflow run id, environment, numerics settings, params hash, data manifest
+hash) and reports/<profile>/checkpoints/ (when train.checkpoint_every is set, on SIGTERM, each epoch in
+full training mode). `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
 Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
-so existing ModelZoo tooling reads our runs.
+so existing ModelZoo tooling reads our runs. With data.shards the run reads the prepare stage's
+pre-decoded pixels (no JPEG decoded), and their hash goes into the record.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from cait.errors import ConfigError
 from pipelines import cli
 from pipelines.curves import write_curve_csv
-from pipelines.layout import CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
+from pipelines.layout import CHECKPOINTS, CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
@@ -23,115 +26,179 @@ from pipelines.provenance import git_commit, write_record
 from pipelines.tracking import RunLogger
 
 
-def run_training(params: Params, out_dir: Path, quiet: bool = False) -> tuple[Path, Path]:
-    """Train and write curve.csv and train.json into out_dir; returns their paths.
+def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR,
+                 resume: bool = False, quiet: bool = False) -> tuple[Path, Path]:
+    """Train and write curve.csv, train.json and checkpoints/ into out_dir; returns the first two paths.
 
-    On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every
-    few seconds; `quiet` leaves only the closing summary."""
+    Works as one process or as one rank of a torchrun/SLURM job (rank 0 alone writes files and MLflow).
+    `resume` continues from out_dir/checkpoints/last.pt, which must come from a run with the same params.
+    On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every few
+    seconds; `quiet` leaves only the closing summary.
+    """
     import torch
 
-    from cait.data import read_manifest, train_loader
+    from cait.checkpoint import LAST, CheckpointError, load_checkpoint
+    from cait.data import eval_loader, read_manifest, train_loader
+    from cait.determinism import configure_numerics
     from cait.devices import describe_device, resolve_device
+    from cait.distributed import init_distributed, shutdown
     from cait.models import build_model, get_variant
+    from cait.train import CheckpointPlan, train
 
-    device = resolve_device(params.device.type, params.device.index)  # fails before any work
-    if params.device.threads:
-        torch.set_num_threads(params.device.threads)
-    manifest = read_manifest(PREPARED_DIR)
-    variant = get_variant(params.model.name)
-    img_size = params.model.img_size or variant.img_size
-    num_classes = params.model.num_classes or len(manifest.classes)
-    if num_classes < len(manifest.classes):
-        raise ConfigError(f"model.num_classes {num_classes} is smaller than the {len(manifest.classes)} classes "
-                        f"of the data; raise it or set it to null")
-    environment = describe_device(device)
-    commit = git_commit()
-
-    logger = RunLogger(params.tracking)
-    logger.start(run_name=f"{params.profile}-{device.type}", params=params.flat(),
-                 tags={"profile": params.profile, "stage": "train", "model": params.model.name,
-                       "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                       "data_manifest_hash": manifest.hash, "params_hash": params.curve_hash(),
-                       **{f"env.{k}": v for k, v in environment.items()}})
-    logger.start_system_metrics(params.tracking.system_metrics_every_s)
-
-    torch.manual_seed(params.train.seed)  # the weights come from the CPU generator: the same on every device
-    model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
-                        num_classes=num_classes, drop_path=params.model.drop_path)
-    shards_dir = SHARDS_DIR if params.data.shards else None
-    loader = train_loader(manifest, img_size=img_size, batch_size=params.train.batch_size,
-                          steps=params.train.steps, seed=params.train.seed, num_workers=params.train.num_workers,
-                          shards_dir=shards_dir)
-    pixels_hash = ""
-    if shards_dir is not None:
-        from cait.shards import read_shard_meta
-
-        pixels_hash = read_shard_meta(shards_dir)["splits"]["train"]["pixels_sha256"]
-
-    from cait.train import train_steps
-
-    rows: list[dict] = []
-    progress = Progress(params.train.steps, f"train {params.profile} on {device.type}", quiet=quiet)
-
-    steps_per_epoch = max(1, len(manifest.splits["train"]) // params.train.batch_size)
-
-    def on_step(row: dict) -> None:
-        rows.append(row)
-        progress.write(dllogger_line(row, epoch=row["step"] // steps_per_epoch))
-        progress.update(1, loss=f"{row['loss']:.4f}", ips=f"{row['samples_per_s']:.1f}")
-        logger.log_step(row)
-
-    curve_path, record_path = out_dir / CURVE, out_dir / RECORD
+    cfg = params.train
+    ctx = init_distributed(params.device.type, params.device.dist_backend, params.device.dist_timeout_s)
     try:
-        summary = train_steps(model, loader, device, params.train, on_step=on_step)
-    except BaseException:
-        progress.close()
-        write_curve_csv(curve_path, rows)  # keep every step already trained
-        print(f"train: interrupted after {len(rows)} step(s); partial curve kept in {curve_path}", file=sys.stderr)
+        device = resolve_device(params.device.type, ctx.local_rank if ctx.enabled else params.device.index)
+        if params.device.threads:
+            torch.set_num_threads(params.device.threads)
+        numerics = configure_numerics(device.type, params.device.deterministic)  # before the model is built
+        manifest = read_manifest(data_dir)
+        variant = get_variant(params.model.name)
+        img_size = params.model.img_size or variant.img_size
+        num_classes = params.model.num_classes or len(manifest.classes)
+        if num_classes < len(manifest.classes):
+            raise ConfigError(f"model.num_classes {num_classes} is smaller than the {len(manifest.classes)} classes "
+                              f"of the data; raise it or set it to null")
+        global_batch = cfg.batch_size * ctx.world_size
+        steps_per_epoch = max(1, len(manifest.splits["train"]) // global_batch)
+        checkpoint_dir = out_dir / CHECKPOINTS
+        meta = {"model": params.model.name, "world_size": ctx.world_size, "global_batch": global_batch,
+                "data_manifest_hash": manifest.hash}
+        resume_state = None
+        if resume:
+            resume_state = load_checkpoint(checkpoint_dir / LAST, params.curve_hash())
+            saved = resume_state.get("meta", {})
+            for key in ("world_size", "data_manifest_hash"):
+                if saved.get(key) != meta[key]:
+                    raise CheckpointError(f"{checkpoint_dir / LAST}: written with {key} {saved.get(key)!r}, this "
+                                          f"run has {meta[key]!r}; resume under the same conditions or start fresh")
+        environment = describe_device(device)
+        commit = git_commit()
+
+        tracking = params.tracking if ctx.is_main else params.tracking.model_copy(update={"enabled": False})
+        logger = RunLogger(tracking)
+        resumed = f"-resumed@{resume_state['step']}" if resume_state else ""
+        logger.start(run_name=f"{params.profile}-{device.type}{resumed}", params=params.flat(),
+                     tags={"profile": params.profile, "stage": "train", "model": params.model.name,
+                           "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+                           "data_manifest_hash": manifest.hash, "params_hash": params.curve_hash(),
+                           "world_size": ctx.world_size, "dist_backend": ctx.backend or "none",
+                           **{f"numerics.{k}": v for k, v in numerics.items()},
+                           **{f"env.{k}": v for k, v in environment.items()}})
+        logger.start_system_metrics(params.tracking.system_metrics_every_s)
+
+        torch.manual_seed(cfg.seed)  # the weights come from the CPU generator: the same on every device
+        model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
+                            num_classes=num_classes, drop_path=params.model.drop_path)
+
+        shards_dir = data_dir / SHARDS_DIR.relative_to(PREPARED_DIR) if params.data.shards else None
+        pixels_hash = ""
+        if shards_dir is not None:
+            from cait.shards import read_shard_meta
+
+            pixels_hash = read_shard_meta(shards_dir)["splits"]["train"]["pixels_sha256"]
+
+        def make_loader(start_step: int):
+            total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+            return train_loader(manifest, img_size=img_size, batch_size=cfg.batch_size, steps=total, seed=cfg.seed,
+                                num_workers=cfg.num_workers, augment=cfg.augment, mixup=cfg.mixup,
+                                num_classes=num_classes, smoothing=cfg.label_smoothing, rank=ctx.rank,
+                                world_size=ctx.world_size, repeats=cfg.repeated_aug if ctx.enabled else 1,
+                                start_step=start_step, pin_memory=device.type == "cuda", shards_dir=shards_dir)
+
+        def make_eval_loader():
+            return eval_loader(manifest, img_size=img_size, batch_size=cfg.batch_size, crop_ratio=cfg.eval_crop_ratio,
+                               num_workers=cfg.num_workers, rank=ctx.rank, world_size=ctx.world_size)
+
+        rows: list[dict] = list(resume_state["rows"]) if resume_state else []
+        total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        progress = Progress(total_steps, f"train {params.profile} on {device.type}", quiet=quiet or not ctx.is_main)
+        progress.update(len(rows))
+
+        def on_step(row: dict) -> None:
+            rows.append(row)
+            progress.write(dllogger_line(row, epoch=row["step"] // steps_per_epoch, rank=ctx.rank))
+            progress.update(1, loss=f"{row['loss']:.4f}", ips=f"{row['samples_per_s']:.1f}")
+            logger.log_step(row)
+
+        def on_epoch(metrics: dict) -> None:
+            progress.write(f"Epoch[{metrics['epoch']}]: val_loss {metrics['val_loss']:.4f} acc1 {metrics['top1']:.2f} "
+                           f"acc5 {metrics['top5']:.2f} ({metrics['val_images']} images)")
+            logger.log_metrics({k: metrics[k] for k in ("val_loss", "top1", "top5")}, step=metrics["epoch"])
+            logger.flush()
+
+        curve_path, record_path = out_dir / CURVE, out_dir / RECORD
+        plan = CheckpointPlan(checkpoint_dir, params.curve_hash(), meta)
         try:
-            logger.finish("FAILED")
-        except Exception:  # the original error matters more than the tracking one
-            pass
-        raise
-    progress.close()
-    write_curve_csv(curve_path, rows)
-    record = {
-        "profile": params.profile,
-        "mlflow_run_id": logger.run_id,
-        "mlflow_parent_run_id": logger.parent_run_id,
-        "mlflow_experiment_id": logger.experiment_id,
-        "tracking_uri": logger.uri,
-        "environment": environment,
-        "git_commit": commit,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "params_hash": params.curve_hash(),
-        "curve_params": params.curve_defining(),
-        "data_manifest_hash": manifest.hash,
-        "data_source": manifest.source,
-        "data_input": "shards" if shards_dir is not None else "jpeg",
-        "data_pixels_hash": pixels_hash,  # sha256 of the train shard's pixels: the same on every device
-        "steps_done": summary.steps_done,
-        "stopped": summary.stopped,
-        "wall_s": summary.wall_s,
-        "mean_samples_per_s": sum(r["samples_per_s"] for r in rows[1:]) / max(1, len(rows) - 1),
-    }
-    write_record(record_path, record)
-    logger.log_metrics({"wall_s": summary.wall_s, "final_loss": rows[-1]["loss"] if rows else float("nan")})
-    logger.log_artifact(curve_path)
-    logger.log_artifact(record_path)
-    logger.finish("FINISHED")
-    done = f"stopped early: {summary.stopped}" if summary.stopped else "done"
-    print(f"train: {summary.steps_done} steps on {environment['device_name']} in {summary.wall_s:.1f} s ({done}); "
-          f"loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}; curve {curve_path}; MLflow run {logger.run_id or '-'}")
-    return curve_path, record_path
+            summary = train(model, make_loader, device, cfg, steps_per_epoch=steps_per_epoch, ctx=ctx,
+                            checkpoints=plan, resume=resume_state, make_eval_loader=make_eval_loader,
+                            on_step=on_step, on_epoch=on_epoch)
+        except BaseException:
+            progress.close()
+            if ctx.is_main:
+                write_curve_csv(curve_path, rows)  # keep every step already trained
+                print(f"train: interrupted after {len(rows)} step(s); partial curve kept in {curve_path}",
+                      file=sys.stderr)
+                try:
+                    logger.finish("FAILED")
+                except Exception:  # the original error matters more than the tracking one
+                    pass
+            raise
+        progress.close()
+        if not ctx.is_main:
+            return curve_path, record_path
+        write_curve_csv(curve_path, rows)
+        record = {
+            "profile": params.profile,
+            "mlflow_run_id": logger.run_id,
+            "mlflow_parent_run_id": logger.parent_run_id,
+            "mlflow_experiment_id": logger.experiment_id,
+            "tracking_uri": logger.uri,
+            "environment": environment,
+            "numerics": numerics,
+            "world_size": ctx.world_size,
+            "global_batch": global_batch,
+            "git_commit": commit,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "params_hash": params.curve_hash(),
+            "curve_params": params.curve_defining(),
+            "data_manifest_hash": manifest.hash,
+            "data_source": manifest.source,
+            "data_input": "shards" if shards_dir is not None else "jpeg",
+            "data_pixels_hash": pixels_hash,  # sha256 of the train shard's pixels: the same on every device
+            "steps_done": summary.steps_done,
+            "resumed_from_step": summary.resumed_from,
+            "stopped": summary.stopped,
+            "wall_s": summary.wall_s,
+            "mean_samples_per_s": sum(r["samples_per_s"] for r in rows[1:]) / max(1, len(rows) - 1),
+            "epochs": summary.epochs,
+            "best_top1": summary.best_top1,
+        }
+        write_record(record_path, record)
+        logger.log_metrics({"wall_s": summary.wall_s, "final_loss": rows[-1]["loss"] if rows else float("nan")})
+        if summary.best_top1 is not None:
+            logger.log_metrics({"best_top1": summary.best_top1})
+        logger.log_artifact(curve_path)
+        logger.log_artifact(record_path)
+        logger.finish("FINISHED")
+        done = f"stopped early: {summary.stopped}" if summary.stopped else "done"
+        print(f"train: {summary.steps_done} steps on {environment['device_name']} x{ctx.world_size} in "
+              f"{summary.wall_s:.1f} s ({done}); loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}; "
+              f"curve {curve_path}; MLflow run {logger.run_id or '-'}")
+        return curve_path, record_path
+    finally:
+        shutdown(ctx)
 
 
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--out-dir", help="where to write curve.csv and train.json (default: reports/<profile>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out-dir>/checkpoints/last.pt (written with the same params)")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    run_training(params, Path(args.out_dir) if args.out_dir else run_dir(params.profile), quiet=args.quiet)
+    run_training(params, Path(args.out_dir) if args.out_dir else run_dir(params.profile), resume=args.resume,
+                 quiet=args.quiet)
     return 0
 
 

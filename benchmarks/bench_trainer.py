@@ -1,0 +1,116 @@
+"""Trainer overhead: cait.train.train's steps/s against a bare PyTorch + timm loop, side by side.
+
+Both train the default profile's model and batch (params.yaml: model, train.batch_size) on the same
+in-memory images, under the same numerics settings (device.deterministic), in alternating rounds so
+that a machine's changing load hits both alike. A third loop, the bare one without the deterministic
+settings, shows what those settings cost. The trainer's data path is the real one (keyed
+sampler, collate with per-sample hashing); only the JPEG decoding is left out of both.
+
+  python benchmarks/bench_trainer.py [--steps 20] [--rounds 3] [--params params.yaml]
+
+Target (issue 3): trainer >= 0.97 x the bare loop's steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from cait.data import CollateBatch, StepBatchSampler
+    from cait.determinism import configure_numerics
+    from cait.models import build_model, get_variant
+    from cait.train import param_groups, train
+    from pipelines.params import load_params
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--steps", type=int, default=20, help="measured steps per round and loop")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured steps before each measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--images", type=int, default=512)
+    args = p.parse_args()
+
+    params = load_params(args.params)
+    cfg = params.train
+    if params.device.threads:
+        torch.set_num_threads(params.device.threads)
+    variant = get_variant(params.model.name)
+    img_size = params.model.img_size or variant.img_size
+    num_classes = params.model.num_classes or params.data.synthetic.pattern.num_classes
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.images, 3, img_size, img_size, generator=generator)
+    labels = torch.randint(0, num_classes, (args.images,), generator=generator)
+    device = torch.device("cpu")
+
+    def fresh_model():
+        torch.manual_seed(cfg.seed)
+        return build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
+                           num_classes=num_classes, drop_path=params.model.drop_path)
+
+    class InMemory(torch.utils.data.Dataset):
+        def __len__(self):
+            return args.images
+
+        def __getitem__(self, key):
+            return images[key.index], int(labels[key.index]), key.step, key.position
+
+    def bare_loop(n: int) -> float:
+        model = fresh_model().train()
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.opt_eps)
+        order = torch.randperm(args.images, generator=torch.Generator().manual_seed(1))
+        start = None
+        for step in range(args.warmup + n):
+            if step == args.warmup:
+                start = time.perf_counter()
+            idx = order[(step * cfg.batch_size) % (args.images - cfg.batch_size):][:cfg.batch_size]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+        return n / (time.perf_counter() - start)
+
+    def trainer(n: int) -> float:
+        model = fresh_model()
+        steps = args.warmup + n
+        run_cfg = cfg.model_copy(update={"steps": steps, "warmup_steps": min(cfg.warmup_steps or 0, steps - 1)})
+        stamps: list[float] = []
+
+        def make_loader(start_step):
+            sampler = StepBatchSampler(args.images, cfg.batch_size, steps, cfg.seed, start_step=start_step)
+            return DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=0)
+
+        train(model, make_loader, device, run_cfg, steps_per_epoch=args.images // cfg.batch_size,
+              on_step=lambda row: stamps.append(time.perf_counter()))
+        return n / (stamps[-1] - stamps[args.warmup - 1])
+
+    bare, ours, loose = [], [], []
+    for r in range(args.rounds):
+        configure_numerics("cpu", params.device.deterministic)
+        bare.append(bare_loop(args.steps))
+        ours.append(trainer(args.steps))
+        configure_numerics("cpu", False)  # for information: what the deterministic settings cost
+        loose.append(bare_loop(args.steps))
+        print(f"round {r}: bare {bare[-1]:.3f} steps/s, trainer {ours[-1]:.3f} steps/s, ratio {ours[-1] / bare[-1]:.3f}; "
+              f"bare without deterministic numerics {loose[-1]:.3f} steps/s", flush=True)
+    ratio = statistics.median(o / b for o, b in zip(ours, bare))
+    print(f"model {params.model.name} {img_size}px, batch {cfg.batch_size}, threads {torch.get_num_threads()}, "
+          f"deterministic {params.device.deterministic}: bare {statistics.median(bare):.3f} steps/s, trainer "
+          f"{statistics.median(ours):.3f} steps/s; median ratio {ratio:.3f} (target >= 0.97); bare loop without "
+          f"deterministic numerics {statistics.median(loose):.3f} steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
