@@ -376,10 +376,11 @@ def test_shards_hold_the_same_pixels_as_the_jpeg_path(scanned, tmp_path):
     for split in ("train", "val"):
         jpeg = ManifestDataset(pinned, split, 32)
         shard = ShardDataset(tmp_path / "shards", split, manifest=pinned, img_size=32)
-        assert len(jpeg) == len(shard)
+        from_shards = ManifestDataset(pinned, split, 32, shards_dir=tmp_path / "shards")  # what training reads
+        assert len(jpeg) == len(shard) == len(from_shards)
         for i in range(len(jpeg)):
-            (x, y), (u, v) = jpeg[i], shard[i]
-            assert y == v and x.dtype == u.dtype == torch.float32 and torch.equal(x, u)
+            (x, y, *_), (u, v), (s, t, *_) = jpeg[i], shard[i], from_shards[i]
+            assert y == v == t and x.dtype == u.dtype == torch.float32 and torch.equal(x, u) and torch.equal(x, s)
         assert shard.pixels(0).dtype == np.uint8 and shard.pixels(0).shape == (32, 32, 3)
     assert isinstance(np.load(tmp_path / "shards" / "train.npy", mmap_mode="r"), np.memmap)
 
