@@ -85,7 +85,9 @@ def build_params(args):
 def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path:
     """A folder with manifest.json for the data: the given one, or a manifest scanned from an ImageNet root
     into out_dir/data (`scanned`: the launcher already did that, the ranks reuse it)."""
-    from cait.data import MANIFEST_NAME, scan_imagenet, write_manifest
+    from cait.config import ImageNetConfig
+    from cait.data import MANIFEST_NAME, write_manifest
+    from cait.imagenet import scan_imagenet
 
     path = Path(data_path).expanduser()
     if (path / MANIFEST_NAME).is_file():
@@ -93,7 +95,8 @@ def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path
     folder = out_dir / "data"
     if scanned and (folder / MANIFEST_NAME).is_file():
         return folder
-    manifest = scan_imagenet(path)
+    manifest, report = scan_imagenet(path, ImageNetConfig())  # a full ILSVRC2012 layout, checked and scanned
+    print(report.summary(), flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(manifest, folder, str(manifest.root))
     return folder

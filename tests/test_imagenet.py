@@ -429,9 +429,9 @@ def test_synthetic_and_imagenet_take_the_same_path_into_training(tiny_project, t
 
     _untracked(tiny_project)
     read = []
-    original = ShardDataset.__getitem__
-    monkeypatch.setattr(ShardDataset, "__getitem__", lambda self, i: read.append(self.split) or original(self, i))
-    monkeypatch.setattr(ManifestDataset, "__getitem__", lambda self, i: pytest.fail("decoded a JPEG in training"))
+    original = ShardDataset.pixels
+    monkeypatch.setattr(ShardDataset, "pixels", lambda self, i: read.append(self.split) or original(self, i))
+    import cait.data
     records = {}
     for source in ("synthetic", "imagenet"):
         if source == "imagenet":
@@ -446,7 +446,10 @@ def test_synthetic_and_imagenet_take_the_same_path_into_training(tiny_project, t
         assert len(manifest.splits["train"]) == expected_train and manifest.content_hashes and manifest.pinned
         assert read_shard_meta("data/prepared/shards")["manifest_hash"] == manifest.hash
         read.clear()
-        curve, record_path = run_training(params, tiny_project / "reports" / source)
+        with monkeypatch.context() as patch:
+            for decoder in ("decode_rgb", "open_rgb"):
+                patch.setattr(cait.data, decoder, lambda *a, **k: pytest.fail("decoded a JPEG in training"))
+            curve, record_path = run_training(params, tiny_project / "reports" / source)
         record = json.loads(record_path.read_text())
         assert record["data_input"] == "shards" and record["data_source"] == source
         assert record["data_manifest_hash"] == manifest.hash
