@@ -112,6 +112,9 @@ class KeyedRandAugment:
         if name in _SIGNED_ENHANCE:
             delta = abs(value - 1.0)
             return (max(0.1, 1.0 + (-delta if rng.random() > 0.5 else delta)),)
+        if name.startswith("Posterize"):
+            # magnitude 10 asks for 0 bits, which Pillow >= 10 rejects (timm passes it through): keep 1 bit
+            return (max(1, value),)
         return (value,)
 
     def __call__(self, img, rng: np.random.Generator):

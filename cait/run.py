@@ -125,7 +125,7 @@ def launch(args, argv: list[str]) -> int:
         others = len(exc.failures) - 1
         raise RankFailure(f"rank {rank} (pid {failure.pid}) died with {how}; the launcher stopped the other "
                           f"rank(s){f' ({others} more failed)' if others else ''}; see that rank's error above; "
-                          f"continue with --resume from the last checkpoint") from None
+                          f"if a checkpoint was written, --resume continues from it") from None
     return 0
 
 

@@ -162,3 +162,19 @@ def test_curve_file_keeps_the_batch_hash_and_old_curves_still_read(tmp_path):
     old = tmp_path / "old.csv"
     old.write_text("step,loss,lr,samples_per_s,elapsed_s\n0,2.5,0.1,5.0,1.0\n1,2.4,0.1,5.0,2.0\n")
     assert list(read_curve_csv(old).loss) == [2.5, 2.4] and "batch_hash" not in read_curve_csv(old).extra
+
+
+def test_rand_augment_handles_every_op_at_full_magnitude():
+    """Every op of rand-m10 (magnitude noise off) runs on a real image, Posterize's 0-bit level included."""
+    from PIL import Image
+
+    from cait.augment import KeyedRandAugment
+
+    augment = KeyedRandAugment("rand-m10-n1-p1.0-inc1", img_size=32)
+    image = Image.new("RGB", (32, 32), (90, 140, 200))
+    seen = set()
+    for key in range(200):
+        rng = keyed_rng(0, 99, key)
+        seen.add(augment.names[int(keyed_rng(0, 99, key).choice(len(augment.names), 1)[0])])
+        assert augment(image, rng).size == (32, 32)
+    assert seen == set(augment.names)
