@@ -4,7 +4,10 @@ Both train the default profile's model and batch (params.yaml: model, train.batc
 in-memory images, under the same numerics settings (device.deterministic), in alternating rounds so
 that a machine's changing load hits both alike. A third loop, the bare one without the deterministic
 settings, shows what those settings cost. The trainer's data path is the real one (keyed
-sampler, collate with per-sample hashing); only the JPEG decoding is left out of both.
+sampler, collate with per-sample hashing), and each step's row is kept and logged to MLflow (a local
+SQLite store, params.yaml's tracking settings, system metrics included) as the train stage does; the
+curve CSV is written after the run, outside the timed steps (the default profile writes no
+checkpoints: train.checkpoint_every 0). Only the JPEG decoding is left out of both.
 
   python benchmarks/bench_trainer.py [--steps 20] [--rounds 3] [--params params.yaml] [--img-size 224 --batch-size 8]
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +41,8 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
     from cait.determinism import configure_numerics
     from cait.models import build_model, get_variant
     from cait.train import param_groups, train
+    from pipelines.curves import write_curve_csv
+    from pipelines.tracking import RunLogger
 
     cfg = params.train
     if batch_size:
@@ -90,8 +96,22 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
             sampler = StepBatchSampler(images_n, cfg.batch_size, total, cfg.seed, start_step=start_step)
             return DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=0)
 
-        train(model, make_loader, device, run_cfg, steps_per_epoch=images_n // cfg.batch_size,
-              on_step=lambda row: stamps.append(time.perf_counter()))
+        rows: list[dict] = []
+        with tempfile.TemporaryDirectory() as tmp:  # the train stage's per-step work: keep the row, log it to MLflow
+            tracking = params.tracking.model_copy(update={"uri": f"sqlite:///{tmp}/mlflow.db", "spool_dir": f"{tmp}/spool",
+                                                          "experiment": "bench-trainer"})
+            logger = RunLogger(tracking)
+            logger.start("bench-trainer", params={}, tags={})
+            logger.start_system_metrics(tracking.system_metrics_every_s)
+
+            def on_step(row: dict) -> None:
+                rows.append(row)
+                logger.log_step(row)
+                stamps.append(time.perf_counter())
+
+            train(model, make_loader, device, run_cfg, steps_per_epoch=images_n // cfg.batch_size, on_step=on_step)
+            write_curve_csv(Path(tmp) / "curve.csv", rows)
+            logger.finish("FINISHED")
         return n / (stamps[-1] - stamps[warmup - 1])
 
     bare, ours, loose = [], [], []
