@@ -285,14 +285,16 @@ def write_plot_table(path: Path, candidate, baseline) -> None:
 
     from pipelines.curves import format_value
 
-    by_step: dict[int, list[str]] = {}
-    for column, curve in enumerate((candidate, baseline)):
-        for step, loss in zip(curve.steps, curve.loss):
-            by_step.setdefault(int(step), ["", ""])[column] = format_value(loss)
+    steps = np.union1d(candidate.steps, baseline.steps)  # sorted, each step once
+    columns = []
+    for curve in (candidate, baseline):
+        cells = [""] * len(steps)
+        for i, loss in zip(np.searchsorted(steps, curve.steps).tolist(), curve.loss.tolist()):
+            cells[i] = format_value(loss)
+        columns.append(cells)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "candidate", "baseline"])
-        for step in sorted(by_step):
-            writer.writerow([step, *by_step[step]])
+        writer.writerows(zip(steps.tolist(), *columns))
     tmp.replace(path)
