@@ -16,7 +16,7 @@ EXPECTED = {"trainer": 2, "efficiency": 2, "tracking": 3, "verdict": 2, "pipelin
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # ~40 s alone on 2 cores (a tiny `dvc repro` and a live mlflow server included)
+@pytest.mark.timeout(300)  # ~50 s alone on 2 cores (a tiny `dvc repro` and a live mlflow server included)
 def test_smoke_run_prints_every_benchmark_with_finite_figures(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out)], cwd=REPO,
