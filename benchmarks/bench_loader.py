@@ -36,30 +36,35 @@ def loader_rate(manifest, params, img_size: int, shards_dir) -> float:
     loader = train_loader(manifest, img_size=img_size, batch_size=params.train.batch_size, steps=params.train.steps,
                           seed=params.train.seed, num_workers=params.train.num_workers, shards_dir=shards_dir)
     start = time.perf_counter()
-    samples = sum(len(labels) for _, labels in loader)
+    samples = sum(len(batch.targets) for batch in loader)
     return samples / (time.perf_counter() - start)
 
 
 def trainer_rate(manifest, params, img_size: int, steps: int) -> float:
-    """samples/s of the trainer on in-memory batches (the first step, with its one-off costs, not counted)."""
+    """samples/s of the trainer (cait.train.train) on batches already in memory; the first step, with its
+    one-off costs, not counted."""
     import torch
 
     from cait.devices import resolve_device
     from cait.models import build_model
-    from cait.train import train_steps
+    from cait.train import train
 
     device = resolve_device(params.device.type, params.device.index)
     if params.device.threads:
         torch.set_num_threads(params.device.threads)
-    loader = train_loader(manifest, img_size=img_size, batch_size=params.train.batch_size, steps=steps + 1,
-                          seed=params.train.seed, num_workers=0, shards_dir=SHARDS_DIR)
+    cfg = params.train
+    loader = train_loader(manifest, img_size=img_size, batch_size=cfg.batch_size, steps=steps + 1,
+                          seed=cfg.seed, num_workers=0, shards_dir=SHARDS_DIR)
     batches = list(loader)
-    torch.manual_seed(params.train.seed)
+    torch.manual_seed(cfg.seed)
     model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
                         num_classes=params.model.num_classes or len(manifest.classes), drop_path=params.model.drop_path)
-    summary = train_steps(model, batches, device, params.train.model_copy(update={"steps": steps + 1}))
-    timed = summary.rows[1:]
-    return sum(params.train.batch_size for _ in timed) / (timed[-1]["elapsed_s"] - summary.rows[0]["elapsed_s"])
+    stamps: list[float] = []
+    run_cfg = cfg.model_copy(update={"steps": steps + 1, "warmup_steps": min(cfg.warmup_steps or 0, steps)})
+    train(model, lambda start: batches[start:], device, run_cfg,
+          steps_per_epoch=max(1, len(manifest.splits["train"]) // cfg.batch_size),
+          on_step=lambda row: stamps.append(time.perf_counter()))
+    return cfg.batch_size * steps / (stamps[-1] - stamps[0])
 
 
 def main(argv=None) -> int:

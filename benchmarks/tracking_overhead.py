@@ -1,22 +1,29 @@
-"""How long the training loop waits for MLflow: time per log_step call, store up and store down.
+"""How long the training loop waits for MLflow: time per log_step call, against a local SQLite store,
+a real `mlflow server` on loopback, and a tracking server that does not answer.
 
-  python benchmarks/tracking_overhead.py [--steps 2000]
+  python benchmarks/tracking_overhead.py [--steps 2000] [--no-server]
 
 Run by hand; prints the mean and worst per-step time of `RunLogger.log_step` (what the training loop
-pays) against a local SQLite store and against a tracking server that does not answer, and the
-time `finish` takes to deliver or spool everything afterwards.
+pays) for each store, and the time `finish` takes to deliver or spool everything afterwards.
+`python -m benchmarks` sets the mean against the default profile's step time (target: < 0.5%).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-from pipelines.params import TrackingConfig
-from pipelines.tracking import RunLogger
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.params import TrackingConfig  # noqa: E402
+from pipelines.tracking import RunLogger  # noqa: E402
 
 
 def measure(uri: str, spool: Path, steps: int) -> dict:
@@ -35,19 +42,68 @@ def measure(uri: str, spool: Path, steps: int) -> dict:
             "finish_s": time.perf_counter() - started}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp: Path, timeout_s: float = 90.0):
+    """A real `mlflow server` on loopback with its own SQLite store; yields its URI, stops it afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--default-artifact-root", str(tmp / "artifacts"),
+           "--workers", "1"]
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({proc.returncode}); see {tmp / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer on {uri} within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def run(steps: int = 2000, server: bool = True) -> dict[str, dict]:
+    """{store label: measure(...)} for the SQLite store, a live server (if `server`) and a dead one."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results["sqlite store"] = measure(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "spool-sqlite", steps)
+        if server:
+            with mlflow_server(tmp) as uri:
+                results["mlflow server"] = measure(uri, tmp / "spool-server", steps)
+        results["server down"] = measure(f"http://127.0.0.1:{free_port()}", tmp / "spool-down", steps)
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--no-server", action="store_true", help="skip the live mlflow server")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-        for label, uri in (("sqlite store", f"sqlite:///{tmp / 'mlflow.db'}"), ("server down", dead)):
-            r = measure(uri, tmp / f"spool-{label.split()[0]}", args.steps)
-            print(f"{label:13s}: log_step mean {r['mean_us']:.1f} us, worst {r['max_ms']:.2f} ms over "
-                  f"{args.steps} steps; finish {r['finish_s']:.2f} s")
+    for label, r in run(args.steps, not args.no_server).items():
+        print(f"{label:13s}: log_step mean {r['mean_us']:.1f} us, worst {r['max_ms']:.2f} ms over "
+              f"{args.steps} steps; finish {r['finish_s']:.2f} s")
 
 
 if __name__ == "__main__":

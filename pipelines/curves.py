@@ -9,7 +9,6 @@ Curves written before that column existed still read.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +72,35 @@ def read_curve_csv(path: Path | str) -> Curve:
     header = next(reader, None)
     if not header or "step" not in header or "loss" not in header:
         raise BaselineError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
+    rows = list(reader)
+    try:  # whole columns at once: a 10^6-step curve reads in a fraction of the per-cell loop's time
+        columns = _columns_at_once(header, rows)
+    except ValueError:  # something is wrong: the per-cell reading names the line
+        columns = _columns_checked(path, header, rows)
+    if not len(columns["loss"]):
+        raise BaselineError(f"{path}: the curve has no steps")
+    steps = np.asarray(columns.pop("step"), dtype=np.float64)
+    if not np.all(np.isfinite(steps) & (steps == np.round(steps))):
+        raise BaselineError(f"{path}: step numbers must be whole numbers")
+    loss = columns.pop("loss")
+    extra = {k: np.array(v, dtype=str if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
+    return Curve(steps.astype(np.int64), np.asarray(loss, dtype=np.float64), extra)
+
+
+def _columns_at_once(header: list[str], rows: list[list[str]]) -> dict[str, list | np.ndarray]:
+    """Numbers parsed a column at a time; ValueError on any row of the wrong width or any non-number."""
+    rows = [row for row in rows if row]
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError("ragged rows")
+    cells = list(zip(*rows)) if rows else [()] * len(header)
+    return {name: list(col) if name in TEXT_COLUMNS else np.array(col, dtype=np.float64)
+            for name, col in zip(header, cells)}
+
+
+def _columns_checked(path: Path, header: list[str], rows: list[list[str]]) -> dict[str, list]:
+    """Cell by cell, raising a BaselineError that names the file, line and column of the first problem."""
     columns: dict[str, list] = {name: [] for name in header}
-    for line_no, row in enumerate(reader, start=2):
+    for line_no, row in enumerate(rows, start=2):
         if not row:
             continue
         if len(row) != len(header):
@@ -87,11 +113,4 @@ def read_curve_csv(path: Path | str) -> Curve:
                 columns[name].append(float(cell))
             except ValueError:
                 raise BaselineError(f"{path}:{line_no}: column {name!r} holds non-numeric value {cell!r}") from None
-    if not columns["loss"]:
-        raise BaselineError(f"{path}: the curve has no steps")
-    steps = columns.pop("step")
-    if any(not math.isfinite(s) or s != int(s) for s in steps):
-        raise BaselineError(f"{path}: step numbers must be whole numbers")
-    loss = columns.pop("loss")
-    extra = {k: np.array(v, dtype=str if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
-    return Curve(np.array(steps, dtype=np.int64), np.array(loss), extra)
+    return columns

@@ -14,6 +14,27 @@ from pathlib import Path
 import numpy as np
 
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
+MAX_DRAWN_POINTS = 4000  # a ~1000-pixel-wide figure shows no more; longer series are drawn as their min/max envelope
+MAX_MARKED_POINTS = 400  # the zoom marks each step (and draws a bar per step) up to this many steps
+
+
+def for_display(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_DRAWN_POINTS):
+    """At most ~max_points of (steps, values) that draw the same picture: each bucket's minimum and maximum,
+    so no spike or NaN gap disappears. Drawing every point of a 10^6-step curve takes matplotlib seconds."""
+    steps, values = np.asarray(steps), np.asarray(values)
+    n = len(values)
+    if n <= max_points:
+        return steps, values
+    k = -(-n // (max_points // 2))  # points per bucket
+    padded = np.concatenate([values, np.repeat(values[-1:], (-n) % k)]).reshape(-1, k)
+    first = np.arange(len(padded)) * k
+    keep = np.unique(np.concatenate([first + np.argmin(padded, axis=1), first + np.argmax(padded, axis=1), [0, n - 1]]))
+    keep = keep[keep < n]
+    return steps[keep], values[keep]
+
+
+def _stride(n: int, max_points: int = MAX_DRAWN_POINTS) -> slice:
+    return slice(None, None, max(1, -(-n // max_points)))
 
 
 def smooth(values: np.ndarray) -> np.ndarray:
@@ -38,10 +59,13 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     cand_label, base_label = labels
     if band is not None:
         lower, upper, band_label = band
-        top.fill_between(baseline.steps, lower, upper, color="#57606a", alpha=0.18, linewidth=0, label=band_label)
+        every = _stride(len(baseline.steps))
+        top.fill_between(baseline.steps[every], np.asarray(lower)[every], np.asarray(upper)[every], color="#57606a",
+                         alpha=0.18, linewidth=0, label=band_label)
     for curve, label, style, colour in ((baseline, base_label, "--", "#57606a"), (candidate, cand_label, "-", "#0969da")):
-        top.plot(curve.steps, curve.loss, style, color=colour, alpha=0.3, linewidth=0.8)
-        top.plot(curve.steps, smooth(curve.loss), style, color=colour, linewidth=1.8, label=f"{label} (smoothed)")
+        top.plot(*for_display(curve.steps, curve.loss), style, color=colour, alpha=0.3, linewidth=0.8)
+        top.plot(*for_display(curve.steps, smooth(curve.loss)), style, color=colour, linewidth=1.8,
+                 label=f"{label} (smoothed)")
     top.set_ylabel("Loss")
     status = verdict["status"]
     top.set_title(f"{verdict['profile']}: {status.upper()}", color=STATUS_COLOURS.get(status, "black"))
@@ -50,7 +74,7 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     n = min(len(candidate.loss), len(baseline.loss))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
-    bottom.plot(candidate.steps[:n], rel, color="#8250df", linewidth=1)
+    bottom.plot(*for_display(candidate.steps[:n], rel), color="#8250df", linewidth=1)
     bottom.axhline(0, color="black", linewidth=0.6)
     tol = verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
     if tol is not None:
@@ -84,12 +108,15 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
                                       constrained_layout=True)
     if band is not None:
         lower, upper = band[0], band[1]
-        keep = (baseline.steps >= lo) & (baseline.steps <= hi)
+        keep = np.flatnonzero((baseline.steps >= lo) & (baseline.steps <= hi))
+        keep = keep[_stride(len(keep))]
         top.fill_between(baseline.steps[keep], np.asarray(lower)[keep], np.asarray(upper)[keep], color="#57606a",
                          alpha=0.18, label=band[2] if len(band) > 2 else "baseline band")
-    for curve, label, style, colour in ((baseline, "baseline", "--o", "#57606a"), (candidate, "candidate", "-o", "#0969da")):
+    for curve, label, style, colour in ((baseline, "baseline", "--", "#57606a"), (candidate, "candidate", "-", "#0969da")):
         keep = (curve.steps >= lo) & (curve.steps <= hi)
-        top.plot(curve.steps[keep], curve.loss[keep], style, color=colour, markersize=3, linewidth=1.2, label=label)
+        marked = int(keep.sum()) <= MAX_MARKED_POINTS  # one marker per step while they can be told apart
+        top.plot(*for_display(curve.steps[keep], curve.loss[keep]), style + ("o" if marked else ""), color=colour,
+                 markersize=3, linewidth=1.2, label=label)
     top.axvline(first_step, color="#cf222e", linewidth=1, label=f"first divergence (step {first_step})")
     top.set_ylabel("Loss")
     top.set_title(f"Around the first divergence: steps {max(lo, int(candidate.steps[0]))} to {hi}")
@@ -99,7 +126,11 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
     keep = (candidate.steps[:n] >= lo) & (candidate.steps[:n] <= hi)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
-    bottom.bar(candidate.steps[:n][keep], rel[keep], color="#8250df", width=0.8)
+    if int(keep.sum()) <= MAX_MARKED_POINTS:
+        bottom.bar(candidate.steps[:n][keep], rel[keep], color="#8250df", width=0.8)
+    else:  # a bar per step is a matplotlib patch per step: seconds for a long window, and no more legible
+        x, y = for_display(candidate.steps[:n][keep], rel[keep])
+        bottom.fill_between(x, 0, np.nan_to_num(y), color="#8250df", linewidth=0.6)
     if tolerance is not None:
         for sign in (1, -1):
             bottom.axhline(sign * tolerance * 100, color="#cf222e", linewidth=0.8, linestyle=":")
@@ -254,14 +285,16 @@ def write_plot_table(path: Path, candidate, baseline) -> None:
 
     from pipelines.curves import format_value
 
-    by_step: dict[int, list[str]] = {}
-    for column, curve in enumerate((candidate, baseline)):
-        for step, loss in zip(curve.steps, curve.loss):
-            by_step.setdefault(int(step), ["", ""])[column] = format_value(loss)
+    steps = np.union1d(candidate.steps, baseline.steps)  # sorted, each step once
+    columns = []
+    for curve in (candidate, baseline):
+        cells = [""] * len(steps)
+        for i, loss in zip(np.searchsorted(steps, curve.steps).tolist(), curve.loss.tolist()):
+            cells[i] = format_value(loss)
+        columns.append(cells)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "candidate", "baseline"])
-        for step in sorted(by_step):
-            writer.writerow([step, *by_step[step]])
+        writer.writerows(zip(steps.tolist(), *columns))
     tmp.replace(path)

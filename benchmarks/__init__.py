@@ -1,0 +1,1 @@
+"""Performance benchmarks of the harness, run by hand: `python -m benchmarks` (see benchmarks/README.md)."""

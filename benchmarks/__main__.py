@@ -1,0 +1,232 @@
+"""Run every benchmark side by side and print one table: name, target, measured, met.
+
+  python -m benchmarks                  # the full figures (~3 minutes on 2 cores); benchmarks/README.md
+  python -m benchmarks --smoke          # tiny sizes, to check that every benchmark still runs (tests)
+  python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict pipeline loader memory
+  python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
+
+Rows that share a measurement take it from the same run (the CPU efficiency and the tracking cost use
+the trainer benchmark's step rates; the loader and memory benchmarks use the pipeline benchmark's
+project copy), so each ratio is measured side by side. Exit status 0 whatever the targets say: the
+table is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import bench_efficiency, bench_pipeline, bench_trainer, bench_verdict, tracking_overhead  # noqa: E402
+
+GROUPS = ("trainer", "efficiency", "tracking", "verdict", "pipeline", "loader", "memory")
+TRACKING_TARGET = 0.005  # of the default profile's step time
+GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
+LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
+TRAIN_RSS_TARGET_MIB = 2048  # the default profile's train stage: measured 1.5 GiB (benchmarks/README.md), +30%
+COMPARE_RSS_TARGET_MIB = 512  # compare on 10^6 steps: the arrays are 50 MB; the rest is the interpreter and libraries
+
+FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
+        "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
+        "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
+        "loader_steps": 5}
+SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
+         "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
+         "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2}
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    target: str
+    measured: str
+    met: bool | None  # None: reported, no target
+    value: float  # the figure the target is about, as a number
+
+
+class Context:
+    """Measurements more than one benchmark needs, made once per run."""
+
+    def __init__(self, smoke: bool, params_path: str, tmp: Path, log):
+        from pipelines.params import load_params
+
+        self.smoke, self.sizes, self.tmp, self.log = smoke, SMOKE if smoke else FULL, tmp, log
+        self.params = load_params(params_path)
+        self._cache: dict = {}
+        self.raw: dict = {}
+
+    def once(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+            self.raw[key] = self._cache[key]
+        return self._cache[key]
+
+    def trainer(self, which: str) -> dict:
+        return self.once(f"trainer_{which}", lambda: bench_trainer.measure(
+            self.params, **self.sizes[f"trainer_{which}"], log=lambda line: self.log(f"  trainer {which}: {line}")))
+
+    def pipeline(self) -> dict:
+        def make():
+            project = bench_pipeline.make_copy(self.tmp / "project", self.smoke)
+            return {"project": str(project), **bench_pipeline.repro(project, self.smoke)}
+        return self.once("pipeline", make)
+
+
+def label(r: dict) -> str:
+    return f"{r['model']} {r['img_size']}px b{r['batch_size']}"
+
+
+def trainer_rows(ctx: Context) -> list[Row]:
+    rows = []
+    for which in ("default", "224"):
+        r = ctx.trainer(which)
+        rows.append(Row("trainer", f"trainer / bare loop, {label(r)}", ">= 0.98",
+                        f"{r['ratio']:.3f} ({r['trainer_steps_per_s']:.3f} vs {r['bare_steps_per_s']:.3f} steps/s)",
+                        r["ratio"] >= bench_trainer.TARGET, r["ratio"]))
+    return rows
+
+
+def efficiency_rows(ctx: Context) -> list[Row]:
+    peak = ctx.once("matmul_peak_flops", bench_efficiency.matmul_peak_flops)
+    rows = []
+    for which in ("default", "224"):
+        r = ctx.trainer(which)
+        sizes = ctx.sizes[f"trainer_{which}"]
+        flops = ctx.once(f"flops_per_step_{which}", lambda: bench_efficiency.training_flops_per_step(
+            ctx.params, sizes.get("img_size"), sizes.get("batch_size")))
+        share = flops * r["trainer_steps_per_s"] / peak
+        loose = flops * r["loose_steps_per_s"] / peak
+        rows.append(Row("efficiency", f"training FLOP/s / fp32 matmul peak, {label(r)}", "report",
+                        f"{share:.1%} of {peak / 1e9:.0f} GFLOP/s ({flops / 1e9:.1f} GFLOP/step; "
+                        f"{loose:.1%} without deterministic numerics)", None, share))
+    return rows
+
+
+def tracking_rows(ctx: Context) -> list[Row]:
+    step_s = 1 / ctx.trainer("default")["trainer_steps_per_s"]
+    results = ctx.once("tracking", lambda: tracking_overhead.run(ctx.sizes["tracking_steps"], server=True))
+    rows = []
+    for store, r in results.items():
+        share = r["mean_us"] * 1e-6 / step_s
+        rows.append(Row("tracking", f"MLflow log_step per step, {store}", f"< {TRACKING_TARGET:.1%} of a step",
+                        f"{share:.4%} ({r['mean_us']:.0f} us of {step_s:.2f} s; worst {r['max_ms']:.1f} ms; "
+                        f"finish {r['finish_s']:.1f} s)", share < TRACKING_TARGET, share))
+    return rows
+
+
+def verdict_rows(ctx: Context) -> list[Row]:
+    costs = ctx.once("verdict", lambda: bench_verdict.run(ctx.sizes["verdict_lengths"]))
+    longest = costs[-1]
+    exponent = bench_verdict.growth_exponent(costs)
+    by_n = ", ".join(f"{c['n']:.0e}: {c['total_s']:.2f} s" for c in costs)
+    return [Row("verdict", f"compare + report, {longest['n']:.0e} steps", f"< {bench_verdict.TARGET_S:.0f} s",
+                f"{longest['total_s']:.2f} s (read {longest['read_s']:.2f}, decide {longest['decide_s']:.2f}, "
+                f"overlay {longest['overlay_s']:.2f}, zoom/HTML/JUnit/plot table {longest['rest_s']:.2f})",
+                longest["total_s"] < bench_verdict.TARGET_S, longest["total_s"]),
+            Row("verdict", f"growth, {costs[-2]['n']:.0e} -> {longest['n']:.0e} steps", f"linear (slope <= {GROWTH_MAX})",
+                f"log-log slope {exponent:.2f} ({by_n})", exponent <= GROWTH_MAX, exponent)]
+
+
+def pipeline_rows(ctx: Context) -> list[Row]:
+    r = ctx.pipeline()
+    return [Row("pipeline", "dvc repro, cold", f"<= {bench_pipeline.COLD_TARGET_S:.0f} s",
+                f"{r['cold_s']:.1f} s (prepare {r['prepare_s']:.1f}, train {r['train_s']:.1f}, compare/report/gate "
+                f"{r['rest_s']:.1f}); verdict {r['verdict']}, exit {r['exit_status']}", r["cold_s"] <= bench_pipeline.COLD_TARGET_S, r["cold_s"]),
+            Row("pipeline", "dvc repro, nothing changed", f"<= {bench_pipeline.WARM_TARGET_S:.0f} s",
+                f"{r['warm_s']:.1f} s ({'no stage ran' if r['warm_ran_nothing'] else 'a stage ran'})",
+                r["warm_s"] <= bench_pipeline.WARM_TARGET_S and r["warm_ran_nothing"], r["warm_s"])]
+
+
+def loader_rows(ctx: Context) -> list[Row]:
+    project = Path(ctx.pipeline()["project"])
+    out = project / "bench" / "loader.json"
+
+    def make():
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_loader.py"), "--steps",
+                               str(ctx.sizes["loader_steps"]), "--out", str(out)], cwd=project,
+                              env=bench_pipeline.stage_env(project), capture_output=True, text=True)
+        if not out.exists():
+            raise RuntimeError(f"bench_loader.py wrote no figures: {done.stderr.strip()[-1500:]}")
+        return json.loads(out.read_text())
+    r = ctx.once("loader", make)
+    return [Row("loader", "loader from shards / trainer consumption", f">= {LOADER_TARGET:.0f}x",
+                f"{r['shards_over_trainer']:.1f}x ({r['loader_shards_samples_per_s']:.0f} vs "
+                f"{r['trainer_samples_per_s']:.1f} samples/s; from JPEGs {r['jpeg_over_trainer']:.1f}x; scan "
+                f"{r['scan_images_per_s']:.0f} images/s)", r["shards_over_trainer"] >= LOADER_TARGET,
+                r["shards_over_trainer"])]
+
+
+def memory_rows(ctx: Context) -> list[Row]:
+    r = ctx.pipeline()
+    m = ctx.once("compare_memory", lambda: bench_pipeline.compare_memory(Path(r["project"]), ctx.sizes["compare_steps"]))
+    return [Row("memory", "peak RSS, train stage (dvc repro train)", f"<= {TRAIN_RSS_TARGET_MIB} MiB",
+                f"{r['train_peak_rss_mib']:.0f} MiB", r["train_peak_rss_mib"] <= TRAIN_RSS_TARGET_MIB,
+                r["train_peak_rss_mib"]),
+            Row("memory", f"peak RSS, compare stage, {m['steps']:.0e} steps", f"<= {COMPARE_RSS_TARGET_MIB} MiB",
+                f"{m['peak_rss_mib']:.0f} MiB ({m['seconds']:.1f} s as a process)",
+                m["peak_rss_mib"] <= COMPARE_RSS_TARGET_MIB, m["peak_rss_mib"])]
+
+
+BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
+              "verdict": verdict_rows, "pipeline": pipeline_rows, "loader": loader_rows, "memory": memory_rows}
+
+
+def table(rows: list[Row]) -> str:
+    cells = [("benchmark", "target", "measured", "met")] + [
+        (r.name, r.target, r.measured, "-" if r.met is None else ("yes" if r.met else "NO")) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
+    lines = [" | ".join(c[i].ljust(widths[i]) for i in range(3)) + " | " + c[3] for c in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, figures meaningless")
+    p.add_argument("--only", choices=GROUPS, action="append", help="run this group (repeatable)")
+    p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--json", help="write the rows and raw figures here")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.smoke:  # one thread: on a loaded machine two OpenMP threads spin against each other (4x slower)
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the stages the pipeline benchmark starts
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="cait-bench-") as tmp:
+        ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
+        for group in args.only or GROUPS:
+            t = time.perf_counter()
+            try:
+                rows += BENCHMARKS[group](ctx)
+            except Exception as exc:  # one broken benchmark must not hide the others' figures
+                print(f"{group} failed: {type(exc).__name__}: {exc}", flush=True)
+                first_line = (str(exc).strip().splitlines() or [""])[0]
+                rows.append(Row(group, f"{group} (failed)", "runs", f"error: {type(exc).__name__}: {first_line}"[:200],
+                                False, math.nan))
+            print(f"[{group}: {time.perf_counter() - t:.1f} s]", flush=True)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\n{'SMOKE (tiny sizes, figures meaningless) ' if args.smoke else ''}{when}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
+          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"date": when, "smoke": args.smoke, "rows": [asdict(r) for r in rows],
+                                               "raw": ctx.raw}, indent=1, default=str) + "\n")
+    return 0 if all(math.isfinite(r.value) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
