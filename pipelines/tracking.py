@@ -302,18 +302,28 @@ class RunLogger:
                   f"`python -m pipelines.tracking sync`, uploads them)")
         self._offline = True
 
-    def _send(self, op: dict) -> None:
-        """Worker side: send, or spool once the store has failed us."""
-        if not self._offline:
-            try:
-                _execute(self._client, op, self._spool.ids())
-                return
-            except _Unresolved:
-                pass
-            except Exception as exc:
-                self._go_offline(exc)
+    def _try_now(self, op: dict):
+        """Execute `op` against the store unless offline; (True, result) if it went through, else
+        (False, None) after which the caller spools it. A failure turns the logger offline."""
+        if self._offline:
+            return False, None
+        try:
+            return True, _execute(self._client, op, self._spool.ids())
+        except _Unresolved:  # names a run created offline: it must wait in the spool behind that run
+            return False, None
+        except Exception as exc:
+            self._go_offline(exc)
+            return False, None
+
+    def _spool_op(self, op: dict) -> None:
         self._spool.append(op)
         self.spooled += 1
+
+    def _send(self, op: dict) -> None:
+        """Worker side: send, or spool once the store has failed us."""
+        sent, _ = self._try_now(op)
+        if not sent:
+            self._spool_op(op)
 
     def _work(self) -> None:
         while True:
@@ -340,18 +350,11 @@ class RunLogger:
         """Create a run now (its id is needed at once); offline, a local id stands in for it."""
         op = {"op": "create_run", "local_id": LOCAL_PREFIX + uuid.uuid4().hex, "experiment": self.cfg.experiment,
               "run_name": run_name, "tags": {k: str(v)[:5000] for k, v in tags.items()}, "start_time": _now_ms()}
-        if not self._offline:
-            ids = self._spool.ids()
-            try:
-                run = _execute(self._client, op, ids)
-                self.experiment_id = run.info.experiment_id
-                return run.info.run_id
-            except _Unresolved:
-                pass
-            except Exception as exc:
-                self._go_offline(exc)
-        self._spool.append(op)
-        self.spooled += 1
+        sent, run = self._try_now(op)
+        if sent:
+            self.experiment_id = run.info.experiment_id
+            return run.info.run_id
+        self._spool_op(op)
         return op["local_id"]
 
     def _resolve(self, run_id: str) -> str:

@@ -42,12 +42,17 @@ def batches(manifest, *, num_workers: int, steps: int = 4, augment=FULL_AUGMENT,
     return [(b.step, b.hash, b.images.clone(), b.targets.clone()) for b in loader]
 
 
-def test_augmented_batches_do_not_depend_on_workers_or_threads(manifest, threads):
+def reference_and_variants(run, manifest, threads):
+    """`run` with 1 thread and no loader workers (the reference), with 2 workers, and with 2 threads."""
     threads(1)
-    reference = batches(manifest, num_workers=0)
-    with_workers = batches(manifest, num_workers=2)
+    reference = run(manifest, num_workers=0)
+    with_workers = run(manifest, num_workers=2)
     threads(2)
-    with_threads = batches(manifest, num_workers=0)
+    return reference, with_workers, run(manifest, num_workers=0)
+
+
+def test_augmented_batches_do_not_depend_on_workers_or_threads(manifest, threads):
+    reference, with_workers, with_threads = reference_and_variants(batches, manifest, threads)
     for other in (with_workers, with_threads):
         assert [(s, h) for s, h, _, _ in other] == [(s, h) for s, h, _, _ in reference]
         for (_, _, images, targets), (_, _, ref_images, ref_targets) in zip(other, reference):
@@ -89,11 +94,7 @@ def run_loop(manifest, *, num_workers: int, steps: int = 2):
 
 
 def test_training_inputs_and_drop_path_masks_hash_the_same(manifest, threads):
-    threads(1)
-    reference = run_loop(manifest, num_workers=0)
-    with_workers = run_loop(manifest, num_workers=2)
-    threads(2)
-    with_threads = run_loop(manifest, num_workers=0)
+    reference, with_workers, with_threads = reference_and_variants(run_loop, manifest, threads)
     keys = ("step", "batch_hash", "drop_path_hash")
     for other in (with_workers, with_threads):
         assert [[r[k] for k in keys] for r in other] == [[r[k] for k in keys] for r in reference]
