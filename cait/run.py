@@ -78,6 +78,8 @@ def build_params(args):
     params_file = Path(args.params)
     if params_file.is_file():
         tracking = (yaml.safe_load(params_file.read_text()) or {}).get("tracking") or {}
+    # full trainings are not acceptance runs: they go to their own experiment
+    tracking = {**tracking, "experiment": tracking.get("model_card_experiment") or "cait-model-card"}
     raw = {"profile": f"{args.model}-modelcard", **recipe, "tracking": tracking}
     return parse_params(raw, f"{args.recipe} + command line")
 

@@ -49,8 +49,13 @@ def read_record(path: Path | str) -> dict:
     return record
 
 
-def file_id(path: Path | str) -> str:
-    """Names one version of a file (a baseline, dvc.lock): its path and the first 12 hex digits of its SHA-256."""
+def sha256_of(path: Path | str) -> str:
+    """SHA-256 (hex) of a file's bytes."""
     import hashlib
 
-    return f"{path}@{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def file_id(path: Path | str) -> str:
+    """Names one version of a file (a baseline, dvc.lock): its path and the first 12 hex digits of its SHA-256."""
+    return f"{path}@{sha256_of(path)[:12]}"

@@ -174,13 +174,17 @@ def throughput_rows(baseline_ips, candidate_ips) -> list[list[str]]:
     return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio]]
 
 
-def tracking_html(record: dict) -> str:
-    """Where the run lives in MLflow, with a link when the store is a server."""
+def tracking_html(record: dict, ui_url: str | None = None) -> str:
+    """Where the run lives in MLflow, with a link when there is a UI (tracking.ui_url, or a server store)."""
+    from pipelines.review import mlflow_ui, run_link
+
     run_id = record.get("mlflow_run_id") or ""
     uri = record.get("tracking_uri", "")
     if not run_id:
         return "<p>Tracking was disabled for this run (tracking.enabled: false).</p>"
-    parts = [f"MLflow run <code id=\"mlflow-run\">{html.escape(run_id)}</code>"]
+    link = run_link(mlflow_ui(ui_url, uri), record.get("mlflow_experiment_id", ""), run_id)
+    shown = f'<a href="{html.escape(link)}">{html.escape(run_id)}</a>' if link else html.escape(run_id)
+    parts = [f"MLflow run <code id=\"mlflow-run\">{shown}</code>"]
     if record.get("mlflow_parent_run_id"):
         parts.append(f"(child of execution run <code>{html.escape(record['mlflow_parent_run_id'])}</code>)")
     if uri:
@@ -188,15 +192,14 @@ def tracking_html(record: dict) -> str:
     if run_id.startswith("local-"):
         parts.append("; the store was unreachable: the records wait in the spool and get their MLflow id on upload "
                      "(<code>python -m pipelines.tracking sync</code>)")
-    elif uri.startswith(("http://", "https://")) and record.get("mlflow_experiment_id"):
-        link = f"{uri.rstrip('/')}/#/experiments/{record['mlflow_experiment_id']}/runs/{run_id}"
+    elif link:
         parts.append(f'&mdash; <a href="{html.escape(link)}">open in MLflow</a>')
     return f"<p>{' '.join(parts)}</p>"
 
 
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
-                band_shown: bool = False) -> None:
+                band_shown: bool = False, ui_url: str | None = None) -> None:
     """The page an engineer opens after a failed night: verdict and why first, then the evidence."""
     status = verdict["status"]
     rule_rows = [[name, "gates" if r["gating"] else "informs", "pass" if r["passed"] else "fail",
@@ -247,7 +250,7 @@ recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 <h2>Throughput</h2>{_table(['', 'baseline', 'candidate', 'candidate / baseline'], throughput, table_id='throughput')}
 <h2>Environments</h2><p>Rows that differ are highlighted.</p>
 {_table(['', 'baseline', 'candidate', ''], env_rows, env_classes, 'environments')}
-<h2>Tracking</h2>{tracking_html(record)}
+<h2>Tracking</h2>{tracking_html(record, ui_url)}
 </body></html>
 """
     path.write_text(page)

@@ -361,17 +361,18 @@ class RunLogger:
         return self._spool.ids().get(run_id, run_id)
 
     # -- the API stages use --------------------------------------------------------------------
-    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        """Start this profile/device's run as a child of the execution's parent run."""
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_name: str = "") -> str:
+        """Start this profile/device's run as a child of the execution's parent run (named `parent_name`
+        when this call creates it; with $CAIT_EXECUTION_ID the execution id is added to the name)."""
         if not self.enabled:
             return ""
-        self.parent_run_id = self._parent_run()
+        self.parent_run_id = self._parent_run(parent_name or run_name)
         self.run_id = self._create_run(run_name, {**tags, "mlflow.parentRunId": self.parent_run_id,
                                                   "cait.role": "child"})
         self.log_params(params)
         return self.run_id
 
-    def _parent_run(self) -> str:
+    def _parent_run(self, name: str) -> str:
         """The execution's parent run: found by its cait.execution tag, else created."""
         execution = os.environ.get(EXECUTION_ENV) or f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         if not self._offline and os.environ.get(EXECUTION_ENV):
@@ -385,7 +386,37 @@ class RunLogger:
                         return found[0].info.run_id
             except Exception as exc:
                 self._go_offline(exc)
-        return self._create_run(execution, {"cait.execution": execution, "cait.role": "parent"})
+        if os.environ.get(EXECUTION_ENV):
+            name = f"{name} · {execution}"
+        return self._create_run(name, {"cait.execution": execution, "cait.role": "parent"})
+
+    def ensure_run(self, key_tag: str, key_value: str, *, run_name: str, tags: dict[str, str],
+                   params: dict[str, str], series: dict[str, tuple]) -> str:
+        """A top-level run identified by the tag `key_tag` = `key_value` (e.g. a baseline file's hash),
+        created with its params and per-step series the first time and found again afterwards.
+
+        Only while the store answers: offline it returns "" and the next stage that runs online
+        creates it (the key makes that idempotent), so an outage never makes two of them."""
+        if not self.enabled or self._offline:
+            return ""
+        try:
+            experiment = self._client.get_experiment_by_name(self.cfg.experiment)
+            if experiment is not None:
+                found = self._client.search_runs([experiment.experiment_id], max_results=1,
+                                                 filter_string=f"tags.`{key_tag}` = '{key_value}'")
+                if found:
+                    return found[0].info.run_id
+        except Exception as exc:
+            self._go_offline(exc)
+            return ""
+        run_id = self._create_run(run_name, {**tags, key_tag: key_value})
+        self._submit({"op": "log_batch", "run": run_id, "params": {k: str(v)[:6000] for k, v in params.items()}})
+        stamp = _now_ms()
+        rows = [[name, float(v), stamp, int(s)] for name, (steps, values) in series.items()
+                for s, v in zip(steps, values) if v == v]
+        self._submit({"op": "log_batch", "run": run_id, "metrics": rows})  # sent in batches of 1000
+        self._submit({"op": "terminate", "run": run_id, "status": "FINISHED", "end_time": stamp})
+        return run_id
 
     def attach(self, run_id: str, parent_run_id: str = "") -> None:
         """Continue a run another stage started (compare and report add to the train run)."""
@@ -408,10 +439,11 @@ class RunLogger:
         if self.enabled and target:
             self._submit({"op": "log_batch", "run": target, "tags": {k: str(v)[:5000] for k, v in tags.items()}})
 
-    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        """Queue metrics; they go out in one batch per tracking.flush_every steps (or at flush/finish)."""
+    def log_metrics(self, values: dict[str, float], step: int = 0, timestamp_ms: int | None = None) -> None:
+        """Queue metrics; they go out in one batch per tracking.flush_every steps (or at flush/finish).
+        A fixed `timestamp_ms` makes a repeated upload of the same values a no-op in SQL stores."""
         if self.active:
-            stamp = _now_ms()
+            stamp = _now_ms() if timestamp_ms is None else int(timestamp_ms)
             rows = [[k, float(v), stamp, int(step)] for k, v in values.items()]
             with self._metrics_lock:
                 self._pending_metrics += rows

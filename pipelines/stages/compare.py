@@ -19,10 +19,11 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, refusals
 from pipelines.curves import read_curve_csv
-from pipelines.layout import CURVE, RECORD, REPORTS_DIR, VERDICT, run_dir
+from pipelines.layout import CURVE, HTML, RECORD, REPORTS_DIR, VERDICT, run_dir
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
-from pipelines.provenance import file_id, read_record, write_record
+from pipelines.provenance import file_id, read_record, sha256_of, write_record
+from pipelines.review import log_review, report_link
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
 
@@ -128,19 +129,13 @@ def main(argv=None) -> int:
         return 0  # a comparison of foreign logs has no train run to add to
     logger = RunLogger(params.tracking)
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
-    numbers = {f"compare.{name}.{k}": v for name, rule in verdict.rules.items() for k, v in rule.numbers.items()}
-    if verdict.first_divergence_step is not None:
-        numbers["compare.first_divergence_step"] = verdict.first_divergence_step
-    logger.log_metrics({**numbers, "compare.compared_steps": verdict.compared_steps})
-    logger.set_tags({"verdict": verdict.status, "verdict.reasons": json.dumps(verdict.reasons),
-                     "baseline": params.compare.baseline, "baseline.id": file_id(params.compare.baseline),
-                     "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else "",
-                     **{f"rule.{name}": "pass" if r.passed else "fail" for name, r in verdict.rules.items()},
-                     **{f"rule.{name}.{k}": f"{v:.6g}" if isinstance(v, float) else str(v)
-                        for name, r in verdict.rules.items() for k, v in r.numbers.items()}})
-    # the parent run shows every profile/device of the execution at a glance
-    logger.set_tags({f"verdict.{params.profile}.{record['environment']['device']}": verdict.status},
-                    run_id=logger.parent_run_id)
+    logger.set_tags({"verdict.reasons": json.dumps(verdict.reasons), "baseline": params.compare.baseline,
+                     "baseline.id": file_id(params.compare.baseline),
+                     "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else ""})
+    log_review(logger, result, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
+               reference=baseline_curve, baseline=baseline_obj, baseline_path=params.compare.baseline,
+               baseline_sha256=sha256_of(params.compare.baseline), report=str(chain_dir / HTML),
+               report_link=report_link(params.tracking, record, chain_dir / HTML))
     logger.log_artifact(out)
     logger.close()
     return 0

@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         (out / ZOOM).unlink(missing_ok=True)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
     render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
-                zoom_png=zoom, band_shown=band is not None)
+                zoom_png=zoom, band_shown=band is not None,
+                ui_url=params.tracking.ui_url)
     render_junit(out / JUNIT, verdict, env['device'])
     write_plot_table(out / PLOTS, candidate, reference)
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"

@@ -22,6 +22,7 @@ from pipelines.layout import CHECKPOINTS, CURVE, PREPARED_DIR, RECORD, SHARDS_DI
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
+from pipelines.review import run_name
 from pipelines.provenance import git_commit, write_record
 from pipelines.tracking import RunLogger
 
@@ -77,14 +78,14 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
 
         tracking = params.tracking if ctx.is_main else params.tracking.model_copy(update={"enabled": False})
         logger = RunLogger(tracking)
-        resumed = f"-resumed@{resume_state['step']}" if resume_state else ""
-        logger.start(run_name=f"{params.profile}-{device.type}{resumed}", params=params.flat(),
+        resumed = f" · resumed at step {resume_state['step']}" if resume_state else ""
+        logger.start(run_name=run_name(params.profile, device.type, suffix=resumed), params=params.flat(),
                      tags={"profile": params.profile, "stage": "train", "model": params.model.name,
                            "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                            "data_manifest_hash": manifest.hash, "params_hash": params.curve_hash(),
                            "world_size": ctx.world_size, "dist_backend": ctx.backend or "none",
                            **{f"numerics.{k}": v for k, v in numerics.items()},
-                           **{f"env.{k}": v for k, v in environment.items()}})
+                           **{f"env.{k}": v for k, v in environment.items() if v not in ("", None)}})
         logger.start_system_metrics(params.tracking.system_metrics_every_s)
 
         torch.manual_seed(cfg.seed)  # the weights come from the CPU generator: the same on every device

@@ -1,0 +1,150 @@
+"""What a reviewer sees in MLflow: runs named for what they are, the verdict as columns, the baseline
+as a run of its own and, in the candidate's run, the baseline's curve step by step.
+
+MLflow's run list shows names and tags as columns, its charts show per-step series, and its compare
+view overlays the same metric of several runs. So: the verdict and the rule that decided it are tags
+(on the device's run and on the execution's parent run), one-value numbers stay in verdict.json (an
+artifact) and in the run's description, and the per-step series are `loss` (the candidate),
+`baseline_loss`, `loss_diff` and `loss_diff_rel` in the candidate's run, plus a baseline run, created once
+per baseline file (found by the file's hash), whose `loss` is the reference curve: select it beside a
+device's run and MLflow's own chart puts the two curves on one plot.
+
+Pure functions here build names, tags, texts and series; `log_review` hands them to a RunLogger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+BASELINE_ROLE = "baseline"
+BASELINE_HASH_TAG = "cait.baseline_sha256"
+SERIES = ("baseline_loss", "loss_diff", "loss_diff_rel")
+
+
+def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
+    """`default · cpu · 2026-11-28 16:40` (UTC): what the runs list shows instead of a timestamp id."""
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return f"{profile} · {device} · {when:%Y-%m-%d %H:%M}{suffix}"
+
+
+def deciding_rules(verdict: dict) -> str:
+    """The rule(s) that made the verdict what it is: the failing gating rules of a fail, every gating
+    rule of a pass, and for an inconclusive verdict the gating rules that could not be evaluated
+    (or `refused` when the comparison was refused before any rule ran)."""
+    gating = {name: rule for name, rule in verdict.get("rules", {}).items() if rule.get("gating")}
+    status = verdict.get("status")
+    if status == "fail":
+        names = [n for n, r in gating.items() if not r.get("passed") and r.get("applicable", True)]
+    elif status == "pass":
+        names = list(gating)
+    else:
+        names = [n for n, r in gating.items() if not r.get("applicable", True)] or ["refused"]
+    return ",".join(names) or "none"
+
+
+def verdict_tags(verdict: dict) -> dict[str, str]:
+    """Columns for the runs list: the verdict, what decided it, where the curves part."""
+    first = verdict.get("first_divergence_step")
+    return {"verdict": str(verdict.get("status", "")), "verdict.rule": deciding_rules(verdict),
+            "verdict.first_divergence_step": "" if first is None else str(first),
+            **{f"rule.{name}": ("pass" if rule.get("passed") else "fail") if rule.get("applicable", True)
+               else "n/a" for name, rule in verdict.get("rules", {}).items()}}
+
+
+def description(verdict: dict, report: str, report_link: str = "") -> str:
+    """The run's description (MLflow shows it on top of the run page): the verdict line, its reasons,
+    each rule's summary and where the report is."""
+    status = str(verdict.get("status", "")).upper()
+    lines = [f"**Verdict: {status}** over {verdict.get('compared_steps', 0)} steps "
+             f"(decided by {deciding_rules(verdict)})", ""]
+    lines += [f"- {reason}" for reason in verdict.get("reasons", [])]
+    lines += ["", "| rule | role | result | summary |", "|---|---|---|---|"]
+    for name, rule in verdict.get("rules", {}).items():
+        result = ("pass" if rule.get("passed") else "fail") if rule.get("applicable", True) else "n/a"
+        summary = str(rule.get("summary", "")).replace("|", "\\|")
+        lines.append(f"| {name} | {'gates' if rule.get('gating') else 'informs'} | {result} | {summary} |")
+    where = f"[{report}]({report_link})" if report_link else f"`{report}`"
+    lines += ["", f"Report: {where}"]
+    return "\n".join(lines)
+
+
+def comparison_series(steps_c, loss_c, steps_b, loss_b) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-step (steps, values) of baseline_loss, loss_diff = c - b and loss_diff_rel = (c - b) / |b| on
+    the steps both curves logged: the candidate's run then charts its curve beside the reference."""
+    steps, ic, ib = np.intersect1d(np.asarray(steps_c), np.asarray(steps_b), return_indices=True)
+    c = np.asarray(loss_c, dtype=np.float64)[ic]
+    b = np.asarray(loss_b, dtype=np.float64)[ib]
+    diff = c - b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(b != 0, diff / np.abs(b), np.nan)
+    return {"baseline_loss": (steps, b), "loss_diff": (steps, diff), "loss_diff_rel": (steps, rel)}
+
+
+def baseline_run_name(profile: str, device: str, device_name: str, date: str) -> str:
+    return f"baseline · {profile} · {device} ({device_name}) · {date[:10]}"
+
+
+def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, reference, baseline=None,
+               baseline_path: str = "", baseline_sha256: str = "", report: str = "", report_link: str = "") -> None:
+    """Everything above into the candidate's run (and the parent's verdict tags); with a stored baseline,
+    also its run, made once per baseline file."""
+    if not logger.active:
+        return
+    # one timestamp per baseline file: comparing again against the same baseline uploads rows the store
+    # already holds (SQL stores keep one of identical rows), instead of doubling the charted series
+    stamp = int(baseline_sha256[:10], 16) % 10**12 if baseline_sha256 else None
+    for name, (steps, values) in comparison_series(candidate.steps, candidate.loss,
+                                                   reference.steps, reference.loss).items():
+        finite = np.isfinite(values)  # MLflow stores NaN, but a chart of them helps nobody
+        for step, value in zip(steps[finite], values[finite]):
+            logger.log_metrics({name: float(value)}, step=int(step), timestamp_ms=stamp)
+    logger.flush()
+    tags = verdict_tags(verdict)
+    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link)})
+    if logger.parent_run_id:
+        logger.set_tags({"verdict": tags["verdict"], "verdict.rule": tags["verdict.rule"],
+                         f"verdict.{profile}.{device}": tags["verdict"]}, run_id=logger.parent_run_id)
+    if baseline is not None and baseline_sha256:
+        prov = baseline.provenance
+        series = {"loss": (baseline.steps, baseline.loss)}
+        for run in getattr(baseline, "runs", []) or []:
+            series[f"loss_seed_{run.seed}"] = (baseline.steps, run.loss)
+        params = {"profile": baseline.profile, "model": baseline.model, "device": prov.get("device", ""),
+                  "device_name": prov.get("device_name", ""), "params_hash": prov.get("params_hash", ""),
+                  "data_manifest_hash": prov.get("data_manifest_hash", ""), "git_commit": prov.get("git_commit", ""),
+                  "date": prov.get("date", ""), "seeds": str(getattr(baseline, "seeds", "")),
+                  "path": baseline_path}
+        run_id = logger.ensure_run(
+            BASELINE_HASH_TAG, baseline_sha256,
+            run_name=baseline_run_name(baseline.profile, prov.get("device", ""), prov.get("device_name", ""),
+                                       str(prov.get("date", ""))),
+            tags={"cait.role": BASELINE_ROLE, "profile": baseline.profile, "baseline": baseline_path,
+                  "mlflow.note.content": f"The stored baseline `{baseline_path}` (sha256 {baseline_sha256[:12]}), "
+                                         f"recorded on {prov.get('device', '')} ({prov.get('device_name', '')}). "
+                                         f"Select it beside a device's run to overlay the two `loss` curves."},
+            params=params, series=series)
+        if run_id:
+            logger.set_tags({"cait.baseline_run_id": run_id})
+
+
+def mlflow_ui(ui_url: str | None, tracking_uri: str) -> str:
+    """The MLflow UI's address: tracking.ui_url, else the tracking server itself when it is one
+    (a SQLite store has no UI until someone runs `mlflow ui`; then set tracking.ui_url)."""
+    if ui_url:
+        return ui_url.rstrip("/")
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ""
+
+
+def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """The run's page in the MLflow UI ('' when there is no UI or the run has no real id yet)."""
+    if not (ui and experiment_id and run_id) or run_id.startswith("local-"):
+        return ""
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+
+
+def report_link(tracking_cfg, record: dict, report_path) -> str:
+    """Where a reviewer opens the report from MLflow: the run's artifacts (the report stage attaches it)."""
+    ui = mlflow_ui(getattr(tracking_cfg, "ui_url", None), record.get("tracking_uri", ""))
+    return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")

@@ -1,0 +1,108 @@
+"""What reviewers see in MLflow (pipelines/review.py): names, verdict columns, the baseline beside the run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_params
+from fake_runs import environment, reference_loss, write_run
+
+from pipelines import cli
+from pipelines.params import load_params
+from pipelines.review import comparison_series, deciding_rules, description, run_name, verdict_tags
+from pipelines.stages import compare
+from pipelines.tracking import RunLogger, tracking_uri
+
+
+def rule(passed, gating=True, applicable=True, summary="s"):
+    return {"passed": passed, "gating": gating, "applicable": applicable, "summary": summary}
+
+
+def test_deciding_rules_name_what_made_the_verdict():
+    rules = {"modelzoo": rule(True), "strict": rule(False), "band": rule(False, gating=False)}
+    assert deciding_rules({"status": "fail", "rules": rules}) == "strict"
+    assert deciding_rules({"status": "pass", "rules": {**rules, "strict": rule(True)}}) == "modelzoo,strict"
+    assert deciding_rules({"status": "inconclusive", "rules": {"strict": rule(False, applicable=False)}}) == "strict"
+    assert deciding_rules({"status": "inconclusive", "rules": {}}) == "refused"
+    tags = verdict_tags({"status": "fail", "rules": rules, "first_divergence_step": 12})
+    assert tags["verdict"] == "fail" and tags["verdict.rule"] == "strict"
+    assert tags["verdict.first_divergence_step"] == "12" and tags["rule.band"] == "fail"
+    text = description({"status": "fail", "rules": rules, "reasons": ["strict: too far"], "compared_steps": 60},
+                       "reports/default/report.html", "http://ui/#/x")
+    assert text.startswith("**Verdict: FAIL** over 60 steps (decided by strict)")
+    assert "- strict: too far" in text and "[reports/default/report.html](http://ui/#/x)" in text
+
+
+def test_comparison_series_pairs_on_common_steps():
+    series = comparison_series([0, 1, 2, 4], [1.0, 2.0, 3.0, 5.0], [0, 2, 3, 4], [1.0, 2.0, 9.0, 4.0])
+    steps, base = series["baseline_loss"]
+    assert steps.tolist() == [0, 2, 4] and base.tolist() == [1.0, 2.0, 4.0]
+    assert series["loss_diff"][1].tolist() == [0.0, 1.0, 1.0]
+    assert series["loss_diff_rel"][1].tolist() == [0.0, 0.5, 0.25]
+
+
+def test_run_names_say_profile_device_and_date():
+    import datetime as dt
+
+    when = dt.datetime(2026, 11, 28, 16, 40, tzinfo=dt.timezone.utc)
+    assert run_name("default", "sdaa", when) == "default · sdaa · 2026-11-28 16:40"
+
+
+@pytest.mark.slow  # a real SQLite MLflow store: its first creation takes a few seconds
+def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("CAIT_EXECUTION_ID", "nightly-42")
+    params = load_params(project / "params.yaml")
+    base = reference_loss(60)
+    logger = RunLogger(params.tracking)
+    run_id = logger.start(run_name("default", "sdaa"), params={"train.steps": "60"}, tags={"profile": "default"},
+                          parent_name=run_name("default", "sdaa"))
+    for step, value in enumerate(base * 1.001):
+        logger.log_step({"step": step, "loss": float(value), "lr": 1e-3, "samples_per_s": 200.0})
+    logger.finish()
+    folder = write_run(project, base * 1.001, baseline_loss=base, run_id=run_id)
+    record_path = folder / "train.json"
+    record = json.loads(record_path.read_text())
+    record.update(mlflow_parent_run_id=logger.parent_run_id, mlflow_experiment_id=logger.experiment_id,
+                  tracking_uri=logger.uri)
+    record_path.write_text(json.dumps(record))
+
+    assert cli.run(compare.main, ["-q"]) == 0
+    assert cli.run(compare.main, ["-q"]) == 0  # a second comparison finds the baseline run again
+
+    client = MlflowClient(tracking_uri=tracking_uri(params.tracking))
+    child = client.get_run(run_id)
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert child.data.tags["verdict"] == verdict["status"]
+    assert child.data.tags["verdict.rule"] == deciding_rules(verdict)
+    assert child.data.tags["mlflow.note.content"].startswith(f"**Verdict: {verdict['status'].upper()}**")
+    assert child.info.run_name.startswith("default · sdaa · ")
+    assert not [k for k in child.data.metrics if k.startswith("compare.")]  # one-value numbers stay in verdict.json
+    baseline_series = client.get_metric_history(run_id, "baseline_loss")
+    assert sorted((m.step, m.value) for m in baseline_series) == list(enumerate(base.tolist()))
+    rel = {m.step: m.value for m in client.get_metric_history(run_id, "loss_diff_rel")}
+    assert rel[10] == pytest.approx(0.001, rel=1e-6)
+
+    parent = client.get_run(logger.parent_run_id)
+    assert parent.data.tags["verdict"] == verdict["status"] and "verdict.rule" in parent.data.tags
+    assert parent.info.run_name == "default · sdaa · " + child.info.run_name.split(" · ")[2] + " · nightly-42"
+
+    baseline_runs = client.search_runs([child.info.experiment_id], "tags.`cait.role` = 'baseline'")
+    assert len(baseline_runs) == 1
+    (baseline_run,) = baseline_runs
+    assert baseline_run.info.run_name.startswith("baseline · default · cuda (NVIDIA A100-SXM4-40GB)")
+    history = client.get_metric_history(baseline_run.info.run_id, "loss")
+    assert np.array_equal([m.value for m in sorted(history, key=lambda m: m.step)], base)
+    assert child.data.tags["cait.baseline_run_id"] == baseline_run.info.run_id
+    assert environment("cuda", "x")["device"] == "cuda"
+
+
+def test_model_card_runs_go_to_their_own_experiment(project):
+    from cait.run import build_params, build_parser
+
+    write_params(project, {"tracking": {"experiment": "acceptance-x"}})
+    args = build_parser().parse_args(["--model", "cait_XXS24_224", "--data-path", "data/prepared", "--device", "cpu"])
+    assert build_params(args).tracking.experiment == "cait-model-card"
