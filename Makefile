@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 	  echo "setup: using the torch already importable: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
 	  $(BIN)/python -c "import torchvision" 2>/dev/null || { echo "setup: torch is present but torchvision is not; install the torchvision that matches it, then rerun" >&2; exit 2; }; \
 	else \
-	  echo "setup: no torch importable; installing $(TORCH_PAIR)"; \
-	  $(BIN)/python -m pip install -q $(TORCH_PAIR); \
+	  echo "setup: no torch importable; installing $(TORCH_PAIR) (several GB: ~2 min from a local wheel cache on 2 cores, longer from the network)"; \
+	  start=$$(date +%s); \
+	  $(BIN)/python -m pip install --progress-bar on $(TORCH_PAIR) || exit $$?; \
+	  echo "setup: torch installed in $$(( $$(date +%s) - start )) s"; \
 	fi
+	@echo "setup: installing this project and its dependencies (dvc, mlflow, timm, ...)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 

@@ -20,6 +20,7 @@ CURVE = "curve.csv"
 RECORD = "train.json"
 CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"
+METRICS = "metrics.json"  # compare: the flat verdict numbers `dvc metrics show` / `dvc exp show` list
 OVERLAY = "overlay.png"
 HTML = "report.html"
 JUNIT = "junit.xml"

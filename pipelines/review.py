@@ -148,3 +148,33 @@ def report_link(tracking_cfg, record: dict, report_path) -> str:
     """Where a reviewer opens the report from MLflow: the run's artifacts (the report stage attaches it)."""
     ui = mlflow_ui(getattr(tracking_cfg, "ui_url", None), record.get("tracking_uri", ""))
     return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")
+
+
+VERDICT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}  # the gate's exit statuses
+
+
+def flat_metrics(verdict: dict) -> dict[str, float | int | str]:
+    """A small flat metrics file for `dvc metrics show` and `dvc exp show`: the verdict as a word and as
+    the gate's number, and each rule's outcome and numbers. DVC rounds metrics to 5 decimals, which
+    shows a relative error of 3.2e-6 as 0.0, so relative numbers are given in parts per million
+    (`..._ppm`). Only the gating rules' numbers: the full verdict stays in verdict.json."""
+    first = verdict.get("first_divergence_step")
+    out: dict[str, float | int | str] = {
+        "verdict": str(verdict.get("status", "")),
+        "verdict_code": VERDICT_CODES.get(verdict.get("status"), 3),
+        "decided_by": deciding_rules(verdict),
+        "compared_steps": int(verdict.get("compared_steps", 0)),
+        "first_divergence_step": -1 if first is None else int(first),
+    }
+    for name, rule in verdict.get("rules", {}).items():
+        out[f"{name}.passed"] = int(bool(rule.get("passed"))) if rule.get("applicable", True) else -1
+        if not rule.get("gating"):
+            continue  # an informing rule's numbers are in verdict.json
+        for key, value in rule.get("numbers", {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if "relative" in key and isinstance(value, float):
+                out[f"{name}.{key}_ppm"] = value * 1e6
+            else:
+                out[f"{name}.{key}"] = value
+    return out

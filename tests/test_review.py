@@ -106,3 +106,17 @@ def test_model_card_runs_go_to_their_own_experiment(project):
     write_params(project, {"tracking": {"experiment": "acceptance-x"}})
     args = build_parser().parse_args(["--model", "cait_XXS24_224", "--data-path", "data/prepared", "--device", "cpu"])
     assert build_params(args).tracking.experiment == "cait-model-card"
+
+
+def test_flat_metrics_keep_small_numbers_visible():
+    from pipelines.review import flat_metrics
+
+    verdict = {"status": "fail", "compared_steps": 120, "first_divergence_step": None,
+               "rules": {"strict": {**rule(False), "numbers": {"mean_abs_relative_error": 3.2e-6, "steps_used": 120}},
+                         "band": {**rule(True, gating=False), "numbers": {"outside_fraction": 0.0}}}}
+    flat = flat_metrics(verdict)
+    assert flat["verdict"] == "fail" and flat["verdict_code"] == 1 and flat["decided_by"] == "strict"
+    assert flat["strict.mean_abs_relative_error_ppm"] == pytest.approx(3.2)  # dvc's 5-decimal rounding keeps it
+    assert flat["strict.steps_used"] == 120 and flat["first_divergence_step"] == -1
+    assert flat["band.passed"] == 1 and "band.outside_fraction" not in flat
+    assert all(not isinstance(v, (dict, list)) for v in flat.values())

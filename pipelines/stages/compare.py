@@ -19,11 +19,11 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, refusals
 from pipelines.curves import read_curve_csv
-from pipelines.layout import CURVE, HTML, RECORD, REPORTS_DIR, VERDICT, run_dir
+from pipelines.layout import CURVE, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, read_record, sha256_of, write_record
-from pipelines.review import log_review, report_link
+from pipelines.review import flat_metrics, log_review, report_link
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
 
@@ -118,6 +118,8 @@ def main(argv=None) -> int:
         **verdict.to_dict(),
     }
     write_record(out, result)
+    if not args.out and not foreign:
+        write_record(chain_dir / METRICS, flat_metrics(result))
     print(f"compare: verdict {verdict.status.upper()} over {verdict.compared_steps} steps of {candidate_source} "
           f"against {baseline_source} -> {out}")
     for reason in verdict.reasons:
