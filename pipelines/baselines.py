@@ -230,12 +230,12 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
       float64 numbers (written with repr(), read back bit for bit) gives the same bits on every machine."""
     steps = baseline.steps
     if (k := _first_difference(steps.astype(np.float64), np.arange(len(steps), dtype=np.float64))) is not None:
-        raise _fail(path, f"steps[{k}] is {steps[k]}, expected {k}: a baseline logs every step from 0")
+        raise _fail(path, f"steps[{k}] is {int(steps[k])}, expected {k}: a baseline logs every step from 0")
     curves = [("loss", baseline.loss)] + [(f"runs[{i}].loss", run.loss) for i, run in enumerate(baseline.runs)]
     for field_name, values in curves:
         k = None if allow_negative_loss else first_negative(values)
         if k is not None:
-            raise _fail(path, f"{field_name}[{k}] is {values[k]!r}, below 0, which a cross-entropy loss never is "
+            raise _fail(path, f"{field_name}[{k}] is {float(values[k])!r}, below 0, which a cross-entropy loss never is "
                               f"(corrupt file?; compare.allow_negative_loss: true for a metric that can be negative)")
     if not baseline.runs:
         return
@@ -248,8 +248,8 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
         raise _fail(path, f"provenance.seed {seed!r} names none of the runs (seeds {baseline.seeds}); "
                           f"'loss' must be the curve of one of them")
     if (k := _first_difference(baseline.loss, baseline.runs[reference].loss)) is not None:
-        raise _fail(path, f"loss[{k}] is {baseline.loss[k]!r} but the reference run (runs[{reference}], seed {seed}) "
-                          f"has {baseline.runs[reference].loss[k]!r}; 'loss' must be that run's curve")
+        raise _fail(path, f"loss[{k}] is {float(baseline.loss[k])!r} but the reference run (runs[{reference}], seed {seed}) "
+                          f"has {float(baseline.runs[reference].loss[k])!r}; 'loss' must be that run's curve")
     if not isinstance(stored_stats, dict):
         raise _fail(path, f"a multi-run baseline needs 'stats' with {', '.join(STAT_FIELDS)}")
     if stored_stats.get("runs", len(baseline.runs)) != len(baseline.runs):
@@ -258,7 +258,7 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
     for key in STAT_FIELDS:  # per-step stats are stored for readers; they must be exactly those of the runs
         stored = np.array(stored_stats[key], dtype=np.float64)
         if (k := _first_difference(stored, recomputed[key])) is not None:
-            raise _fail(path, f"stats.{key}[{k}] is {stored[k]!r} but the runs give {recomputed[key][k]!r}: "
+            raise _fail(path, f"stats.{key}[{k}] is {float(stored[k])!r} but the runs give {float(recomputed[key][k])!r}: "
                               f"stats.{key} does not match the runs (edited by hand?)")
 
 

@@ -98,7 +98,7 @@ def check_loss_sign(curve: Curve, source: str, allow_negative: bool = False) -> 
     """Refuse a curve with a negative loss unless compare.allow_negative_loss says the metric can be negative."""
     i = None if allow_negative else first_negative(curve.loss)
     if i is not None:
-        raise CurveError(f"{source}: loss at step {curve.steps[i]} is {curve.loss[i]!r}, below 0, which a "
+        raise CurveError(f"{source}: loss at step {int(curve.steps[i])} is {float(curve.loss[i])!r}, below 0, which a "
                          f"cross-entropy loss never is (corrupt file?); for a metric that can be negative set "
                          f"compare.allow_negative_loss: true")
 

@@ -183,9 +183,8 @@ def require_fresh(verdict: VerdictFile, compare_params: dict | None = None) -> N
     reasons = stale_reasons(verdict, compare_params)
     if reasons:
         fix = "rerun the chain (dvc repro)" if verdict.from_train_run else "rerun the compare command that wrote it"
-        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
-        raise StaleVerdictError(f"{verdict.path}: stale verdict, it proves nothing about the files on disk: "
-                                f"{reasons[0]}{more}; {fix}")
+        raise StaleVerdictError(f"{verdict.path}: stale verdict, it proves nothing about the files on disk now "
+                                f"({'; '.join(reasons)}); {fix}")
 
 
 def report_mark(verdict_sha256: str) -> str:
