@@ -185,7 +185,11 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise _fail(path, "'steps' must increase strictly")
     runs = []
-    if version >= 2 and data.get("kind", "single-run") == "multi-run":
+    multi_run = version >= 2 and data.get("kind") == "multi-run"
+    if not multi_run and ("runs" in data or "stats" in data):  # never drop a file's runs on a misread kind
+        raise _fail(path, f"has 'runs' or 'stats' but kind is {data.get('kind')!r} in schema_version {version} "
+                          f"(only a multi-run baseline of version 2 or later has them)")
+    if multi_run:
         raw_runs = data.get("runs")
         if not isinstance(raw_runs, list) or len(raw_runs) < 2:
             raise _fail(path, "a multi-run baseline needs 'runs' with at least 2 entries")

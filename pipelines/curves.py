@@ -68,11 +68,16 @@ def read_curve_csv(path: Path | str) -> Curve:
         text = path.read_text()
     except FileNotFoundError:
         raise CurveError(f"{path}: curve file not found; run the train stage first (dvc repro train)") from None
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
-    if not header or "step" not in header or "loss" not in header:
-        raise CurveError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
-    rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise CurveError(f"{path}: not a text file (byte {exc.start} is not UTF-8; corrupt?)") from None
+    try:
+        reader = csv.reader(text.splitlines())
+        header = next(reader, None)
+        if not header or "step" not in header or "loss" not in header:
+            raise CurveError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
+        rows = list(reader)
+    except csv.Error as exc:
+        raise CurveError(f"{path}: not a readable CSV ({exc}; corrupt?)") from None
     try:  # whole columns at once: a 10^6-step curve reads in a fraction of the per-cell loop's time
         columns = _columns_at_once(header, rows)
     except ValueError:  # something is wrong: the per-cell reading names the line
