@@ -16,7 +16,6 @@ Targets (issue 7): cold <= 90 s, nothing changed <= 3 s. Memory targets: see ben
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -63,7 +62,9 @@ def repro(project: Path, smoke: bool) -> dict:
     train = run_measured(["dvc", "repro", "train"], project)
     rest = run_measured(["dvc", "repro"] + ([last] if last else []), project, check=False)  # the gate may say fail
     warm = run_measured(["dvc", "repro"] + ([last] if last else []), project, check=False)
-    verdict = json.loads(next((project / "reports").glob("*/verdict.json")).read_text())["status"]
+    from pipelines.verdict_file import read_verdict
+
+    verdict = read_verdict(next((project / "reports").glob("*/verdict.json"))).status
     return {"cold_s": prepare["seconds"] + train["seconds"] + rest["seconds"], "prepare_s": prepare["seconds"],
             "train_s": train["seconds"], "rest_s": rest["seconds"], "warm_s": warm["seconds"],
             "warm_ran_nothing": "Running stage" not in warm["stdout"], "verdict": verdict,

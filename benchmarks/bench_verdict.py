@@ -49,10 +49,10 @@ def write_candidate(path: Path, steps: np.ndarray, loss: np.ndarray) -> None:
 def cost(n: int, compare_cfg, work: Path) -> dict:
     """Seconds for each phase of compare + report on an n-step curve."""
     from pipelines.curves import Curve, read_curve_csv
-    from pipelines.provenance import write_record
     from pipelines.report import render_html, render_junit, render_overlay, render_zoom, write_plot_table
     from pipelines.stages.report import divergence_tolerance
     from pipelines.verdict import decide
+    from pipelines.verdict_file import input_entry, write_verdict
 
     steps, cand, mean, std = synthetic_curves(n)
     csv_path = work / f"curve-{n}.csv"
@@ -68,9 +68,9 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
                      divergence=compare_cfg.divergence.model_dump(), modelzoo=rules.modelzoo.model_dump(),
                      strict=rules.strict.model_dump(), band=rules.band.model_dump(), trend=rules.trend.model_dump(),
                      band_stats={"mean": mean, "std": std, "runs": 3})
-    result = {"status": verdict.status, "profile": "bench", "baseline": "synthetic", "baseline_device": "cpu",
-              **verdict.to_dict()}
-    write_record(work / f"verdict-{n}.json", result)
+    result = write_verdict(work / f"verdict-{n}.json", verdict, profile="bench", candidate=str(csv_path),
+                           baseline="synthetic", compare_params=compare_cfg.model_dump(), baseline_device="cpu",
+                           inputs={"candidate": input_entry(csv_path), "baseline": input_entry("synthetic")})
     t["decide_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     reference = Curve(steps, mean)

@@ -26,7 +26,26 @@ class DataError(HarnessError):
 
 
 class BaselineError(HarnessError):
-    """A malformed or unusable baseline or curve file."""
+    """A malformed or unusable baseline file, or runs that cannot make one."""
+
+
+class CurveError(HarnessError):
+    """A missing or malformed loss curve (curve CSV, or a curve's values a loss cannot take)."""
+
+
+class RecordError(HarnessError):
+    """A missing or malformed run record (train.json), or one that does not describe its curve."""
+
+
+class VerdictError(HarnessError):
+    """A missing, old or malformed verdict file."""
+
+
+class StaleVerdictError(HarnessError):
+    """A verdict (or the report rendered from it) that judged other files than those on disk now: it
+    proves nothing about them, so the gate treats it as inconclusive."""
+
+    exit_code = EXIT_INCONCLUSIVE
 
 
 class DeviceError(HarnessError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cait.errors import BaselineError
-from pipelines.curves import Curve
+from pipelines.curves import Curve, first_negative
 from pipelines.params import hash_json
 from pipelines.verdict import band_limits
 
@@ -136,8 +136,12 @@ def _numbers(path, values, what: str) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def load_baseline(path: Path | str) -> Baseline:
-    """Read and check a baseline file; every structural problem is an error naming the file and field."""
+def load_baseline(path: Path | str, *, allow_negative_loss: bool = False) -> Baseline:
+    """Read and check a baseline file; every structural problem is an error naming the file and field.
+
+    Beyond its structure a baseline must agree with itself (`check_consistency`): a loss below 0 (unless
+    compare.allow_negative_loss), a `loss` that is not its reference run's curve, or `stats` that do not
+    follow from its runs is an edited or corrupt file, refused before it can judge anything."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -149,10 +153,10 @@ def load_baseline(path: Path | str) -> Baseline:
         raise BaselineError(f"{path}: is a folder; point compare.baseline at its baseline.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(path, f"not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')}; truncated?)") from None
-    return baseline_from_json(data, path)
+    return baseline_from_json(data, path, allow_negative_loss=allow_negative_loss)
 
 
-def baseline_from_json(data, path: Path | str = "baseline") -> Baseline:
+def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_loss: bool = False) -> Baseline:
     if not isinstance(data, dict):
         raise _fail(path, "expected a JSON object at the top level")
     version = data.get("schema_version")
@@ -181,7 +185,11 @@ def baseline_from_json(data, path: Path | str = "baseline") -> Baseline:
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise _fail(path, "'steps' must increase strictly")
     runs = []
-    if version >= 2 and data.get("kind", "single-run") == "multi-run":
+    multi_run = version >= 2 and data.get("kind") == "multi-run"
+    if not multi_run and ("runs" in data or "stats" in data):  # never drop a file's runs on a misread kind
+        raise _fail(path, f"has 'runs' or 'stats' but kind is {data.get('kind')!r} in schema_version {version} "
+                          f"(only a multi-run baseline of version 2 or later has them)")
+    if multi_run:
         raw_runs = data.get("runs")
         if not isinstance(raw_runs, list) or len(raw_runs) < 2:
             raise _fail(path, "a multi-run baseline needs 'runs' with at least 2 entries")
@@ -204,13 +212,58 @@ def baseline_from_json(data, path: Path | str = "baseline") -> Baseline:
     baseline = Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
                         loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
                         schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs)
-    if runs:
-        stored, recomputed = data["stats"], baseline.stats()
-        for key in STAT_FIELDS:  # per-step stats are stored for readers; they must be those of the runs
-            if not np.allclose(np.array(stored[key], dtype=np.float64), recomputed[key], rtol=1e-9, atol=0,
-                               equal_nan=True):
-                raise _fail(path, f"stats.{key} does not match the runs (edited by hand?)")
+    check_consistency(baseline, data.get("stats"), path, allow_negative_loss=allow_negative_loss)
     return baseline
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> int | None:
+    """Index of the first position where two equal-length arrays differ (NaN equals NaN), else None."""
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    return None if same.all() else int(np.argmin(same))
+
+
+def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, allow_negative_loss: bool = False) -> None:
+    """Refuse a baseline whose numbers contradict each other, naming the field: every value one edit or
+    flipped byte changes is tied to another, so such a file never judges a run as if it were whole.
+
+    - steps are 0, 1, ..., n-1: the train stage logs every step, and every baseline comes from its runs;
+    - no loss below 0 (a cross-entropy loss never is) unless `allow_negative_loss`;
+    - `loss` is the reference run's curve (the run whose seed is provenance.seed) and the runs' seeds are
+      provenance.seeds, in order;
+    - `stats` are exactly what `Baseline.stats()` computes from the runs: the same code over the same
+      float64 numbers (written with repr(), read back bit for bit) gives the same bits on every machine."""
+    steps = baseline.steps
+    if (k := _first_difference(steps.astype(np.float64), np.arange(len(steps), dtype=np.float64))) is not None:
+        raise _fail(path, f"steps[{k}] is {int(steps[k])}, expected {k}: a baseline logs every step from 0")
+    curves = [("loss", baseline.loss)] + [(f"runs[{i}].loss", run.loss) for i, run in enumerate(baseline.runs)]
+    for field_name, values in curves:
+        k = None if allow_negative_loss else first_negative(values)
+        if k is not None:
+            raise _fail(path, f"{field_name}[{k}] is {float(values[k])!r}, below 0, which a cross-entropy loss never is "
+                              f"(corrupt file?; compare.allow_negative_loss: true for a metric that can be negative)")
+    if not baseline.runs:
+        return
+    seed = baseline.provenance.get("seed")
+    listed = baseline.provenance.get("seeds")
+    if isinstance(listed, list) and listed != baseline.seeds:
+        raise _fail(path, f"runs have seeds {baseline.seeds} but provenance.seeds says {listed}")
+    reference = next((i for i, run in enumerate(baseline.runs) if run.seed == seed), None)
+    if reference is None:
+        raise _fail(path, f"provenance.seed {seed!r} names none of the runs (seeds {baseline.seeds}); "
+                          f"'loss' must be the curve of one of them")
+    if (k := _first_difference(baseline.loss, baseline.runs[reference].loss)) is not None:
+        raise _fail(path, f"loss[{k}] is {float(baseline.loss[k])!r} but the reference run (runs[{reference}], seed {seed}) "
+                          f"has {float(baseline.runs[reference].loss[k])!r}; 'loss' must be that run's curve")
+    if not isinstance(stored_stats, dict):
+        raise _fail(path, f"a multi-run baseline needs 'stats' with {', '.join(STAT_FIELDS)}")
+    if stored_stats.get("runs", len(baseline.runs)) != len(baseline.runs):
+        raise _fail(path, f"stats.runs is {stored_stats.get('runs')!r} but there are {len(baseline.runs)} runs")
+    recomputed = baseline.stats()
+    for key in STAT_FIELDS:  # per-step stats are stored for readers; they must be exactly those of the runs
+        stored = np.array(stored_stats[key], dtype=np.float64)
+        if (k := _first_difference(stored, recomputed[key])) is not None:
+            raise _fail(path, f"stats.{key}[{k}] is {float(stored[k])!r} but the runs give {float(recomputed[key][k])!r}: "
+                              f"stats.{key} does not match the runs (edited by hand?)")
 
 
 def save_baseline(path: Path | str, baseline: Baseline) -> None:
@@ -229,6 +282,7 @@ def _provenance(record: dict, source: str) -> dict:
         "driver": env.get("driver", ""),
         "versions": {k: env.get(k, "") for k in ("torch", "timm", "plugin", "cuda", "python")},
         "host": env.get("host", ""),
+        "cpu_model": env.get("cpu", ""),  # the host CPU: its arithmetic decides a CPU curve's last bits
         "params_hash": record["params_hash"],
         "params": record["curve_params"],
         "data_manifest_hash": record["data_manifest_hash"],
@@ -324,9 +378,11 @@ def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
 def environment_differences(baseline: Baseline, record: dict) -> list[str]:
     """Device and version differences between baseline and candidate, as sentences for the verdict's
     notes: they do not refuse a comparison (a port is exactly such a difference) but are never hidden."""
+    unknown_cpu = not baseline.provenance.get("cpu_model")  # a baseline older than that field: no claim
     return [f"{name} differs: baseline {a or '(none)'}, candidate {b or '(none)'}"
             for name, a, b in environment_table(baseline, record)
-            if a != b and name in ("device", "device name", "driver", "torch", "timm", "plugin", "cuda", "python")]
+            if a != b and name in ("device", "device name", "cpu model", "driver", "torch", "timm", "plugin", "cuda",
+                                  "python") and not (name == "cpu model" and unknown_cpu)]
 
 
 def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, str]]:
@@ -335,7 +391,8 @@ def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, 
     rows = [("device", prov["device"], env["device"]), ("device name", prov["device_name"], env["device_name"]),
             ("driver", prov.get("driver", ""), env.get("driver", ""))]
     rows += [(k, prov["versions"].get(k, ""), env.get(k, "")) for k in ("torch", "timm", "plugin", "cuda", "python")]
-    rows += [("host", prov.get("host", ""), env.get("host", "")),
+    rows += [("cpu model", prov.get("cpu_model", ""), env.get("cpu", "")),  # absent from older baselines: blank
+             ("host", prov.get("host", ""), env.get("host", "")),
              ("git commit", prov["git_commit"], record.get("git_commit", "")),
              ("params hash", prov["params_hash"][:12], record["params_hash"][:12]),
              ("data manifest hash", prov["data_manifest_hash"][:12], record["data_manifest_hash"][:12]),

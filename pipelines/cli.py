@@ -6,7 +6,7 @@ Exit statuses, the same for every command (the nightly CI relies on them):
   1  fail: the candidate's loss curve does not match the baseline (gate, summary)
   2  usage or input error: bad params.yaml or arguments, missing or malformed data, curve, baseline
   3  inconclusive: the comparison proves nothing (too few steps, non-finite loss, a baseline made
-     under other conditions); CI treats it as a failure
+     under other conditions, a stale verdict whose inputs changed since); CI treats it as a failure
   4  infrastructure error: the device or its plugin is unavailable, the tracking spool cannot be
      written, out of memory, or an unexpected crash (with its traceback) - never mistaken for a fail
 130 interrupted (Ctrl-C)

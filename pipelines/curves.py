@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cait.errors import BaselineError
+from cait.errors import CurveError
 
 CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s", "batch_hash")
 TEXT_COLUMNS = ("batch_hash",)  # kept as strings; every other column is a number
@@ -59,7 +59,7 @@ def write_curve_csv(path: Path | str, rows: list[dict]) -> None:
 
 
 def read_curve_csv(path: Path | str) -> Curve:
-    """Read a curve CSV; any structural problem is a BaselineError naming the file and line.
+    """Read a curve CSV; any structural problem is a CurveError naming the file and line.
 
     Non-finite losses (nan, inf) are kept: deciding what they mean is the verdict's job.
     """
@@ -67,24 +67,45 @@ def read_curve_csv(path: Path | str) -> Curve:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise BaselineError(f"{path}: curve file not found; run the train stage first (dvc repro train)") from None
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
-    if not header or "step" not in header or "loss" not in header:
-        raise BaselineError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
-    rows = list(reader)
+        raise CurveError(f"{path}: curve file not found; run the train stage first (dvc repro train)") from None
+    except UnicodeDecodeError as exc:
+        raise CurveError(f"{path}: not a text file (byte {exc.start} is not UTF-8; corrupt?)") from None
+    try:
+        reader = csv.reader(text.splitlines())
+        header = next(reader, None)
+        if not header or "step" not in header or "loss" not in header:
+            raise CurveError(f"{path}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
+        rows = list(reader)
+    except csv.Error as exc:
+        raise CurveError(f"{path}: not a readable CSV ({exc}; corrupt?)") from None
     try:  # whole columns at once: a 10^6-step curve reads in a fraction of the per-cell loop's time
         columns = _columns_at_once(header, rows)
     except ValueError:  # something is wrong: the per-cell reading names the line
         columns = _columns_checked(path, header, rows)
     if not len(columns["loss"]):
-        raise BaselineError(f"{path}: the curve has no steps")
+        raise CurveError(f"{path}: the curve has no steps")
     steps = np.asarray(columns.pop("step"), dtype=np.float64)
     if not np.all(np.isfinite(steps) & (steps == np.round(steps))):
-        raise BaselineError(f"{path}: step numbers must be whole numbers")
+        raise CurveError(f"{path}: step numbers must be whole numbers")
     loss = columns.pop("loss")
     extra = {k: np.array(v, dtype=str if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
     return Curve(steps.astype(np.int64), np.asarray(loss, dtype=np.float64), extra)
+
+
+def first_negative(values) -> int | None:
+    """Index of the first value below 0, else None. A cross-entropy loss is never negative, so such a value
+    is a corrupt or foreign number; NaN/inf are not caught here (the verdict makes them inconclusive)."""
+    below = np.flatnonzero(np.asarray(values, dtype=np.float64) < 0)
+    return int(below[0]) if len(below) else None
+
+
+def check_loss_sign(curve: Curve, source: str, allow_negative: bool = False) -> None:
+    """Refuse a curve with a negative loss unless compare.allow_negative_loss says the metric can be negative."""
+    i = None if allow_negative else first_negative(curve.loss)
+    if i is not None:
+        raise CurveError(f"{source}: loss at step {int(curve.steps[i])} is {float(curve.loss[i])!r}, below 0, which a "
+                         f"cross-entropy loss never is (corrupt file?); for a metric that can be negative set "
+                         f"compare.allow_negative_loss: true")
 
 
 def _columns_at_once(header: list[str], rows: list[list[str]]) -> dict[str, list | np.ndarray]:
@@ -98,13 +119,13 @@ def _columns_at_once(header: list[str], rows: list[list[str]]) -> dict[str, list
 
 
 def _columns_checked(path: Path, header: list[str], rows: list[list[str]]) -> dict[str, list]:
-    """Cell by cell, raising a BaselineError that names the file, line and column of the first problem."""
+    """Cell by cell, raising a CurveError that names the file, line and column of the first problem."""
     columns: dict[str, list] = {name: [] for name in header}
     for line_no, row in enumerate(rows, start=2):
         if not row:
             continue
         if len(row) != len(header):
-            raise BaselineError(f"{path}:{line_no}: expected {len(header)} values, found {len(row)} (truncated file?)")
+            raise CurveError(f"{path}:{line_no}: expected {len(header)} values, found {len(row)} (truncated file?)")
         for name, cell in zip(header, row):
             if name in TEXT_COLUMNS:
                 columns[name].append(cell)
@@ -112,5 +133,5 @@ def _columns_checked(path: Path, header: list[str], rows: list[list[str]]) -> di
             try:
                 columns[name].append(float(cell))
             except ValueError:
-                raise BaselineError(f"{path}:{line_no}: column {name!r} holds non-numeric value {cell!r}") from None
+                raise CurveError(f"{path}:{line_no}: column {name!r} holds non-numeric value {cell!r}") from None
     return columns

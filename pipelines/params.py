@@ -76,6 +76,7 @@ class CompareConfig(Section):
     gate: list[RuleName] = ["modelzoo", "strict"]  # rules that decide the verdict
     inform: list[RuleName] = ["band", "trend"]  # rules computed and reported that do not decide
     alignment: Literal["steps", "interpolate"] = "steps"  # how curves logged at other steps are paired
+    allow_negative_loss: bool = False  # below 0 is corrupt (cross-entropy never is)
     divergence: DivergenceConfig = DivergenceConfig()
     rules: RulesConfig = RulesConfig()
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
-from cait.errors import BaselineError
+from cait.errors import RecordError
 
 
 def git_commit() -> str:
@@ -40,22 +41,48 @@ def read_record(path: Path | str) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise BaselineError(f"{path}: run record not found; run the train stage first (dvc repro train)") from None
-    except json.JSONDecodeError:
-        raise BaselineError(f"{path}: run record is not valid JSON; rerun the train stage (dvc repro -f train)") from None
+        raise RecordError(f"{path}: run record not found; run the train stage first (dvc repro train)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RecordError(f"{path}: run record is not valid JSON; rerun the train stage (dvc repro -f train)") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: run record is not a JSON object; rerun the train stage (dvc repro -f train)")
     missing = [f for f in RECORD_FIELDS if f not in record]
     if missing:
-        raise BaselineError(f"{path}: run record lacks {', '.join(missing)}; rerun the train stage (dvc repro -f train)")
+        raise RecordError(f"{path}: run record lacks {', '.join(missing)}; rerun the train stage (dvc repro -f train)")
     return record
 
 
-def sha256_of(path: Path | str) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's exact bytes: what a record or verdict names a file version by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_id(path: Path | str) -> str:
     """Names one version of a file (a baseline, dvc.lock): its path and the first 12 hex digits of its SHA-256."""
-    return f"{path}@{sha256_of(path)[:12]}"
+    return f"{path}@{file_sha256(path)[:12]}"
+
+
+def read_run(curve_path: Path | str, record_path: Path | str):
+    """A train stage's curve and record, checked to belong together: the record names the curve's SHA-256
+    and the steps done, so a curve cut, edited or left from another run is refused, never judged.
+    Returns (Curve, record)."""
+    from pipelines.curves import read_curve_csv
+
+    record = read_record(record_path)
+    curve = read_curve_csv(curve_path)
+    expected, steps_done = record.get("curve_sha256"), record.get("steps_done")
+    if not isinstance(expected, str) or not isinstance(steps_done, int) or isinstance(steps_done, bool):
+        raise RecordError(f"{record_path}: run record lacks curve_sha256 or steps_done (written by an older harness); "
+                          f"rerun the train stage (dvc repro -f train)")
+    if len(curve) != steps_done:
+        raise RecordError(f"{curve_path}: {len(curve)} step(s), but {record_path} says {steps_done} were done (a cut "
+                          f"or foreign curve); rerun the train stage (dvc repro -f train)")
+    actual = file_sha256(curve_path)
+    if actual != expected:
+        raise RecordError(f"{curve_path}: SHA-256 {actual[:12]}, but {record_path} names {expected[:12]} (edited, "
+                          f"corrupt or from another run); rerun the train stage (dvc repro -f train)")
+    return curve, record

@@ -199,8 +199,14 @@ def tracking_html(record: dict, ui_url: str | None = None) -> str:
 
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
-                band_shown: bool = False, ui_url: str | None = None) -> None:
-    """The page an engineer opens after a failed night: verdict and why first, then the evidence."""
+                band_shown: bool = False, verdict_sha256: str = "",
+                ui_url: str | None = None) -> None:
+    """The page an engineer opens after a failed night: verdict and why first, then the evidence.
+
+    `verdict_sha256` (of verdict.json's bytes) goes into the page's head, so the gate can tell a report
+    of this verdict from one left by an older one."""
+    from pipelines.verdict_file import report_mark
+
     status = verdict["status"]
     rule_rows = [[name, "gates" if r["gating"] else "informs", "pass" if r["passed"] else "fail",
                   ", ".join(f"{k} = {_fmt(v)}" for k, v in r["numbers"].items()),
@@ -222,7 +228,7 @@ def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, st
     band_note = ("The shaded band is the baseline's mean &plusmn; z&sigma; over its runs." if band_shown else
                  "The baseline is a single run: no band to draw.")
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
+<html lang="en"><head><meta charset="utf-8">{report_mark(verdict_sha256) if verdict_sha256 else ''}<title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1f2328; padding: 0 1rem; }}
 .banner {{ padding: 1rem 1.5rem; border-radius: 6px; color: white; background: {STATUS_COLOURS.get(status, '#555')}; }}

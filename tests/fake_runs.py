@@ -13,7 +13,7 @@ import numpy as np
 from pipelines.baselines import baseline_from_run, save_baseline
 from pipelines.curves import write_curve_csv
 from pipelines.params import load_params
-from pipelines.provenance import write_record
+from pipelines.provenance import file_sha256, write_record
 
 
 def environment(device: str, device_name: str, torch_version: str = "2.14.1") -> dict:
@@ -45,7 +45,7 @@ def write_run(project: Path, loss, *, profile: str = "default", device: str = "s
               "environment": environment(device, device_name), "git_commit": "abc123",
               "date": "2026-11-27T02:00:00+00:00", "params_hash": params.curve_hash(),
               "curve_params": params.curve_defining(), "data_manifest_hash": "f" * 64, "data_source": "synthetic",
-              "steps_done": len(loss), "stopped": "", "wall_s": 0.1 * len(loss), "mean_samples_per_s": samples_per_s}
+              "steps_done": len(loss), "curve_sha256": file_sha256(out / "curve.csv"), "stopped": "", "wall_s": 0.1 * len(loss), "mean_samples_per_s": samples_per_s}
     write_record(out / "train.json", record)
     if baseline_loss is not None:
         base_rows = [{**r, "loss": float(v), "samples_per_s": 400.0} for r, v in zip(rows, baseline_loss)]

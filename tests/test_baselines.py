@@ -14,7 +14,7 @@ from pipelines.baselines import (SCHEMA_VERSION, Baseline, baseline_from_runs, c
                                  load_baseline, refusals, save_baseline)
 from pipelines.curves import Curve, write_curve_csv
 from pipelines.params import Params
-from pipelines.provenance import write_record
+from pipelines.provenance import file_sha256, write_record
 
 STEPS = np.arange(0, 60)
 
@@ -207,7 +207,8 @@ def test_promote_several_run_folders_makes_a_multi_run_baseline(project, capsys)
         curve = curve_for(seed)
         write_curve_csv(folder / "curve.csv", [{"step": s, "loss": v, "lr": 0.1, "samples_per_s": 1.0, "elapsed_s": 0.0}
                                                for s, v in zip(curve.steps, curve.loss)])
-        write_record(folder / "train.json", record_for(seed))
+        write_record(folder / "train.json", {**record_for(seed), "steps_done": len(curve),
+                                             "curve_sha256": file_sha256(folder / "curve.csv")})
         folders += ["--run-dir", str(folder)]
     assert stage.main(["promote", *folders, "--out", "b/multi.json"]) == 0
     assert "multi-run" in capsys.readouterr().out

@@ -1,4 +1,11 @@
-"""The whole chain, for real: `dvc repro` of the default profile in a copy of the project."""
+"""The whole chain, for real: `dvc repro` of the default profile in a copy of the project.
+
+The stored baseline was recorded on another machine (an Intel Xeon, its provenance says). The same code
+and params on another x86 CPU give a curve bitwise equal for ~50 steps that then drifts in its last bits
+(measured on an AMD EPYC: |d|/b 1e-6 at step 60, 1e-5 at step 119, signed MRE 7.5e-8), so this test
+asserts `pass` and bounds the difference; bitwise equality is asserted only between two runs on the same
+machine (tests/test_determinism.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ from html import escape as html_escape
 import pytest
 
 from conftest import stage_env
+
+from pipelines.baselines import load_baseline, save_baseline
 
 
 def dvc(project, *args):
@@ -29,7 +38,13 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
         assert (out / name).stat().st_size > 0, name
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Verdict: PASS" in (out / "report.html").read_text()
-    assert "MeanRelativeError: 0.0" in first.stdout
+    assert "MeanRelativeError: " in first.stdout
+    strict = verdict["rules"]["strict"]["numbers"]
+    print(f"against the stored baseline: signed MRE {verdict['rules']['modelzoo']['numbers']['mean_relative_error']:.3g}, "
+          f"mean |d|/|b| {strict['mean_abs_relative_error']:.3g}, max |d|/|b| {strict['max_abs_relative_error']:.3g}")
+    # cross-CPU drift is ~1e-5 relative at worst; 1e-4 on the mean is far below the strict rule's 0.02 and far
+    # above that drift, so it holds on any x86 CPU yet catches a real change of the numerics
+    assert strict["mean_abs_relative_error"] <= 1e-4
 
     # the MLflow store holds the run: params, every step's loss, the verdict
     run_id = json.loads((out / "train.json").read_text())["mlflow_run_id"]
@@ -52,11 +67,14 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
     assert (out / "curve.csv").stat().st_mtime_ns == before
     print(f"no-op dvc repro took {elapsed:.1f} s")
 
-    # every baseline value 10% higher: the chain ends non-zero, and the report says why
+    # every baseline value 10% higher (each run, so the file stays consistent: loss is its reference run and the
+    # stats follow from the runs): the chain ends non-zero, and the report says why
     path = project / "baselines" / "default" / "baseline.json"
-    baseline = json.loads(path.read_text())
-    baseline["loss"] = [v * 1.1 for v in baseline["loss"]]
-    path.write_text(json.dumps(baseline))
+    baseline = load_baseline(path)
+    baseline.loss = baseline.loss * 1.1
+    for run in baseline.runs:
+        run.loss = run.loss * 1.1
+    save_baseline(path, baseline)
     failed = dvc(project, "repro")
     assert failed.returncode != 0
     assert "Running stage 'train'" not in failed.stdout

@@ -192,7 +192,7 @@ def _fake_run(project, loss, seed=0):
     from pipelines.baselines import load_baseline
     from pipelines.curves import write_curve_csv
     from pipelines.params import load_params
-    from pipelines.provenance import write_record
+    from pipelines.provenance import file_sha256, write_record
 
     params = load_params()
     baseline = load_baseline(params.compare.baseline)
@@ -205,7 +205,8 @@ def _fake_run(project, loss, seed=0):
     write_record(project / "reports/default/train.json",
                  {"profile": "default", "mlflow_run_id": "", "environment": env, "params_hash": run.curve_hash(),
                   "curve_params": run.curve_defining(), "data_manifest_hash": baseline.provenance["data_manifest_hash"],
-                  "git_commit": "x", "stopped": None, "mean_samples_per_s": 1.0})
+                  "git_commit": "x", "stopped": None, "mean_samples_per_s": 1.0, "steps_done": len(loss),
+                  "curve_sha256": file_sha256(project / "reports/default/curve.csv")})
     return baseline
 
 

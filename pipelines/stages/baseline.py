@@ -25,17 +25,22 @@ from pathlib import Path
 from cait.errors import BaselineError, ConfigError
 from pipelines import cli
 from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
-from pipelines.curves import read_curve_csv
 from pipelines.layout import CURVE, RECORD, run_dir
 from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params
-from pipelines.provenance import read_record
+from pipelines.provenance import read_record, read_run
 from pipelines.tracking import tracking_uri
+
+
+def run_from_files(curve_path: Path, record_path: Path) -> tuple:
+    """(curve, record, source) of a train stage's curve and record, checked to belong together (read_run)."""
+    curve, record = read_run(curve_path, record_path)
+    return curve, record, str(curve_path)
 
 
 def run_from_folder(folder: Path) -> tuple:
     """(curve, record, source) of a train stage's output folder (curve.csv + train.json)."""
-    return read_curve_csv(folder / CURVE), read_record(folder / RECORD), str(folder / CURVE)
+    return run_from_files(folder / CURVE, folder / RECORD)
 
 
 def run_from_mlflow(run_id: str, params: Params) -> tuple:
@@ -77,10 +82,9 @@ def record_runs(params: Params, seeds: list[int]) -> list[tuple]:
         run_params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
         print(f"baseline: run {i + 1} of {len(seeds)} (train.seed {seed})", flush=True)
         with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-            curve_path, record_path = run_training(run_params, Path(tmp))
-            record = read_record(record_path)
+            curve, record, _ = run_from_files(*run_training(run_params, Path(tmp)))
             run_id = record.get("mlflow_run_id") or "untracked"
-            runs.append((read_curve_csv(curve_path), record, f"baseline record, seed {seed} (MLflow run {run_id})"))
+            runs.append((curve, record, f"baseline record, seed {seed} (MLflow run {run_id})"))
     return runs
 
 
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
         runs = [run_from_folder(Path(d)) for d in args.run_dir]
         for i, curve_path in enumerate(args.curve):
             record_path = Path(args.record[i]) if args.record else Path(curve_path).parent / RECORD
-            runs.append((read_curve_csv(curve_path), read_record(record_path), curve_path))
+            runs.append(run_from_files(Path(curve_path), record_path))
         runs += [run_from_mlflow(run_id, params) for run_id in args.mlflow_run]
         if not runs:
             runs = [run_from_folder(run_dir(params.profile))]

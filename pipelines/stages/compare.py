@@ -2,7 +2,10 @@
 
 Prints the ModelZoo script's result lines, writes reports/<profile>/verdict.json (DVC metrics) and
 adds the verdict and its numbers to the train stage's MLflow run. Always exits 0 once the verdict
-is written: deciding what a failed verdict does is the gate's job.
+is written: deciding what a failed verdict does is the gate's job. Inputs that cannot be judged (a
+curve that is not the one its train.json names, a loss below 0, a baseline that contradicts itself)
+are a one-line error, exit 2, and no verdict is written; the verdict names the SHA-256 of every file it
+judged, so the gate refuses one left from earlier inputs (pipelines/verdict_file.py).
 
 Outside the chain, compare two curves you already have (ModelZoo logs, dllogger JSON, curve CSV/JSON,
 an MLflow run id); the ModelZoo lines printed are the ones ModelZoo's loss.py prints for them:
@@ -18,14 +21,15 @@ from pathlib import Path
 
 from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, refusals
-from pipelines.curves import read_curve_csv
+from pipelines.curves import check_loss_sign
 from pipelines.layout import CURVE, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
-from pipelines.provenance import file_id, read_record, sha256_of, write_record
+from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.review import flat_metrics, log_review, report_link
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
+from pipelines.verdict_file import input_entry, write_verdict
 
 FOREIGN_OUT = REPORTS_DIR / "logs" / VERDICT
 
@@ -60,23 +64,32 @@ def main(argv=None) -> int:
         return load_curve(spec, fmt or args.format, rank=args.rank, regex=args.regex, tracking_uri=uri,
                           metric=args.metric)
 
+    cfg = params.compare
     notes: list[str] = []
     record = None
+    inputs: dict[str, dict] = {}  # the exact files judged: the gate refuses the verdict once they change
     if args.candidate:
         got = imported(args.candidate, args.candidate_format)
         candidate, candidate_source = got.curve, got.source
         notes += got.notes
-    else:
-        record = read_record(chain_dir / RECORD)
-        candidate, candidate_source = read_curve_csv(chain_dir / CURVE), str(chain_dir / CURVE)
+        inputs["candidate"] = input_entry(args.candidate)
+    else:  # the train stage's curve, checked against its record (steps done, SHA-256): a cut curve is refused
+        candidate, record = read_run(chain_dir / CURVE, chain_dir / RECORD)
+        candidate_source = str(chain_dir / CURVE)
+        inputs["candidate"] = input_entry(chain_dir / CURVE, record["curve_sha256"])
+        inputs["record"] = input_entry(chain_dir / RECORD)
     baseline_obj: Baseline | None
     if args.baseline:
         got = imported(args.baseline, args.baseline_format)
         baseline_obj, baseline_curve, baseline_source = got.baseline, got.curve, got.source
         notes += got.notes
+        inputs["baseline"] = input_entry(args.baseline)
     else:
-        baseline_obj = load_baseline(params.compare.baseline)
-        baseline_curve, baseline_source = baseline_obj.curve, params.compare.baseline
+        baseline_obj = load_baseline(cfg.baseline, allow_negative_loss=cfg.allow_negative_loss)
+        baseline_curve, baseline_source = baseline_obj.curve, cfg.baseline
+        inputs["baseline"] = input_entry(cfg.baseline)
+    check_loss_sign(candidate, candidate_source, cfg.allow_negative_loss)
+    check_loss_sign(baseline_curve, baseline_source, cfg.allow_negative_loss)
 
     refused: list[str] = []
     if baseline_obj is not None:
@@ -93,7 +106,6 @@ def main(argv=None) -> int:
         refused.append(f"training stopped early: {record['stopped']}")
     stats = baseline_obj.stats() if baseline_obj is not None else None
 
-    cfg = params.compare
     rules = cfg.rules
     verdict = decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
                      gate=list(cfg.gate), inform=list(cfg.inform), min_steps=cfg.min_steps,
@@ -106,18 +118,12 @@ def main(argv=None) -> int:
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
-    result = {
-        "status": verdict.status,
-        "profile": params.profile,
-        "baseline": baseline_source,
-        "baseline_device": _describe_device(baseline_obj),
-        "baseline_kind": baseline_obj.kind if baseline_obj is not None else "log",
-        "baseline_seeds": baseline_obj.seeds if baseline_obj is not None else [],
-        "candidate": candidate_source,
-        "mlflow_run_id": (record or {}).get("mlflow_run_id", ""),
-        **verdict.to_dict(),
-    }
-    write_record(out, result)
+    result = write_verdict(out, verdict, profile=params.profile, candidate=candidate_source, baseline=baseline_source,
+                  inputs=inputs, compare_params=cfg.model_dump(),
+                  baseline_device=_describe_device(baseline_obj),
+                  baseline_kind=baseline_obj.kind if baseline_obj is not None else "log",
+                  baseline_seeds=baseline_obj.seeds if baseline_obj is not None else [],
+                  mlflow_run_id=(record or {}).get("mlflow_run_id", ""))
     if not args.out and not foreign:
         write_record(chain_dir / METRICS, flat_metrics(result))
     print(f"compare: verdict {verdict.status.upper()} over {verdict.compared_steps} steps of {candidate_source} "
@@ -136,7 +142,7 @@ def main(argv=None) -> int:
                      "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else ""})
     log_review(logger, result, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
                reference=baseline_curve, baseline=baseline_obj, baseline_path=params.compare.baseline,
-               baseline_sha256=sha256_of(params.compare.baseline), report=str(chain_dir / HTML),
+               baseline_sha256=file_sha256(params.compare.baseline), report=str(chain_dir / HTML),
                report_link=report_link(params.tracking, record, chain_dir / HTML))
     logger.log_artifact(out)
     logger.close()

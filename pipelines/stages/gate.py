@@ -4,42 +4,50 @@ Runs after the report, so a failed night still leaves its report behind. To run 
 the gate failing the command: `dvc repro report`. Inside `dvc exp run` (DVC sets $DVC_EXP_NAME) the
 gate prints the verdict and exits 0: an experiment is saved with its verdict whatever it is
 (`dvc exp show` lists it), instead of being thrown away by a failing stage.
+
+A verdict only counts for the files it judged: when the curve, run record or baseline it names (by
+SHA-256) is gone or changed, or the compare params changed, or report.html shows another verdict, the
+verdict is stale and the gate exits 3 with the reason (e.g. after a killed train stage, whose old
+verdict.json and report.html stay behind). A missing, old or malformed verdict is exit 2.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from pathlib import Path
 
-from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, BaselineError
+from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from pipelines import cli
 from pipelines.layout import HTML, VERDICT, run_dir
 from pipelines.params import load_params
+from pipelines.verdict_file import read_verdict, require_fresh, require_report_of, unchecked_inputs
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
 EXIT_BY_STATUS = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}
 
 
 def main(argv=None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--verdict", type=Path, help=f"verdict file to gate on (default: reports/<profile>/{VERDICT}; "
+                                                f"e.g. reports/logs/{VERDICT} of a comparison of logs)")
+    args = p.parse_args(argv)
     params = load_params(args.params)
-    path = run_dir(params.profile) / VERDICT
-    try:
-        verdict = json.loads(path.read_text())
-        status = verdict["status"]
-        code = EXIT_BY_STATUS[status]
-    except FileNotFoundError:
-        raise BaselineError(f"{path}: no verdict; run the compare stage first (dvc repro compare)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise BaselineError(f"{path}: malformed verdict; rerun the compare stage (dvc repro -f compare)") from None
+    verdict = read_verdict(args.verdict or run_dir(params.profile) / VERDICT)
+    require_fresh(verdict, params.compare.model_dump())
+    report = verdict.path.parent / HTML
+    has_report = require_report_of(verdict, report)
+    code = EXIT_BY_STATUS[verdict.status]
     stream = sys.stdout if code == EXIT_PASS else sys.stderr
-    print(f"gate: {status.upper()} for profile {params.profile} (report: {run_dir(params.profile) / HTML})", file=stream)
-    for reason in verdict.get("reasons", []):
+    where = f"report: {report}" if has_report else "no report rendered yet: python -m pipelines.stages.report"
+    print(f"gate: {verdict.status.upper()} for profile {verdict.profile} ({where})", file=stream)
+    for reason in verdict.reasons:
         print(f"  - {reason}", file=stream)
+    for name in unchecked_inputs(verdict):
+        print(f"  note: {name} is not a file; the gate could not recheck it", file=stream)
     experiment = os.environ.get(EXPERIMENT_ENV)
     if experiment and code != EXIT_PASS:
-        print(f"gate: experiment {experiment} is saved with verdict {status} (exit {code} outside `dvc exp run`)",
+        print(f"gate: experiment {experiment} is saved with verdict {verdict.status} (exit {code} outside `dvc exp run`)",
               file=stream)
         return EXIT_PASS
     return code

@@ -2,24 +2,24 @@
 
 Outputs: reports/<profile>/overlay.png, zoom.png, report.html, junit.xml, plots.csv (both curves by
 step, for `dvc plots`). The figures and page are attached to the run's MLflow record, with the
-DVC lock hash as a tag.
+DVC lock hash as a tag. Renders only a verdict of the files on disk (a stale one is refused, exit 3),
+and writes the verdict's SHA-256 into report.html so the gate knows which verdict the page shows.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from pipelines import cli
 from pipelines.baselines import environment_table, load_baseline
-from pipelines.curves import read_curve_csv
 from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
 from pipelines.params import load_params
-from pipelines.provenance import file_id, read_record
+from pipelines.provenance import file_id, read_run
 from pipelines.report import (render_html, render_junit, render_overlay, render_zoom, throughput_rows,
                               write_plot_table)
 from pipelines.tracking import RunLogger
+from pipelines.verdict_file import read_verdict, require_fresh
 
 
 def divergence_tolerance(verdict: dict) -> float | None:
@@ -42,15 +42,11 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params)
     out = run_dir(params.profile)
-    try:
-        verdict = json.loads((out / VERDICT).read_text())
-    except FileNotFoundError:
-        from cait.errors import BaselineError
-
-        raise BaselineError(f"{out / VERDICT}: no verdict; run the compare stage first (dvc repro compare)") from None
-    record = read_record(out / RECORD)
-    candidate = read_curve_csv(out / CURVE)
-    baseline = load_baseline(params.compare.baseline)
+    verdict_file = read_verdict(out / VERDICT)
+    require_fresh(verdict_file, params.compare.model_dump())  # the curve, record and baseline below are those judged
+    verdict = verdict_file.data
+    candidate, record = read_run(out / CURVE, out / RECORD)
+    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
     env = record["environment"]
     labels = (f"candidate: {env['device']} ({env['device_name']})",
               f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
@@ -68,7 +64,7 @@ def main(argv=None) -> int:
         (out / ZOOM).unlink(missing_ok=True)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
     render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
-                zoom_png=zoom, band_shown=band is not None,
+                zoom_png=zoom, band_shown=band is not None, verdict_sha256=verdict_file.sha256,
                 ui_url=params.tracking.ui_url)
     render_junit(out / JUNIT, verdict, env['device'])
     write_plot_table(out / PLOTS, candidate, reference)

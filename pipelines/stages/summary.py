@@ -4,7 +4,9 @@
   python -m pipelines.stages.summary nightly-artifacts/   # folders the CI jobs uploaded (searched recursively)
   python -m pipelines.stages.summary --format markdown >> "$GITHUB_STEP_SUMMARY"
 
-Reads only verdict.json and train.json (standard library only, so a CI job without torch can run it).
+Reads only verdict.json (through pipelines/verdict_file.py, the one reader) and train.json (no torch,
+so a CI job without it can run it). The inputs a verdict names are not rechecked here: the uploaded
+folders hold no baseline; each job's own gate did that.
 Exit status: the night's worst: 1 if any run failed, else 3 if any was inconclusive, else 0; 2 when a
 folder holds no verdict or a malformed one (a job that died before comparing is not a pass).
 """
@@ -15,9 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, BaselineError
+from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError, VerdictError
 from pipelines import cli
 from pipelines.layout import HTML, RECORD, REPORTS_DIR, VERDICT
+from pipelines.verdict_file import read_verdict
 
 COLUMNS = ("profile", "device", "device name", "verdict", "steps", "MRE (signed)", "MAE (signed)",
            "mean |d|/|b|", "first divergence", "samples/s", "report")
@@ -36,17 +39,14 @@ def find_verdicts(paths: list[Path]) -> list[Path]:
         elif path.is_dir():
             found += sorted(path.rglob(VERDICT))
         else:
-            raise BaselineError(f"{path}: no such file or folder; give the folders the nightly jobs uploaded")
+            raise ConfigError(f"{path}: no such file or folder; give the folders the nightly jobs uploaded")
     return found
 
 
 def summary_row(verdict_path: Path) -> dict:
     """One night's run as table cells; a missing train.json only blanks the device columns."""
-    try:
-        verdict = json.loads(verdict_path.read_text())
-        status = verdict["status"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise BaselineError(f"{verdict_path}: malformed verdict; rerun that job's compare stage") from None
+    verdict = read_verdict(verdict_path).data
+    status = verdict["status"]
     try:
         env = json.loads((verdict_path.parent / RECORD).read_text()).get("environment", {})
         ips = json.loads((verdict_path.parent / RECORD).read_text()).get("mean_samples_per_s")
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     paths = args.paths or [REPORTS_DIR]
     verdicts = find_verdicts(paths)
     if not verdicts:
-        raise BaselineError(f"no {VERDICT} under {', '.join(map(str, paths))}; run the chain "
+        raise VerdictError(f"no {VERDICT} under {', '.join(map(str, paths))}; run the chain "
                             f"(dvc repro report) or download the nightly jobs' artifacts first")
     rows = [summary_row(v) for v in verdicts]
     rows.sort(key=lambda r: (r["profile"], r["device"], r["report"]))

@@ -22,8 +22,8 @@ from pipelines.layout import CHECKPOINTS, CURVE, PREPARED_DIR, RECORD, SHARDS_DI
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
+from pipelines.provenance import file_sha256, git_commit, write_record
 from pipelines.review import run_name
-from pipelines.provenance import git_commit, write_record
 from pipelines.tracking import RunLogger
 
 
@@ -167,7 +167,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             "data_source": manifest.source,
             "data_input": "shards" if shards_dir is not None else "jpeg",
             "data_pixels_hash": pixels_hash,  # sha256 of the train shard's pixels: the same on every device
-            "steps_done": summary.steps_done,
+            "steps_done": summary.steps_done,  # the curve's rows; compare refuses a curve of another length
+            "curve_sha256": file_sha256(curve_path),  # ties the record to these exact bytes (a cut curve is refused)
             "resumed_from_step": summary.resumed_from,
             "stopped": summary.stopped,
             "wall_s": summary.wall_s,
