@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
+    # the tracking store is opened before verdict.json is written, so a corrupt store stops the stage
+    # with nothing written rather than after it (what is written, is then complete)
+    logger = RunLogger(params.tracking) if record is not None and not foreign else None
     result = {
         "status": verdict.status,
         "profile": params.profile,
@@ -124,9 +127,8 @@ def main(argv=None) -> int:
     for note in verdict.notes:
         print(f"  note: {note}")
 
-    if record is None or foreign:
+    if logger is None:
         return 0  # a comparison of foreign logs has no train run to add to
-    logger = RunLogger(params.tracking)
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     numbers = {f"compare.{name}.{k}": v for name, rule in verdict.rules.items() for k, v in rule.numbers.items()}
     if verdict.first_divergence_step is not None:
