@@ -49,6 +49,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     cfg = params.train
     ctx = init_distributed(params.device.type, params.device.dist_backend, params.device.dist_timeout_s)
     try:
+        if ctx.is_main:
+            check_writable(out_dir)  # before any work: a run whose curve cannot be written is not started
         device = resolve_device(params.device.type, ctx.local_rank if ctx.enabled else params.device.index)
         if params.device.threads:
             torch.set_num_threads(params.device.threads)
@@ -79,8 +81,6 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             from cait.shards import verify_shard
 
             pixels_hash = verify_shard(shards_dir, "train")  # what is read, checked against meta.json
-        if ctx.is_main:
-            check_writable(out_dir)  # before any work: a run whose curve cannot be written is not started
         environment = describe_device(device)
         commit = git_commit()
 
