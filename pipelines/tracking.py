@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from cait.errors import TrackingError
-from cait.files import atomic_write_text
+from cait.files import TMP_MARK, atomic_write_text
 from pipelines.params import TrackingConfig
 
 MAX_METRICS_PER_BATCH = 1000
@@ -154,7 +154,8 @@ class Spool:
                                 f"free disk space or set tracking.spool_dir to a writable folder") from None
 
     def pending(self) -> list[Path]:
-        return sorted(self.folder.glob("*.jsonl"), key=lambda p: (len(p.name), p.name))
+        return sorted((p for p in self.folder.glob("*.jsonl") if TMP_MARK not in p.name),  # not a rewrite in progress
+                      key=lambda p: (len(p.name), p.name))
 
     def uploadable(self) -> list[Path]:
         """Pending files no other live process is still appending to (the name carries the writer's pid)."""
@@ -265,7 +266,7 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
                     _execute(client, op, ids)
                 except Exception as exc:
                     if isinstance(exc, _Unresolved) or not store_reachable(uri, client):
-                        path.write_text("".join(json.dumps(o) + "\n" for o in ops[i:]))
+                        atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in ops[i:]))
                         return sent, _count(spool)
                     with (spool.folder / "rejected.jsonl").open("a") as f:
                         f.write(json.dumps({**op, "error": _first_line(exc)}) + "\n")

@@ -170,7 +170,9 @@ def check_train_refuses(project: Path, *words: str) -> None:
     run = project / "reports" / "default"
     assert (run / "curve.csv").read_bytes() == GOOD_CURVE  # not replaced by a header-only curve
     assert not (run / "curve.partial.csv").exists()
-    assert not (run / "train.json").exists()
+    assert not (run / "train.json").exists()  # no record claiming a pixel hash that was not read
+    assert cli.run(compare.main, ["-q"]) == 2  # so no verdict can be made from this run
+    assert not (run / "verdict.json").exists()
 
 
 def test_truncated_shard_is_a_data_error_and_keeps_the_curve(prepared):

@@ -3,7 +3,8 @@
 Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s, batch_hash),
 reports/<profile>/train.json (MLflow run id, environment, numerics settings, params hash, data manifest
 hash) and reports/<profile>/checkpoints/ (when train.checkpoint_every is set, on SIGTERM, each epoch in
-full training mode). `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
+full training mode). A run that fails or is stopped keeps the steps it trained in curve.partial.csv
+(not a DVC output): curve.csv is only ever a finished run's curve. `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
 Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
 so existing ModelZoo tooling reads our runs. With data.shards the run reads the prepare stage's
 pre-decoded pixels (no JPEG decoded), and their hash goes into the record.
