@@ -111,6 +111,15 @@ class Params(Section):
     compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _subset_has_a_size(self):
+        data = self.data
+        if (data.source == "imagenet" and data.shards and data.subset.enabled and data.subset.train_images is None
+                and self.train.images_per_run is None):
+            raise ValueError("data.subset.train_images: required when train.steps is null with ImageNet shards "
+                             "(else all of ImageNet is pinned and decoded, ~190 GB); set it or train.steps")
+        return self
+
     def curve_defining(self) -> dict:
         """The params that determine the loss curve; the device is deliberately not among them."""
         train = {k: v for k, v in self.train.model_dump(mode="json").items() if k not in RUN_ONLY_TRAIN_KEYS}

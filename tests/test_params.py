@@ -59,6 +59,8 @@ def test_shipped_params_yaml_is_valid_and_complete():
         ({"data": {"synthetic": {"pattern": {"noise_std": float("inf")}}}}, "data.synthetic.pattern.noise_std",
          "finite number"),
         ({"device": {"deterministic": 1}}, "device.deterministic", "valid boolean"),
+        ({"data": {"source": "imagenet", "path": "/x"}, "train": {"steps": None}}, "data.subset.train_images",
+         "required when train.steps is null"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, key, words):
