@@ -201,3 +201,12 @@ def test_prepare_into_an_unwritable_data_folder_is_one_line(tiny_project, capsys
     (tiny_project / "data").write_text("a file where the data folder should be")
     assert cli.run(prepare.main, ["-q"]) == 4
     assert one_error_line(capsys.readouterr().err).startswith("error: data: cannot write")
+
+
+def test_any_other_oserror_on_a_named_file_is_one_line_exit_4(capsys):
+    def reads_a_vanished_file(argv):
+        raise OSError(errno.EIO, "Input/output error", "data/prepared/shards/train.npy")
+
+    assert cli.run(reads_a_vanished_file) == 4
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: data/prepared/shards/train.npy: Input/output error (errno 5)")
