@@ -32,13 +32,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
+# params.yaml is checked first: DVC reads it itself (for ${profile}) and would report a broken file in
+# its own words (exit 255); this gives the one line naming the key (exit 2).
 # The whole chain; ends non-zero when the verdict is fail (1) or inconclusive (3).
 repro: setup
+	python -m pipelines.params
 	dvc repro
 	@python -m pipelines.stages.gate  # the verdict line and the report path, also when nothing had to rerun
 
 # The chain without the gate: the report is written whatever the verdict.
 report: setup
+	python -m pipelines.params
 	dvc repro report
 
 # Offline `dvc plots` page plus SVG/PNG of the loss overlay in reports/plots/ (no CDN, no browser).

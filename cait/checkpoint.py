@@ -10,11 +10,11 @@ silent fresh start.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 from cait.errors import HarnessError
+from cait.files import atomic_output
 
 FORMAT = "cait-harness-checkpoint"
 VERSION = 1
@@ -53,12 +53,9 @@ def save_checkpoint(path: Path | str, state: dict) -> Path:
     """Write `state` (see `train.TrainState.checkpoint`) atomically; returns the path."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: Path | str, params_hash: str | None = None) -> dict:

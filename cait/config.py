@@ -14,8 +14,18 @@ from cait.models import VARIANTS
 from cait.synthetic import SyntheticSpec
 
 
+# Ceilings on sizes: far above any real run, low enough that a typo (1e12) is refused, not attempted.
+# The full DeiT/CaiT recipe, 400 epochs of ImageNet (1.28M images) at a global batch of 64, is 8M steps.
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536  # per process; CaiT-M48 at 448 px fits ~2 images per 80 GB card
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: YAML gives native types, so `steps: true` or `steps: 1.0e12` is a mistake, not an int to coerce;
+    floats must be finite (`lr: .inf` is refused, not trained with)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(Section):
@@ -172,9 +182,9 @@ class TrainConfig(Section):
     the full DeiT/CaiT recipe (see REFERENCE.md)."""
 
     seed: int = Field(0, ge=0)
-    steps: Optional[int] = Field(120, gt=0)  # null: epochs x steps per epoch; set: stop after this many
-    epochs: int = Field(1, gt=0)  # the schedule's length when steps is null
-    batch_size: int = Field(32, gt=0)  # per process; the global batch is batch_size x world size
+    steps: Optional[int] = Field(120, gt=0, le=MAX_STEPS)  # null: epochs x steps per epoch; set: stop after this many
+    epochs: int = Field(1, gt=0, le=MAX_EPOCHS)  # the schedule's length when steps is null
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH_SIZE)  # per process; the global batch is batch_size x world size
     lr: float = Field(1e-3, gt=0)  # peak learning rate (base lr when lr_batch_scaling is on)
     lr_batch_scaling: bool = False  # DeiT: lr = lr x global_batch / 512
     min_lr: float = Field(1e-5, ge=0)
@@ -196,6 +206,12 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at epoch ends and on SIGTERM
     num_workers: int = Field(0, ge=0)  # loader processes; the curve does not depend on it
     stop_on_nonfinite: bool = True  # a NaN/inf loss ends the run; the verdict becomes inconclusive
+
+    @property
+    def images_per_run(self) -> int | None:
+        """Images one process draws in a run of `steps` steps (steps x batch_size), the pinned subset's default
+        size; None for an epochs-long run (steps null), which reads every training image."""
+        return self.steps * self.batch_size if self.steps is not None else None
 
     @model_validator(mode="after")
     def _consistent(self):

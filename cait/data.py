@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from cait.errors import DataError
+from cait.files import atomic_write_text, replace_folder
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+REPREPARE = "rerun the prepare stage (dvc repro prepare -f)"  # the fix for stale or damaged prepared data
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -59,11 +60,7 @@ class Manifest:
 
 
 def write_manifest(manifest: Manifest, folder: Path, root_text: str, name: str = MANIFEST_NAME) -> Path:
-    path = Path(folder) / name
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.to_json(root_text), indent=0) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(folder) / name, json.dumps(manifest.to_json(root_text), indent=0) + "\n")
 
 
 def read_manifest(folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
@@ -79,11 +76,9 @@ def read_manifest(folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
     except FileNotFoundError:
         raise DataError(f"{path}: no data manifest; run the prepare stage first (dvc repro prepare)") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt data manifest ({exc.__class__.__name__}: {exc}); "
-                        f"rerun the prepare stage (dvc repro -f prepare)") from None
+        raise DataError(f"{path}: corrupt data manifest ({exc.__class__.__name__}: {exc}); {REPREPARE}") from None
     if manifest.hash != data.get("hash"):
-        raise DataError(f"{path}: manifest hash does not match its contents (edited or truncated); "
-                        f"rerun the prepare stage (dvc repro -f prepare)")
+        raise DataError(f"{path}: manifest hash does not match its contents (edited or truncated); {REPREPARE}")
     return manifest
 
 
@@ -122,8 +117,7 @@ def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: in
         splits[split] = entries
     manifest = Manifest("synthetic", out_dir.resolve(), classes, splits, content_hashes=True)
     write_manifest(manifest, tmp_dir, ".")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp_dir, out_dir)
+    replace_folder(tmp_dir, out_dir)
     return manifest
 
 

@@ -1,7 +1,7 @@
 """Errors the harness reports to users as one line, each with the exit status the CLI turns it into.
 
 Exit statuses (documented in the README): 0 pass, 1 fail, 2 usage or input error,
-3 inconclusive, 4 infrastructure (device or tracking) error.
+3 inconclusive, 4 infrastructure (device, tracking or disk) error.
 """
 
 EXIT_PASS = 0
@@ -56,5 +56,11 @@ class DeviceError(HarnessError):
 
 class TrackingError(HarnessError):
     """The MLflow tracking store cannot be reached or written."""
+
+    exit_code = EXIT_INFRA
+
+
+class OutputError(HarnessError):
+    """An output file or folder cannot be written (disk full, read-only, a file where a folder should be)."""
 
     exit_code = EXIT_INFRA

@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 from cait.config import ImageNetConfig
 from cait.data import Manifest
 from cait.errors import DataError
+from cait.files import atomic_write_text
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 JPEG_SUFFIXES = {".jpeg", ".jpg"}
@@ -186,10 +187,8 @@ def organise_val(val_dir: Path, labels: dict[str, str], classes: list[str], *, l
             raise DataError(f"{target}: exists and is not a link to {path}; remove it and rerun prepare")
         _link(path, target, link)
         made += 1
-    tmp = marker.with_name(marker.name + ".partial")
-    tmp.write_text(json.dumps({"ground_truth": source, "ground_truth_sha256": digest, "images": len(labels),
-                               "link": link}) + "\n")
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps({"ground_truth": source, "ground_truth_sha256": digest,
+                                          "images": len(labels), "link": link}) + "\n")
     return made
 
 
@@ -311,10 +310,7 @@ class ScanCache:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text(json.dumps({"key": self.key, "entries": self.entries}, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps({"key": self.key, "entries": self.entries}, separators=(",", ":")))
 
 
 @dataclass

@@ -39,7 +39,7 @@ _SPLIT_CODES = {"train": 0, "val": 1}
 class SyntheticSpec:
     """How the images look; params.yaml's data.synthetic.pattern (pydantic rejects unknown keys)."""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "strict": True, "allow_inf_nan": False}  # as cait.config.Section
 
     num_classes: int = 10
     image_size: int = 64

@@ -11,13 +11,13 @@ import copy
 import datetime as _dt
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cait.errors import BaselineError
+from cait.files import atomic_write_text
 from pipelines.curves import Curve, first_negative
 from pipelines.params import hash_json
 from pipelines.verdict import band_limits
@@ -267,11 +267,7 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
 
 
 def save_baseline(path: Path | str, baseline: Baseline) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(baseline.to_json(), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(baseline.to_json(), indent=1) + "\n")
 
 
 def _provenance(record: dict, source: str) -> dict:

@@ -7,8 +7,9 @@ Exit statuses, the same for every command (the nightly CI relies on them):
   2  usage or input error: bad params.yaml or arguments, missing or malformed data, curve, baseline
   3  inconclusive: the comparison proves nothing (too few steps, non-finite loss, a baseline made
      under other conditions, a stale verdict whose inputs changed since); CI treats it as a failure
-  4  infrastructure error: the device or its plugin is unavailable, the tracking spool cannot be
-     written, out of memory, or an unexpected crash (with its traceback) - never mistaken for a fail
+  4  infrastructure error: the device or its plugin is unavailable, the tracking store is corrupt or
+     its spool cannot be written, an output file cannot be written (disk full, read-only), out of
+     memory, or an unexpected crash (with its traceback) - never mistaken for a fail
 130 interrupted (Ctrl-C)
 """
 
@@ -48,8 +49,20 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return EXIT_INFRA
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except Exception as exc:  # a crash (device runtime error, bug) must not read as exit 1, "fail"
-        traceback.print_exc()
-        print(f"error: unexpected {exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''} "
-              f"(exit {EXIT_INFRA}: infrastructure); the traceback above says where", file=sys.stderr)
+    except OSError as exc:
+        if exc.filename is None:
+            return _crash(exc)
+        # a file the code did not expect to fail on (outputs go through cait.files, which names them itself)
+        print(f"error: {exc.filename}: {exc.strerror or exc} (errno {exc.errno}); check the disk and that folder, "
+              f"then rerun (exit {EXIT_INFRA}: infrastructure)", file=sys.stderr)
         return EXIT_INFRA
+    except Exception as exc:  # a crash (device runtime error, bug) must not read as exit 1, "fail"
+        return _crash(exc)
+
+
+def _crash(exc: Exception) -> int:
+    traceback.print_exc()
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    print(f"error: unexpected {exc.__class__.__name__}: {first} (exit {EXIT_INFRA}: infrastructure); the traceback "
+          f"above says where", file=sys.stderr)
+    return EXIT_INFRA

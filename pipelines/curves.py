@@ -9,13 +9,13 @@ Curves written before that column existed still read.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cait.errors import CurveError
+from cait.files import atomic_output
 
 CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s", "batch_hash")
 TEXT_COLUMNS = ("batch_hash",)  # kept as strings; every other column is a number
@@ -46,16 +46,12 @@ def format_value(value: float) -> str:
 
 def write_curve_csv(path: Path | str, rows: list[dict]) -> None:
     """Write rows atomically (a temp file renamed into place), so a crash never leaves half a curve."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CURVE_COLUMNS)
         for row in rows:
             writer.writerow([int(row["step"])] + [str(row.get(c, "")) if c in TEXT_COLUMNS else format_value(row[c])
                                                   for c in CURVE_COLUMNS[1:]])
-    os.replace(tmp, path)
 
 
 def read_curve_csv(path: Path | str) -> Curve:

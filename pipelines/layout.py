@@ -17,6 +17,7 @@ def run_dir(profile: str) -> Path:
 
 
 CURVE = "curve.csv"
+PARTIAL_CURVE = "curve.partial.csv"  # the steps of a run that failed or was stopped (not a DVC output)
 RECORD = "train.json"
 CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"

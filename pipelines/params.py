@@ -114,6 +114,15 @@ class Params(Section):
     compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _subset_has_a_size(self):
+        data = self.data
+        if (data.source == "imagenet" and data.shards and data.subset.enabled and data.subset.train_images is None
+                and self.train.images_per_run is None):
+            raise ValueError("data.subset.train_images: required when train.steps is null with ImageNet shards "
+                             "(else all of ImageNet is pinned and decoded, ~190 GB); set it or train.steps")
+        return self
+
     def curve_defining(self) -> dict:
         """The params that determine the loss curve; the device is deliberately not among them."""
         train = {k: v for k, v in self.train.model_dump(mode="json").items() if k not in RUN_ONLY_TRAIN_KEYS}
@@ -158,26 +167,79 @@ def _describe(error: dict) -> str:
 
 
 def parse_params(raw, source: str = "params.yaml") -> Params:
+    """Validate a parsed params file. Through JSON, so that the strict types see lists and mappings as YAML
+    wrote them (a tuple, a nested section) while a bool or a float is never taken for an int."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate_json(json.dumps(raw, default=str))
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
-    path = Path(path)
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, seen[key])
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> object:
+    """The YAML of a params-like file, every problem a ConfigError naming the file (and line)."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root or pass --params") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc.key}: given twice (lines {exc.first} and {exc.line}); keep one") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:  # an empty file would silently mean every built-in default
+        raise ConfigError(f"{path}: is empty; restore it (git checkout {path}) or write its sections")
     return parse_params(raw, str(path))
+
+
+def main(argv=None) -> int:
+    """`python -m pipelines.params`: validate params.yaml alone (make repro runs it before dvc repro)."""
+    from pipelines import cli
+
+    args = cli.parser("validate params.yaml: one line naming the key of the first problem, exit 2").parse_args(argv)
+    params = load_params(args.params)
+    if not args.quiet:
+        print(f"{args.params}: ok (profile {params.profile}, curve params hash {params.curve_hash()[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipelines import cli
+
+    sys.exit(cli.run(main))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
 from cait.errors import RecordError
+from cait.files import atomic_write_text
 
 
 def git_commit() -> str:
@@ -25,11 +25,8 @@ def git_commit() -> str:
 
 
 def write_record(path: Path | str, record: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write a JSON record (train.json, verdict.json) atomically."""
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 RECORD_FIELDS = ("environment", "params_hash", "curve_params", "data_manifest_hash")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cait.files import atomic_output, atomic_write_text
+
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
 MAX_DRAWN_POINTS = 4000  # a ~1000-pixel-wide figure shows no more; longer series are drawn as their min/max envelope
 MAX_MARKED_POINTS = 400  # the zoom marks each step (and draws a bar per step) up to this many steps
@@ -83,8 +85,11 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     bottom.set_ylabel("(cand - base) / base, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def divergence_window(steps: np.ndarray, first_step: int, half_width: int | None = None) -> tuple[int, int]:
@@ -138,8 +143,11 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
     bottom.set_ylabel("difference, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None, table_id: str = "") -> str:
@@ -259,7 +267,7 @@ recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 <h2>Tracking</h2>{tracking_html(record, ui_url)}
 </body></html>
 """
-    path.write_text(page)
+    atomic_write_text(path, page)
 
 
 def render_junit(path: Path, verdict: dict, device: str = "") -> None:
@@ -285,7 +293,8 @@ def render_junit(path: Path, verdict: dict, device: str = "") -> None:
         ET.SubElement(case, "system-out").text = numbers
     for key, value in counts.items():
         suite.set(key, str(value))
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    with atomic_output(path) as tmp:
+        ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
 
 
 def write_plot_table(path: Path, candidate, baseline) -> None:
@@ -301,9 +310,7 @@ def write_plot_table(path: Path, candidate, baseline) -> None:
         for i, loss in zip(np.searchsorted(steps, curve.steps).tolist(), curve.loss.tolist()):
             cells[i] = format_value(loss)
         columns.append(cells)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "candidate", "baseline"])
         writer.writerows(zip(steps.tolist(), *columns))
-    tmp.replace(path)

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 from cait.errors import TrackingError
+from cait.files import TMP_MARK, atomic_write_text
 from pipelines.params import TrackingConfig
 
 MAX_METRICS_PER_BATCH = 1000
@@ -63,6 +64,34 @@ def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def open_client(uri: str):
+    """The MLflow client of `uri`. A local store that cannot be opened (a corrupt or foreign mlflow.db) is a
+    TrackingError naming the file: unlike a server that is down it will not come back by waiting, so its
+    records are not spooled."""
+    db = sqlite_file(uri)
+    where = str(db) if db is not None else uri
+    fix = (f"move it aside (mv {db} {db}.corrupt) to start a new store, or set MLFLOW_TRACKING_URI"
+           if db is not None else "check tracking.uri or MLFLOW_TRACKING_URI")
+    try:
+        if db is not None and db.is_file() and db.stat().st_size:
+            with open(db, "rb") as f:
+                if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    raise TrackingError(f"{db}: not an SQLite database (corrupt MLflow store); {fix}")
+        return _client(uri)
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"{where}: the MLflow store cannot be opened ({_first_line(exc)}); {fix}") from None
 
 
 def store_reachable(uri: str, client=None) -> bool:
@@ -104,10 +133,7 @@ class Spool:
 
     def remember(self, local_id: str, run_id: str) -> None:
         ids = {**self.ids(), local_id: run_id}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.ids_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ids, indent=1))
-        os.replace(tmp, self.ids_path)
+        atomic_write_text(self.ids_path, json.dumps(ids, indent=1))
 
     def append(self, op: dict) -> None:
         try:
@@ -128,7 +154,8 @@ class Spool:
                                 f"free disk space or set tracking.spool_dir to a writable folder") from None
 
     def pending(self) -> list[Path]:
-        return sorted(self.folder.glob("*.jsonl"), key=lambda p: (len(p.name), p.name))
+        return sorted((p for p in self.folder.glob("*.jsonl") if TMP_MARK not in p.name),  # not a rewrite in progress
+                      key=lambda p: (len(p.name), p.name))
 
     def uploadable(self) -> list[Path]:
         """Pending files no other live process is still appending to (the name carries the writer's pid)."""
@@ -239,7 +266,7 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
                     _execute(client, op, ids)
                 except Exception as exc:
                     if isinstance(exc, _Unresolved) or not store_reachable(uri, client):
-                        path.write_text("".join(json.dumps(o) + "\n" for o in ops[i:]))
+                        atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in ops[i:]))
                         return sent, _count(spool)
                     with (spool.folder / "rejected.jsonl").open("a") as f:
                         f.write(json.dumps({**op, "error": _first_line(exc)}) + "\n")
@@ -290,7 +317,7 @@ class RunLogger:
         self._closing_at_exit = False
         self._spool = Spool(cfg.spool_dir)
         if self.enabled:
-            self._client = _client(self.uri)
+            self._client = open_client(self.uri)
             sync(cfg)  # records an earlier outage left behind go first
 
     # -- sending -----------------------------------------------------------------------------

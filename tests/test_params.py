@@ -46,6 +46,21 @@ def test_shipped_params_yaml_is_valid_and_complete():
          "compare.rules.modelzoo.max_mean_relative_error", "greater than or equal"),
         ({"tracking": {"enabled": "sometimes"}}, "tracking.enabled", "boolean"),
         ({"profile": "my profile"}, "profile", "pattern"),
+        # nothing is coerced: a bool or a float is never an int, and a float must be finite
+        ({"train": {"steps": True}}, "train.steps", "valid integer (got True)"),
+        ({"train": {"steps": 1e12}}, "train.steps", "valid integer (got 1000000000000.0)"),
+        ({"train": {"steps": 10**12}}, "train.steps", "less than or equal to 100000000"),
+        ({"train": {"batch_size": 10**9}}, "train.batch_size", "less than or equal to"),
+        ({"train": {"lr": float("inf")}}, "train.lr", "finite number"),
+        ({"train": {"min_lr": float("nan")}}, "train.min_lr", "finite number"),
+        ({"compare": {"rules": {"band": {"z": float("inf")}}}}, "compare.rules.band.z", "finite number"),
+        ({"data": {"synthetic": {"pattern": {"num_classes": True}}}}, "data.synthetic.pattern.num_classes",
+         "valid integer"),
+        ({"data": {"synthetic": {"pattern": {"noise_std": float("inf")}}}}, "data.synthetic.pattern.noise_std",
+         "finite number"),
+        ({"device": {"deterministic": 1}}, "device.deterministic", "valid boolean"),
+        ({"data": {"source": "imagenet", "path": "/x"}, "train": {"steps": None}}, "data.subset.train_images",
+         "required when train.steps is null"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, key, words):
@@ -71,6 +86,29 @@ def test_broken_yaml_names_the_line(tmp_path):
         load_params(path)
 
 
+def test_yaml_values_as_written_still_read(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1\n  steps: null\n  augment:\n    crop_scale: [0.5, 1]\n")
+    params = load_params(path)
+    assert params.train.lr == 1.0 and params.train.steps is None and params.train.augment.crop_scale == (0.5, 1.0)
+    assert params.train.images_per_run is None  # an epochs-long run: prepare pins every train image
+
+
+def test_duplicate_key_names_the_key_and_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.001\n  steps: 10\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: lr: given twice (lines 2 and 4); keep one"
+
+
+def test_empty_file_is_refused_not_defaulted(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# every knob commented out\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: is empty; restore it"):
+        load_params(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
@@ -93,3 +131,24 @@ def test_stage_exits_2_with_one_line_before_any_work(project):
         assert result.stderr.strip() == "error: params.yaml: train.steps: input should be greater than 0 (got -5)"
     assert not (project / "data" / "prepared").exists()
     assert not (project / "mlflow.db").exists()
+
+
+def test_make_repro_checks_params_before_dvc(project):
+    """DVC reads params.yaml itself and reports a broken one in its own words (exit 255); `make repro` runs
+    `python -m pipelines.params` first, so the user gets the one line naming the key, exit 2."""
+    path = project / "params.yaml"
+    path.write_text(path.read_text() + "profile: other\n")
+    env = stage_env(project)
+    dvc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert dvc.returncode == 255 and "duplicate key" in dvc.stderr  # what DVC alone says
+    check = subprocess.run([sys.executable, "-m", "pipelines.params"], cwd=project, env=env, capture_output=True,
+                           text=True)
+    assert check.returncode == 2
+    assert check.stderr.strip().startswith("error: params.yaml: profile: given twice (lines ")
+    # -o: take the virtual environment as made (the test's own interpreter is first on PATH)
+    made = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=project, env=env, capture_output=True,
+                          text=True)
+    assert made.returncode == 2, made.stdout + made.stderr
+    assert "error: params.yaml: profile: given twice" in made.stderr
+    assert "dvc repro" not in made.stdout.replace("python -m pipelines.params", "")
+    assert not (project / "data" / "prepared").exists()

@@ -80,9 +80,14 @@ def test_sigkill_and_sigterm_then_resume_reproduce_the_curve(tiny_project):
     assert "stopped by SIGTERM after step" in stderr and "--resume" in stderr
     stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split(";")[0])
     assert load_checkpoint(tiny_project / "termed" / "checkpoints" / LAST)["step"] == stopped_at + 1
+    # the steps trained so far are kept beside the DVC output, never as curve.csv (only finished runs are)
+    partial = tiny_project / "termed" / "curve.partial.csv"
+    assert curve_columns(partial) == reference[:stopped_at + 1]
+    assert not (tiny_project / "termed" / "curve.csv").exists()
     resumed = subprocess.run(train_cmd("termed", "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert curve_columns(tiny_project / "termed" / "curve.csv") == reference
+    assert not partial.exists()
 
     # a checkpoint from other params is refused, not silently used or replaced by a fresh start
     write_params(tiny_project, {"train": {"lr": 0.002}})

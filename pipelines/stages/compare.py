@@ -118,6 +118,9 @@ def main(argv=None) -> int:
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
+    # the tracking store is opened before verdict.json is written, so a corrupt store stops the stage
+    # with nothing written rather than after it (what is written, is then complete)
+    logger = RunLogger(params.tracking) if record is not None and not foreign else None
     result = write_verdict(out, verdict, profile=params.profile, candidate=candidate_source, baseline=baseline_source,
                   inputs=inputs, compare_params=cfg.model_dump(),
                   baseline_device=_describe_device(baseline_obj),
@@ -133,9 +136,8 @@ def main(argv=None) -> int:
     for note in verdict.notes:
         print(f"  note: {note}")
 
-    if record is None or foreign:
+    if logger is None:
         return 0  # a comparison of foreign logs has no train run to add to
-    logger = RunLogger(params.tracking)
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     logger.set_tags({"verdict.reasons": json.dumps(verdict.reasons), "baseline": params.compare.baseline,
                      "baseline.id": file_id(params.compare.baseline),

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from cait.errors import ConfigError, HarnessError
+from cait.files import atomic_write_bytes, atomic_write_text
 from pipelines import cli
 
 TEMPLATE_DIR = Path(".dvc/tmp")
@@ -53,12 +54,9 @@ def offline_template(folder: Path = TEMPLATE_DIR) -> Path:
         raise ConfigError("vl-convert-python is not installed; `pip install -e .` installs it") from None
     path = folder / f"plots-offline-vl{vl_convert.__version__}.html"
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         # the default bundle defines window.vegaEmbed, which dvc's plot divs call
         bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(PAGE.format(bundle=bundle))
-        tmp.replace(path)
+        atomic_write_text(path, PAGE.format(bundle=bundle))
     return path
 
 
@@ -81,9 +79,9 @@ def render_static(specs: dict, out: Path) -> list[Path]:
         for i, plot in enumerate(p for p in plots if p.get("type") == "vega"):
             stem = name.replace("/", "_").replace("\\", "_") + (f"_{i}" if i else "")
             svg = out / f"{stem}.svg"
-            svg.write_text(vl_convert.vegalite_to_svg(plot["content"]))
+            atomic_write_text(svg, vl_convert.vegalite_to_svg(plot["content"]))
             png = out / f"{stem}.png"
-            png.write_bytes(vl_convert.vegalite_to_png(plot["content"], scale=2))
+            atomic_write_bytes(png, vl_convert.vegalite_to_png(plot["content"], scale=2))
             written += [svg, png]
     return written
 

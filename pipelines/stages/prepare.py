@@ -12,11 +12,11 @@ found, so only new or changed files are checked again (an interrupted scan resum
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 
+from cait.files import atomic_write_text, check_writable, replace_folder
 from pipelines import cli
 from pipelines.layout import DATASET, PREPARED_DIR, SCAN_CACHE_DIR, SCAN_REPORT, SHARDS_DIR
 from pipelines.params import Params, load_params
@@ -34,6 +34,7 @@ def prepare(params: Params, *, quiet: bool = False) -> None:
     progress = not quiet
     img_size = params.model.img_size or get_variant(params.model.name).img_size
     start = time.perf_counter()
+    check_writable(PREPARED_DIR.parent)  # a read-only data/ stops here, before minutes of decoding
     tmp = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     if data.source == "synthetic":
@@ -47,14 +48,14 @@ def prepare(params: Params, *, quiet: bool = False) -> None:
     else:
         full, report = scan_imagenet(data.path, data.imagenet, workers=data.workers, progress=progress,
                                      cache_dir=SCAN_CACHE_DIR)
-        tmp.mkdir(parents=True)
-        (tmp / SCAN_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        atomic_write_text(tmp / SCAN_REPORT, json.dumps(report.to_json(), indent=1) + "\n")
         print(report.summary())
         root_text = str(full.root)
     write_manifest(full, tmp, root_text, name=DATASET)
     manifest = full
     if data.subset.enabled:
-        train_images = data.subset.train_images or params.train.steps * params.train.batch_size
+        # the asked size, else what the run draws, else (an epochs-long run) the whole train split
+        train_images = data.subset.train_images or params.train.images_per_run or len(full.splits["train"])
         manifest = pin_subset(full, train_images=train_images, val_images=data.subset.val_images,
                               seed=data.subset.seed, exclude=tuple(data.imagenet.exclude), workers=data.workers,
                               progress=progress)
@@ -64,8 +65,7 @@ def prepare(params: Params, *, quiet: bool = False) -> None:
         meta = build_shards(manifest, tmp / SHARDS_DIR.relative_to(PREPARED_DIR), img_size, workers=data.workers,
                             progress=progress)
         shards = f"; shards {img_size}px, train pixels {meta['splits']['train']['pixels_sha256'][:12]}"
-    shutil.rmtree(PREPARED_DIR, ignore_errors=True)
-    os.replace(tmp, PREPARED_DIR)
+    replace_folder(tmp, PREPARED_DIR)
     counts = {k: len(v) for k, v in manifest.splits.items()}
     pinned = " pinned" if data.subset.enabled else ""
     print(f"prepare: {data.source} data, {len(manifest.classes)} classes, {json.dumps(counts)}{pinned} images "

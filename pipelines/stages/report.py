@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cait.files import check_writable
 from pipelines import cli
 from pipelines.baselines import environment_table, load_baseline
 from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
@@ -41,7 +42,7 @@ def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
 def main(argv=None) -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params)
-    out = run_dir(params.profile)
+    out = check_writable(run_dir(params.profile))
     verdict_file = read_verdict(out / VERDICT)
     require_fresh(verdict_file, params.compare.model_dump())  # the curve, record and baseline below are those judged
     verdict = verdict_file.data
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
     band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
+    logger = RunLogger(params.tracking)  # opened before any file is written: a corrupt store stops the stage first
     render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
     first = verdict.get("first_divergence_step")
     zoom = None
@@ -71,7 +73,6 @@ def main(argv=None) -> int:
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
-    logger = RunLogger(params.tracking)
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     logger.set_tags({"dvc_lock_hash": dvc_lock_hash(), "report": str(out / HTML)})
     for path in (out / OVERLAY, zoom, out / HTML, out / JUNIT):

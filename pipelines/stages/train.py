@@ -3,7 +3,8 @@
 Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s, batch_hash),
 reports/<profile>/train.json (MLflow run id, environment, numerics settings, params hash, data manifest
 hash) and reports/<profile>/checkpoints/ (when train.checkpoint_every is set, on SIGTERM, each epoch in
-full training mode). `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
+full training mode). A run that fails or is stopped keeps the steps it trained in curve.partial.csv
+(not a DVC output): curve.csv is only ever a finished run's curve. `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
 Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
 so existing ModelZoo tooling reads our runs. With data.shards the run reads the prepare stage's
 pre-decoded pixels (no JPEG decoded), and their hash goes into the record.
@@ -15,10 +16,11 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from cait.errors import ConfigError
+from cait.errors import ConfigError, HarnessError
+from cait.files import check_writable
 from pipelines import cli
 from pipelines.curves import write_curve_csv
-from pipelines.layout import CHECKPOINTS, CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
+from pipelines.layout import CHECKPOINTS, CURVE, PARTIAL_CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
@@ -49,6 +51,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     cfg = params.train
     ctx = init_distributed(params.device.type, params.device.dist_backend, params.device.dist_timeout_s)
     try:
+        if ctx.is_main:
+            check_writable(out_dir)  # before any work: a run whose curve cannot be written is not started
         device = resolve_device(params.device.type, ctx.local_rank if ctx.enabled else params.device.index)
         if params.device.threads:
             torch.set_num_threads(params.device.threads)
@@ -73,6 +77,12 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                 if saved.get(key) != meta[key]:
                     raise CheckpointError(f"{checkpoint_dir / LAST}: written with {key} {saved.get(key)!r}, this "
                                           f"run has {meta[key]!r}; resume under the same conditions or start fresh")
+        shards_dir = data_dir / SHARDS_DIR.relative_to(PREPARED_DIR) if params.data.shards else None
+        pixels_hash = ""
+        if shards_dir is not None:
+            from cait.shards import verify_shard
+
+            pixels_hash = verify_shard(shards_dir, "train")  # what is read, checked against meta.json
         environment = describe_device(device)
         commit = git_commit()
 
@@ -91,13 +101,6 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         torch.manual_seed(cfg.seed)  # the weights come from the CPU generator: the same on every device
         model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,
                             num_classes=num_classes, drop_path=params.model.drop_path)
-
-        shards_dir = data_dir / SHARDS_DIR.relative_to(PREPARED_DIR) if params.data.shards else None
-        pixels_hash = ""
-        if shards_dir is not None:
-            from cait.shards import read_shard_meta
-
-            pixels_hash = read_shard_meta(shards_dir)["splits"]["train"]["pixels_sha256"]
 
         def make_loader(start_step: int):
             total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
@@ -128,7 +131,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             logger.log_metrics({k: metrics[k] for k in ("val_loss", "top1", "top5")}, step=metrics["epoch"])
             logger.flush()
 
-        curve_path, record_path = out_dir / CURVE, out_dir / RECORD
+        curve_path, record_path, partial_path = out_dir / CURVE, out_dir / RECORD, out_dir / PARTIAL_CURVE
         plan = CheckpointPlan(checkpoint_dir, params.curve_hash(), meta)
         try:
             summary = train(model, make_loader, device, cfg, steps_per_epoch=steps_per_epoch, ctx=ctx,
@@ -136,10 +139,16 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                             on_step=on_step, on_epoch=on_epoch)
         except BaseException:
             progress.close()
+            if ctx.is_main and rows:
+                # keep every step already trained, beside the DVC output, never over it: curve.csv is only
+                # ever a finished run's curve (a resume continues from the checkpoints, not from this file)
+                try:
+                    write_curve_csv(partial_path, rows)
+                    print(f"train: interrupted after {len(rows)} step(s); partial curve kept in {partial_path}",
+                          file=sys.stderr)
+                except HarnessError as exc:  # the original error matters more
+                    print(f"train: partial curve not kept: {exc}", file=sys.stderr)
             if ctx.is_main:
-                write_curve_csv(curve_path, rows)  # keep every step already trained
-                print(f"train: interrupted after {len(rows)} step(s); partial curve kept in {curve_path}",
-                      file=sys.stderr)
                 try:
                     logger.finish("FAILED")
                 except Exception:  # the original error matters more than the tracking one
@@ -149,6 +158,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         if not ctx.is_main:
             return curve_path, record_path
         write_curve_csv(curve_path, rows)
+        partial_path.unlink(missing_ok=True)
         record = {
             "profile": params.profile,
             "mlflow_run_id": logger.run_id,
