@@ -82,8 +82,9 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["status"] == "fail"
     assert verdict["rules"]["strict"]["passed"] is False
-    why = verdict["rules"]["strict"]["summary"]  # e.g. "mean |d|/min(|c|,|b|) 0.1 > 0.02; mean |d| 0.16 > 0.05"
-    assert "0.1 > 0.02" in why
+    why = verdict["rules"]["strict"]["summary"]  # e.g. "mean |d|/min(|c|,|b|) 0.0999999 > 0.02; mean |d| 0.17 > 0.05"
+    assert "> 0.02" in why
+    assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.1, abs=1e-4)
     html = (out / "report.html").read_text()
     assert "Verdict: FAIL" in html and html_escape(why) in html
     assert f'<failure message="{html_escape(why)}' in (out / "junit.xml").read_text()
