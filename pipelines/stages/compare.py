@@ -4,10 +4,13 @@ Prints the ModelZoo script's result lines, writes reports/<profile>/verdict.json
 adds the verdict and its numbers to the train stage's MLflow run. Always exits 0 once the verdict
 is written: deciding what a failed verdict does is the gate's job.
 
-Outside the chain, compare two curves you already have (ModelZoo logs, dllogger JSON, curve CSV/JSON,
-an MLflow run id); the ModelZoo lines printed are the ones ModelZoo's loss.py prints for them:
+Outside the chain, compare two curves you already have (ModelZoo/dllogger, timm, mmengine, DeiT epoch or
+`step N loss X` logs, plain or gzip/bz2/xz, curve CSV/JSON, an MLflow run id); the ModelZoo lines printed
+are the ones ModelZoo's loss.py prints for them. Beside the verdict it writes the chain's report (overlay,
+HTML, JUnit) and, with --gate, exits as the gate does (0 pass, 1 fail, 3 inconclusive). Either side being a
+log without a run record, the verdict is decided by the `compare.foreign` policy:
 
-  python -m pipelines.stages.compare --candidate sdaa.log --baseline cuda.log   # -> reports/logs/verdict.json
+  python -m pipelines.stages.compare --candidate sdaa.log --baseline cuda.log --gate   # -> reports/logs/
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pipelines.layout import CURVE, RECORD, REPORTS_DIR, VERDICT, run_dir
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, read_record, write_record
+from pipelines.report import write_report
+from pipelines.stages.gate import EXIT_BY_STATUS
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
 
@@ -46,7 +51,10 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-format", choices=FORMATS, help="format of --baseline (overrides --format)")
     p.add_argument("--rank", type=int, default=0, help="rank to read from multi-rank dllogger logs (default 0)")
     p.add_argument("--regex", help="pattern with a (?P<loss>...) group, and optionally (?P<step>...), for other logs")
-    p.add_argument("--metric", default="loss", help="metric to read from an MLflow run (default: loss)")
+    p.add_argument("--metric", help="value to read: a log's field (default: its train loss, e.g. train.loss, "
+                                    "train_loss, Loss) or an MLflow run's metric (default: loss)")
+    p.add_argument("--run", help="which run of a log holding several: first, last or its number (from 1)")
+    p.add_argument("--gate", action="store_true", help="exit with the gate's status: 0 pass, 1 fail, 3 inconclusive")
     p.add_argument("--out", help=f"verdict file (default: reports/<profile>/{VERDICT}; {FOREIGN_OUT} when "
                                  f"--candidate or --baseline is given)")
     args = p.parse_args(argv)
@@ -55,27 +63,35 @@ def main(argv=None) -> int:
     chain_dir = run_dir(params.profile)
     uri = tracking_uri(params.tracking) if params.tracking.enabled else None
 
-    def imported(spec: str, fmt: str | None):
-        return load_curve(spec, fmt or args.format, rank=args.rank, regex=args.regex, tracking_uri=uri,
-                          metric=args.metric)
+    def imported(spec: str, fmt: str | None, side: str):
+        got = load_curve(spec, fmt or args.format, rank=args.rank, regex=args.regex, tracking_uri=uri,
+                         metric=args.metric, run=args.run)
+        sources[side] = {**got.describe(), "rank": args.rank, "run": args.run, "regex": args.regex}
+        lines = f" from lines {got.lines[0]}-{got.lines[1]}" if got.lines else ""
+        read = f", {got.metric}" if got.metric else ""
+        notes.append(f"{side}: {len(got.curve)} points{lines} of {got.source} ({got.format}{read})")
+        return got
 
     notes: list[str] = []
+    sources: dict[str, dict] = {}
     record = None
     if args.candidate:
-        got = imported(args.candidate, args.candidate_format)
+        got = imported(args.candidate, args.candidate_format, "candidate")
         candidate, candidate_source = got.curve, got.source
         notes += got.notes
     else:
         record = read_record(chain_dir / RECORD)
         candidate, candidate_source = read_curve_csv(chain_dir / CURVE), str(chain_dir / CURVE)
+        sources["candidate"] = {"source": candidate_source, "format": "csv", "points": len(candidate)}
     baseline_obj: Baseline | None
     if args.baseline:
-        got = imported(args.baseline, args.baseline_format)
+        got = imported(args.baseline, args.baseline_format, "baseline")
         baseline_obj, baseline_curve, baseline_source = got.baseline, got.curve, got.source
         notes += got.notes
     else:
         baseline_obj = load_baseline(params.compare.baseline)
         baseline_curve, baseline_source = baseline_obj.curve, params.compare.baseline
+        sources["baseline"] = {"source": baseline_source, "format": "json", "points": len(baseline_curve)}
 
     refused: list[str] = []
     if baseline_obj is not None:
@@ -94,8 +110,17 @@ def main(argv=None) -> int:
 
     cfg = params.compare
     rules = cfg.rules
+    policy = {"name": "chain", "gate": list(cfg.gate), "inform": list(cfg.inform),
+              "why": "both sides carry their provenance (run record and stored baseline): compare.gate decides"}
+    if record is None or baseline_obj is None:
+        policy = {"name": "foreign", "gate": list(cfg.foreign.gate), "inform": list(cfg.foreign.inform),
+                  "why": (("the candidate" if record is None else "the baseline") + " is a log without a run "
+                          "record, so the two sides may have drawn their own augmentation randomness: "
+                          "compare.foreign decides, with rules that hold without identical inputs")}
+    notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
+                 + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
     verdict = decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
-                     gate=list(cfg.gate), inform=list(cfg.inform), min_steps=cfg.min_steps,
+                     gate=policy["gate"], inform=policy["inform"], min_steps=cfg.min_steps,
                      alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
                      modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
                      band=rules.band.model_dump(), trend=rules.trend.model_dump(),
@@ -114,6 +139,8 @@ def main(argv=None) -> int:
         "baseline_seeds": baseline_obj.seeds if baseline_obj is not None else [],
         "candidate": candidate_source,
         "mlflow_run_id": (record or {}).get("mlflow_run_id", ""),
+        "policy": policy,
+        **({"sources": sources} if foreign else {}),
         **verdict.to_dict(),
     }
     write_record(out, result)
@@ -124,8 +151,13 @@ def main(argv=None) -> int:
     for note in verdict.notes:
         print(f"  note: {note}")
 
-    if record is None or foreign:
-        return 0  # a comparison of foreign logs has no train run to add to
+    exit_status = EXIT_BY_STATUS[verdict.status] if args.gate else 0
+    if foreign:  # the chain's report, beside the verdict; no train run to add to
+        band = rules.band
+        paths = write_report(out.parent, result, candidate, baseline_curve, baseline=baseline_obj, record=record,
+                             band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative)
+        print(f"report: {paths['html']}; figures {paths['overlay']}; JUnit {paths['junit']}")
+        return exit_status
     logger = RunLogger(params.tracking)
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     numbers = {f"compare.{name}.{k}": v for name, rule in verdict.rules.items() for k, v in rule.numbers.items()}
@@ -143,7 +175,7 @@ def main(argv=None) -> int:
                     run_id=logger.parent_run_id)
     logger.log_artifact(out)
     logger.close()
-    return 0
+    return exit_status
 
 
 if __name__ == "__main__":

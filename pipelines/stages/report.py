@@ -3,6 +3,12 @@
 Outputs: reports/<profile>/overlay.png, zoom.png, report.html, junit.xml, plots.csv (both curves by
 step, for `dvc plots`). The figures and page are attached to the run's MLflow record, with the
 DVC lock hash as a tag.
+
+  python -m pipelines.stages.report                              # the chain's reports/<profile>/verdict.json
+  python -m pipelines.stages.report --verdict reports/logs/verdict.json   # any verdict, written beside it
+
+A verdict of logs (compare --candidate/--baseline) names the files and how they were read; the report
+reads them again the same way. Rendering is pipelines.report.write_report, which compare's log path calls too.
 """
 
 from __future__ import annotations
@@ -11,23 +17,15 @@ import json
 import sys
 from pathlib import Path
 
+from cait.errors import BaselineError
 from pipelines import cli
-from pipelines.baselines import environment_table, load_baseline
+from pipelines.baselines import load_baseline
 from pipelines.curves import read_curve_csv
-from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
+from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, RECORD, VERDICT, run_dir
 from pipelines.params import load_params
 from pipelines.provenance import file_id, read_record
-from pipelines.report import (render_html, render_junit, render_overlay, render_zoom, throughput_rows,
-                              write_plot_table)
+from pipelines.report import write_report
 from pipelines.tracking import RunLogger
-
-
-def divergence_tolerance(verdict: dict) -> float | None:
-    """The relative tolerance the first divergence was found with (else the strict rule's)."""
-    found = verdict.get("divergence", {}).get("max_relative_error")
-    if found is not None:
-        return found
-    return verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
 
 
 def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
@@ -38,39 +36,58 @@ def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
         return "none"
 
 
-def main(argv=None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    params = load_params(args.params)
-    out = run_dir(params.profile)
+def read_verdict(path: Path) -> dict:
     try:
-        verdict = json.loads((out / VERDICT).read_text())
+        verdict = json.loads(path.read_text())
     except FileNotFoundError:
-        from cait.errors import BaselineError
+        raise BaselineError(f"{path}: no verdict; run the compare stage first (dvc repro compare)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BaselineError(f"{path}: malformed verdict; rerun the compare stage") from None
+    if not isinstance(verdict, dict) or "status" not in verdict or "rules" not in verdict:
+        raise BaselineError(f"{path}: malformed verdict; rerun the compare stage")
+    return verdict
 
-        raise BaselineError(f"{out / VERDICT}: no verdict; run the compare stage first (dvc repro compare)") from None
+
+def report_logs(verdict: dict, out_dir: Path, params) -> dict[str, Path]:
+    """The report of a verdict on logs: each side read again as compare read it (verdict["sources"])."""
+    from pipelines.logs import load_curve
+    from pipelines.tracking import tracking_uri
+
+    uri = tracking_uri(params.tracking) if params.tracking.enabled else None
+    curves = {}
+    for side in ("candidate", "baseline"):
+        how = verdict["sources"][side]
+        got = load_curve(how["source"], how.get("format", "auto"), rank=how.get("rank", 0), regex=how.get("regex"),
+                         tracking_uri=uri, metric=how.get("metric"), run=how.get("run"))
+        curves[side] = got
+    baseline = curves["baseline"].baseline
+    reference = baseline.reference_for(None)[0] if baseline is not None else curves["baseline"].curve
+    band = params.compare.rules.band
+    return write_report(out_dir, verdict, curves["candidate"].curve, reference, baseline=baseline,
+                        band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative)
+
+
+def main(argv=None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--verdict", type=Path, help=f"verdict to report on; the report is written beside it "
+                                                f"(default: reports/<profile>/{VERDICT})")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    path = args.verdict or run_dir(params.profile) / VERDICT
+    verdict = read_verdict(path)
+    out = path.parent
+    if verdict.get("sources"):
+        paths = report_logs(verdict, out, params)
+        print(f"report: {paths['html']} ({verdict['status']}); figures {paths['overlay']}; JUnit {paths['junit']}")
+        return 0
     record = read_record(out / RECORD)
     candidate = read_curve_csv(out / CURVE)
-    baseline = load_baseline(params.compare.baseline)
-    env = record["environment"]
-    labels = (f"candidate: {env['device']} ({env['device_name']})",
-              f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
-    band_cfg = params.compare.rules.band
-    limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
-    band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
+    baseline = load_baseline(verdict.get("baseline") if args.verdict else params.compare.baseline)
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
-    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
-    first = verdict.get("first_divergence_step")
-    zoom = None
-    if first is not None:
-        zoom = out / ZOOM
-        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict))
-    else:
-        (out / ZOOM).unlink(missing_ok=True)
-    throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
-    render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
-                zoom_png=zoom, band_shown=band is not None)
-    render_junit(out / JUNIT, verdict, env['device'])
-    write_plot_table(out / PLOTS, candidate, reference)
+    band = params.compare.rules.band
+    paths = write_report(out, verdict, candidate, reference, baseline=baseline, record=record, band_z=band.z,
+                         band_min_halfwidth=band.min_halfwidth_relative)
+    zoom = paths.get("zoom")
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
