@@ -71,9 +71,10 @@ def read_curve_csv(path: Path | str) -> Curve:
     return parse_curve_csv(data, str(path))
 
 
-def parse_curve_csv(data: bytes | str, source: str) -> Curve:
+def parse_curve_csv(data: bytes | str, source: str, only_loss: bool = False) -> Curve:
     """A curve CSV's text (or bytes) as a Curve. Pyarrow's C++ reader parses the numbers (correctly rounded,
-    so a repr() written float reads back bit for bit); any problem re-reads it cell by cell to name the line."""
+    so a repr() written float reads back bit for bit); any problem re-reads it cell by cell to name the line.
+    `only_loss`: read the step and loss columns alone (a comparison needs no more; half the memory)."""
     raw = data.encode() if isinstance(data, str) else data
     try:
         text_head = raw[:65536].decode()
@@ -83,7 +84,7 @@ def parse_curve_csv(data: bytes | str, source: str) -> Curve:
     if not header or "step" not in header or "loss" not in header:
         raise BaselineError(f"{source}: not a curve CSV (needs a header with 'step' and 'loss' columns)")
     try:
-        columns = _columns_at_once(header, raw)
+        columns = _columns_at_once(header, raw, ["step", "loss"] if only_loss else header)
     except (ValueError, ImportError):  # something is wrong: the per-cell reading names the line
         try:
             text = raw.decode()
@@ -92,17 +93,19 @@ def parse_curve_csv(data: bytes | str, source: str) -> Curve:
         reader = csv.reader(text.splitlines())
         next(reader, None)
         columns = _columns_checked(Path(source), header, list(reader))
+        if only_loss:
+            columns = {"step": columns["step"], "loss": columns["loss"]}
     if not len(columns["loss"]):
         raise BaselineError(f"{source}: the curve has no steps")
     steps = np.asarray(columns.pop("step"), dtype=np.float64)
     if not np.all(np.isfinite(steps) & (steps == np.round(steps))):
         raise BaselineError(f"{source}: step numbers must be whole numbers")
     loss = columns.pop("loss")
-    extra = {k: np.asarray(v, dtype=str if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
+    extra = {k: np.asarray(v, dtype=object if k in TEXT_COLUMNS else np.float64) for k, v in columns.items()}
     return Curve(steps.astype(np.int64), np.asarray(loss, dtype=np.float64), extra)
 
 
-def _columns_at_once(header: list[str], raw: bytes) -> dict[str, np.ndarray]:
+def _columns_at_once(header: list[str], raw: bytes, wanted: list[str]) -> dict[str, np.ndarray]:
     """Every column at once with pyarrow's CSV reader (C++, no Python object per cell); ValueError on any
     row of the wrong width, any cell that is not a number, or duplicate column names."""
     import pyarrow as pa
@@ -114,12 +117,12 @@ def _columns_at_once(header: list[str], raw: bytes) -> dict[str, np.ndarray]:
     try:
         table = pcsv.read_csv(pa.BufferReader(raw), parse_options=pcsv.ParseOptions(newlines_in_values=False),
                               convert_options=pcsv.ConvertOptions(column_types=types, null_values=[],
+                                                                  include_columns=wanted,
                                                                   strings_can_be_null=False,
                                                                   quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise ValueError(str(exc)) from None
-    return {name: (table.column(name).to_numpy(zero_copy_only=False).astype(str) if name in TEXT_COLUMNS
-                   else table.column(name).to_numpy()) for name in header}
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in wanted}
 
 
 def _columns_checked(path: Path, header: list[str], rows: list[list[str]]) -> dict[str, list]:

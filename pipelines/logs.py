@@ -317,15 +317,17 @@ def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | Non
     """ModelZoo dllogger stdout: every record of `rank` in the whole text (glued lines included)."""
     notes: list[str] = []
     key = metric or "train.loss"
-    ranked = Scan(_compile(DLLOGGER_RANKED, key), text, source, ("rank", "loss"))
+    with_steps = Scan(_compile(DLLOGGER_RECORD, key), text, source)
+    # every record has its Epoch/Iteration prefix (the usual case: one scan), or some lack it (numbered by position)
+    ranked = with_steps if with_steps.count and with_steps.count == text.count(key) else \
+        Scan(_compile(DLLOGGER_RANKED, key), text, source, ("rank", "loss"))
     if ranked.count:
-        with_steps = Scan(_compile(DLLOGGER_RECORD, key), text, source)
         scan = with_steps if with_steps.count == ranked.count else ranked
-        if scan is ranked and with_steps.count:
+        if scan is not with_steps and with_steps.count:
             notes.append(f"{source}: {ranked.count - with_steps.count} record(s) have no Epoch/Iteration prefix; "
                          f"steps are numbered by position")
         records = _records_of(scan)
-        if scan is ranked:
+        if scan is not with_steps:
             records.step = np.full(scan.count, np.nan)
         ranks = scan.columns["rank"]
         found = sorted({int(r) for r in np.unique(ranks)})
@@ -577,7 +579,7 @@ def _search(pattern: str, key: str, text: str) -> bool:
 
 def detect_format(text: str, metric: str | None = None) -> str:
     """The first format whose records the (plain) text holds; JSON only if it parses as JSON."""
-    head = text.lstrip()[:65536]
+    head = text[:65536].lstrip()
     lines = [line.strip() for line in head.splitlines()[:50] if line.strip()]
     first = lines[0] if lines else ""
     if head[:1] in "{[":
@@ -618,7 +620,7 @@ def _unknown(text: str, spec: str, metric: str | None) -> BaselineError:
     shown = [line.strip()[:80] for line in text[:65536].splitlines() if line.strip()][:3]
     key = f"`{metric}`" if metric else "a loss"
     tried = "dllogger, dllogger-json, timm, mmengine, epoch, step, ModelZoo's `loss <x>`, csv, json"
-    if text.lstrip()[:1] in "{[":
+    if text[:65536].lstrip()[:1] in "{[":
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
@@ -664,11 +666,13 @@ def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = 
             raise ConfigError(f"{spec}: an MLflow run id needs a tracking store (MLFLOW_TRACKING_URI or tracking.uri)")
         return read_mlflow_run(mlflow_run[1], tracking_uri, metric or "loss")
     data = read_input(path, spec)
-    if fmt == "csv":
-        return ImportedCurve(parse_curve_csv(data, spec), spec, "csv")
+    head = decode_text(data[:65536], spec)
+    first = head.lstrip().split("\n", 1)[0].strip().split(",")
+    if fmt == "csv" or (fmt == "auto" and "step" in first and "loss" in first):  # straight from the bytes
+        return ImportedCurve(parse_curve_csv(data, spec, only_loss=True), spec, "csv")
     text = decode_text(data, spec)
     del data
-    if not text.strip():
+    if not text or text.isspace():
         raise BaselineError(f"{spec}: the file is empty")
     notes: list[str] = []
     text, own = plain_text(text, rank, spec, notes)
@@ -682,8 +686,8 @@ def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = 
         except json.JSONDecodeError as exc:
             raise BaselineError(f"{spec}: not valid JSON (at character {exc.pos}; truncated?)") from None
     if fmt == "csv":
-        return ImportedCurve(parse_curve_csv(text, spec), spec, "csv")
-    if text.endswith("\n") or "\n" not in text.rstrip("\n"):
+        return ImportedCurve(parse_curve_csv(text, spec, only_loss=True), spec, "csv")
+    if text.endswith("\n") or "\n" not in text:
         return _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
     # an unterminated last line (a log still being written): read without it, say so if it held a value
     cut, own_cut = text.rfind("\n") + 1, own.rfind("\n") + 1

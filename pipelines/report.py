@@ -287,7 +287,10 @@ def write_plot_table(path: Path, candidate, baseline) -> None:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    steps = np.union1d(candidate.steps, baseline.steps)  # sorted, each step once
+    steps = candidate.steps  # both strictly increasing (pipelines.align.check_steps): merge, do not hash
+    if not np.array_equal(steps, baseline.steps):
+        steps = np.sort(np.concatenate([candidate.steps, baseline.steps]))
+        steps = steps[np.concatenate([[True], np.diff(steps) != 0])] if len(steps) else steps
     columns = {"step": pa.array(steps)}
     for name, curve in (("candidate", candidate), ("baseline", baseline)):
         values, missing = np.zeros(len(steps)), np.ones(len(steps), dtype=bool)
