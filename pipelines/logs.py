@@ -92,6 +92,7 @@ LINE_FORMATS = {
 }
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 TORCHRUN_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:[ \t]?", re.MULTILINE)
+JSON_START = re.compile(r'\s*(?:\{|\[\s*(?:[{\["\]]|-?\d|true|false|null))')  # `[INFO]` is not JSON
 MLFLOW_ID = re.compile(r"^(?:mlflow:|runs:/)?([0-9a-f]{32})/?$")
 CHUNK_CHARS = 8 << 20  # the text is scanned in pieces of this size (cut at line ends): bounded Python objects
 MAGIC = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompress),
@@ -620,7 +621,7 @@ def _unknown(text: str, spec: str, metric: str | None) -> BaselineError:
     shown = [line.strip()[:80] for line in text[:65536].splitlines() if line.strip()][:3]
     key = f"`{metric}`" if metric else "a loss"
     tried = "dllogger, dllogger-json, timm, mmengine, epoch, step, ModelZoo's `loss <x>`, csv, json"
-    if text[:65536].lstrip()[:1] in "{[":
+    if JSON_START.match(text[:65536]):
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
