@@ -134,7 +134,7 @@ def verdict_rows(ctx: Context) -> list[Row]:
     by_n = ", ".join(f"{c['n']:.0e}: {c['total_s']:.2f} s" for c in costs)
     return [Row("verdict", f"compare + report, {longest['n']:.0e} steps", f"< {bench_verdict.TARGET_S:.0f} s",
                 f"{longest['total_s']:.2f} s (read {longest['read_s']:.2f}, decide {longest['decide_s']:.2f}, "
-                f"report: overlay/zoom/HTML/JUnit/plot table {longest['report_s']:.2f})",
+                f"report: overlay/zoom/HTML/JUnit/plot table {longest['report_s']:.2f}; CPU {longest['cpu_s']:.2f})",
                 longest["total_s"] < bench_verdict.TARGET_S, longest["total_s"]),
             Row("verdict", f"growth, {costs[-2]['n']:.0e} -> {longest['n']:.0e} steps", f"linear (slope <= {GROWTH_MAX})",
                 f"log-log slope {exponent:.2f} ({by_n})", exponent <= GROWTH_MAX, exponent)]

@@ -58,6 +58,7 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
     write_candidate(csv_path, steps, cand)
     rules = compare_cfg.rules
     t = {"n": n}
+    cpu = time.process_time()
     start = time.perf_counter()
     candidate = read_curve_csv(csv_path)
     t["read_s"] = time.perf_counter() - start
@@ -78,6 +79,7 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
     t["report_s"] = time.perf_counter() - mark
     t["compare_s"] = t["read_s"] + t["decide_s"]
     t["total_s"] = t["compare_s"] + t["report_s"]
+    t["cpu_s"] = time.process_time() - cpu  # all threads of the process: on a loaded machine, the work itself
     t["status"] = verdict.status
     return t
 
@@ -119,10 +121,10 @@ def main() -> int:
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args()
     rows = run(args.lengths, args.params)
-    print(f"{'steps':>9} {'read':>7} {'decide':>7} {'report':>7} {'total':>7}  verdict")
+    print(f"{'steps':>9} {'read':>7} {'decide':>7} {'report':>7} {'total':>7} {'CPU':>7}  verdict")
     for r in rows:
-        print(f"{r['n']:9d} {r['read_s']:7.3f} {r['decide_s']:7.3f} {r['report_s']:7.3f} {r['total_s']:7.3f}  "
-              f"{r['status']}")
+        print(f"{r['n']:9d} {r['read_s']:7.3f} {r['decide_s']:7.3f} {r['report_s']:7.3f} {r['total_s']:7.3f} "
+              f"{r['cpu_s']:7.3f}  {r['status']}")
     if len(rows) > 1:
         print(f"growth exponent over the two longest: {growth_exponent(rows):.2f} (1 = linear); "
               f"longest total {rows[-1]['total_s']:.2f} s (target < {TARGET_S} s)")
