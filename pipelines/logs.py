@@ -690,14 +690,11 @@ def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = 
         return ImportedCurve(parse_curve_csv(text, spec, only_loss=True), spec, "csv")
     if text.endswith("\n") or "\n" not in text:
         return _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
-    # an unterminated last line (a log still being written): read without it, say so if it held a value
+    # an unterminated last line (a log still being written): read without it, and say so
     cut, own_cut = text.rfind("\n") + 1, own.rfind("\n") + 1
     got = _parse_text(text[:cut], own[:own_cut], fmt, spec, rank, regex, run, metric, notes)
-    tail = text[cut:]
-    try:
-        _parse_text(tail, own[own_cut:], fmt, spec, rank, regex, None, metric, [])
-    except (BaselineError, ConfigError):
-        return got
-    got.notes.append(f"{spec}: the last line ({_line_of(text, cut)}) has no line end, as a log still being written; "
-                     f"left out: {tail.strip()[:100]!r}")
+    tail = text[cut:].strip()
+    if tail:
+        got.notes.append(f"{spec}: left out the last line ({_line_of(text, cut)}), which has no line end, as in a "
+                         f"log still being written: {tail[:100]!r}")
     return got

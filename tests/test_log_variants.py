@@ -201,6 +201,11 @@ def test_half_written_last_line_is_left_out_with_a_note(tmp_path):
     got = load_curve(str(path))
     assert got.curve.loss.tolist() == values(loss)
     assert any("no line end" in n and "train.loss : 1." in n for n in got.notes)
+    json_lines = tmp_path / "live.json"  # the same for dllogger's JSON lines: no error on the cut record
+    json_lines.write_text("".join(f'DLLL {{"step": [0, {i}], "data": {{"train.loss": {v!r}}}}}\n'
+                                  for i, v in enumerate(values(loss))) + 'DLLL {"step": [0, 60], "data": {"trai')
+    cut = load_curve(str(json_lines))
+    assert cut.curve.loss.tolist() == values(loss) and any("no line end" in n for n in cut.notes)
     assert re.findall(r"rank : 0  train.loss : ([\d\.e-]+)", text)[-1] == "1."  # what loss.py would have read
 
 
