@@ -130,13 +130,6 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _to_float(token: str, source: str, text: str, offset: int) -> float:
-    try:
-        return float(token)
-    except ValueError:
-        raise BaselineError(f"{source}:{_line_of(text, offset)}: loss {token!r} is not a number") from None
-
-
 class Scan:
     """Every match of a pattern in a text, its groups as float64 columns (NaN where an optional group took no
     part). findall runs in C a chunk at a time and pyarrow parses the numbers: no Python code per line, and
