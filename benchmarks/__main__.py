@@ -2,7 +2,7 @@
 
   python -m benchmarks                  # the full figures (~3 minutes on 2 cores); benchmarks/README.md
   python -m benchmarks --smoke          # tiny sizes, to check that every benchmark still runs (tests)
-  python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict pipeline loader memory
+  python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict logs pipeline loader memory
   python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
 
 Rows that share a measurement take it from the same run (the CPU efficiency and the tracking cost use
@@ -27,9 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_efficiency, bench_pipeline, bench_trainer, bench_verdict, tracking_overhead  # noqa: E402
+from benchmarks import (bench_efficiency, bench_logs, bench_pipeline, bench_trainer, bench_verdict,  # noqa: E402
+                        tracking_overhead)
 
-GROUPS = ("trainer", "efficiency", "tracking", "verdict", "pipeline", "loader", "memory")
+GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory")
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -39,10 +40,11 @@ COMPARE_RSS_TARGET_MIB = 512  # compare on 10^6 steps: the arrays are 50 MB; the
 FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
         "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
-        "loader_steps": 5}
+        "loader_steps": 5, "log_mb": 200}
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
-         "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2}
+         "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,
+         "log_mb": 2}
 
 
 @dataclass
@@ -132,10 +134,18 @@ def verdict_rows(ctx: Context) -> list[Row]:
     by_n = ", ".join(f"{c['n']:.0e}: {c['total_s']:.2f} s" for c in costs)
     return [Row("verdict", f"compare + report, {longest['n']:.0e} steps", f"< {bench_verdict.TARGET_S:.0f} s",
                 f"{longest['total_s']:.2f} s (read {longest['read_s']:.2f}, decide {longest['decide_s']:.2f}, "
-                f"overlay {longest['overlay_s']:.2f}, zoom/HTML/JUnit/plot table {longest['rest_s']:.2f})",
+                f"report: overlay/zoom/HTML/JUnit/plot table {longest['report_s']:.2f}; CPU {longest['cpu_s']:.2f})",
                 longest["total_s"] < bench_verdict.TARGET_S, longest["total_s"]),
             Row("verdict", f"growth, {costs[-2]['n']:.0e} -> {longest['n']:.0e} steps", f"linear (slope <= {GROWTH_MAX})",
                 f"log-log slope {exponent:.2f} ({by_n})", exponent <= GROWTH_MAX, exponent)]
+
+
+def logs_rows(ctx: Context) -> list[Row]:
+    r = ctx.once("logs", lambda: bench_logs.run(ctx.sizes["log_mb"]))
+    return [Row("logs", f"dllogger log import, {r['bytes'] / 1e6:.0f} MB", f">= {bench_logs.TARGET_MB_S:.0f} MB/s",
+                f"{r['mb_per_s']:.0f} MB/s ({r['seconds']:.2f} s, CPU {r['cpu_s']:.2f} s, {r['points']} points of "
+                f"rank 0 of {bench_logs.RANKS}; peak RSS {r['peak_rss_mib']:.0f} MiB)",
+                r["mb_per_s"] >= bench_logs.TARGET_MB_S, r["mb_per_s"])]
 
 
 def pipeline_rows(ctx: Context) -> list[Row]:
@@ -179,7 +189,7 @@ def memory_rows(ctx: Context) -> list[Row]:
 
 
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
-              "verdict": verdict_rows, "pipeline": pipeline_rows, "loader": loader_rows, "memory": memory_rows}
+              "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows, "memory": memory_rows}
 
 
 def table(rows: list[Row]) -> str:

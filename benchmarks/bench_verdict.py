@@ -1,6 +1,6 @@
 """Verdict and report cost against curve length: read the candidate curve, decide by every rule of
-params.yaml's compare section, write the verdict, render the report (overlay, zoom, HTML, JUnit,
-plot table), for curves of 10^3 .. 10^6 steps.
+params.yaml's compare section, write the verdict, render the report (pipelines.report.write_report:
+overlay, zoom, HTML, JUnit, plot table), for curves of 10^3 .. 10^6 steps.
 
 The curves are synthetic (a decaying loss; the candidate 1% off with noise, so the rules have work to
 do and the curves part, which draws the zoom too); the baseline has three runs, so the band rule runs.
@@ -48,9 +48,8 @@ def write_candidate(path: Path, steps: np.ndarray, loss: np.ndarray) -> None:
 
 def cost(n: int, compare_cfg, work: Path) -> dict:
     """Seconds for each phase of compare + report on an n-step curve."""
-    from pipelines.curves import Curve, read_curve_csv
-    from pipelines.report import render_html, render_junit, render_overlay, render_zoom, write_plot_table
-    from pipelines.stages.report import divergence_tolerance
+    from pipelines.curves import read_curve_csv
+    from pipelines.report import write_report
     from pipelines.verdict import decide
     from pipelines.verdict_file import input_entry, write_verdict
 
@@ -59,9 +58,10 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
     write_candidate(csv_path, steps, cand)
     rules = compare_cfg.rules
     t = {"n": n}
+    cpu = time.process_time()
     start = time.perf_counter()
     candidate = read_curve_csv(csv_path)
-    t["read_s"] = time.perf_counter() - (mark := start)
+    t["read_s"] = time.perf_counter() - start
     mark = time.perf_counter()
     verdict = decide(candidate.steps, candidate.loss, steps, mean, gate=list(compare_cfg.gate),
                      inform=list(compare_cfg.inform), min_steps=compare_cfg.min_steps, alignment=compare_cfg.alignment,
@@ -73,27 +73,31 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
                            inputs={"candidate": input_entry(csv_path), "baseline": input_entry("synthetic")})
     t["decide_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    reference = Curve(steps, mean)
-    from pipelines.verdict import band_limits
-
-    lower, upper = band_limits(mean, std, rules.band.z, rules.band.min_halfwidth_relative)
-    band = (lower, upper, "baseline band")
-    render_overlay(work / "overlay.png", candidate, reference, result, ("candidate", "baseline"), band=band)
-    t["overlay_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    zoom = None
-    if verdict.first_divergence_step is not None:
-        zoom = work / "zoom.png"
-        render_zoom(zoom, candidate, reference, int(verdict.first_divergence_step), band, divergence_tolerance(result))
-    render_html(work / "report.html", result, [], {}, work / "overlay.png", [], zoom_png=zoom, band_shown=True)
-    render_junit(work / "junit.xml", result, "cpu")
-    write_plot_table(work / "plots.csv", candidate, reference)
-    t["rest_s"] = time.perf_counter() - mark
+    baseline = SyntheticBaseline(steps, mean, std)
+    write_report(work, result, candidate, baseline.curve, baseline=baseline, band_z=rules.band.z,
+                 band_min_halfwidth=rules.band.min_halfwidth_relative)
+    t["report_s"] = time.perf_counter() - mark
     t["compare_s"] = t["read_s"] + t["decide_s"]
-    t["report_s"] = t["overlay_s"] + t["rest_s"]
     t["total_s"] = t["compare_s"] + t["report_s"]
+    t["cpu_s"] = time.process_time() - cpu  # all threads of the process: on a loaded machine, the work itself
     t["status"] = verdict.status
     return t
+
+
+class SyntheticBaseline:
+    """What write_report asks of a stored multi-run baseline (pipelines.baselines.Baseline): its curve, runs,
+    band and provenance."""
+
+    def __init__(self, steps, mean, std):
+        from pipelines.curves import Curve
+
+        self.curve, self.std, self.runs = Curve(steps, mean), std, [None] * 3
+        self.provenance = {"device": "cpu", "device_name": "synthetic", "mean_samples_per_s": None}
+
+    def band(self, z: float, min_halfwidth_relative: float):
+        from pipelines.verdict import band_limits
+
+        return band_limits(self.curve.loss, self.std, z, min_halfwidth_relative)
 
 
 def run(lengths=LENGTHS, params_path: str = "params.yaml") -> list[dict]:
@@ -117,10 +121,10 @@ def main() -> int:
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args()
     rows = run(args.lengths, args.params)
-    print(f"{'steps':>9} {'read':>7} {'decide':>7} {'overlay':>7} {'rest':>7} {'total':>7}  verdict")
+    print(f"{'steps':>9} {'read':>7} {'decide':>7} {'report':>7} {'total':>7} {'CPU':>7}  verdict")
     for r in rows:
-        print(f"{r['n']:9d} {r['read_s']:7.3f} {r['decide_s']:7.3f} {r['overlay_s']:7.3f} {r['rest_s']:7.3f} "
-              f"{r['total_s']:7.3f}  {r['status']}")
+        print(f"{r['n']:9d} {r['read_s']:7.3f} {r['decide_s']:7.3f} {r['report_s']:7.3f} {r['total_s']:7.3f} "
+              f"{r['cpu_s']:7.3f}  {r['status']}")
     if len(rows) > 1:
         print(f"growth exponent over the two longest: {growth_exponent(rows):.2f} (1 = linear); "
               f"longest total {rows[-1]['total_s']:.2f} s (target < {TARGET_S} s)")

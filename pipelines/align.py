@@ -82,6 +82,16 @@ def check_steps(steps: np.ndarray, label: str) -> np.ndarray:
     return steps
 
 
+def _member(steps: np.ndarray, sorted_steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of `steps` found in `sorted_steps`, their positions there): a binary search, since both are
+    strictly increasing (np.intersect1d hashes or sorts both again: seconds at 10^6 steps)."""
+    if not len(sorted_steps):
+        return np.zeros(len(steps), dtype=bool), np.zeros(0, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_steps, steps), len(sorted_steps) - 1)
+    found = sorted_steps[at] == steps
+    return found, at[found]
+
+
 def align(candidate_steps, candidate, baseline_steps, baseline, mode: str = "steps",
           baseline_extra: dict[str, np.ndarray] | None = None) -> Alignment:
     """Pair the curves on step numbers. `baseline_extra` holds per-step baseline arrays (band mean and
@@ -92,12 +102,14 @@ def align(candidate_steps, candidate, baseline_steps, baseline, mode: str = "ste
     c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     extra = {k: np.asarray(v, dtype=np.float64) for k, v in (baseline_extra or {}).items()}
     if mode == "steps":
-        common, ci, bi = np.intersect1d(cs, bs, assume_unique=True, return_indices=True)
-        return Alignment(mode, common, c[ci], b[bi], {k: v[bi] for k, v in extra.items()},
-                         dropped_candidate=np.setdiff1d(cs, common), dropped_baseline=np.setdiff1d(bs, common))
+        in_baseline, bi = _member(cs, bs)
+        in_candidate = np.zeros(len(bs), dtype=bool)
+        in_candidate[bi] = True
+        return Alignment(mode, cs[in_baseline], c[in_baseline], b[bi], {k: v[bi] for k, v in extra.items()},
+                         dropped_candidate=cs[~in_baseline], dropped_baseline=bs[~in_candidate])
     inside = (cs >= bs[0]) & (cs <= bs[-1]) if len(bs) else np.zeros(len(cs), dtype=bool)
     steps = cs[inside]
-    interpolated = np.setdiff1d(steps, bs)
+    interpolated = steps[~_member(steps, bs)[0]]
     return Alignment(mode, steps, c[inside], np.interp(steps, bs, b) if len(steps) else steps.astype(np.float64),
                      {k: np.interp(steps, bs, v) for k, v in extra.items()} if len(steps) else
                      {k: v[:0] for k, v in extra.items()},

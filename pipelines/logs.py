@@ -1,28 +1,44 @@
 """Loss curves from the logs users already have, and the ModelZoo log line our train stage prints.
 
-Formats (`load_curve(..., fmt=...)`; `auto` looks at the text):
+Formats (`load_curve(..., fmt=...)`; `auto` tries them in this order and takes the first that finds a loss):
 
 - `dllogger`: ModelZoo tcap_dllogger stdout,
-  `TCAPPDLL <date> <time> - Epoch: 0 Iteration: 0  rank : 0  train.loss : 6.99  train.ips : 3.66 imgs/s`.
-  Searched over the whole text, not line by line, as ModelZoo's loss.py does: lines of several ranks
-  may be glued together without a newline. Rank 0 by default. Logs without the Epoch/Iteration
-  prefix fall back to ModelZoo's own patterns (`rank : 0  train.loss : x`, then `loss x`), numbered
-  by position.
+  `TCAPPDLL <date> <time> - Epoch: 0 Iteration: 0  rank : 0  train.loss : 6.99  train.ips : 3.66 imgs/s`,
+  with any spacing (`rank: 0 train.loss: 6.9`, tabs). Searched over the whole text, not line by line, as
+  ModelZoo's loss.py does: lines of several ranks may be glued together without a newline. Rank 0 by
+  default. Records without the Epoch/Iteration prefix are numbered by position, as ModelZoo does; a log
+  with neither falls back to ModelZoo's own `loss <x>` pattern.
 - `dllogger-json`: dllogger's JSON-lines stream (`DLLL {"step": [epoch, iteration], "data": {...}}`).
-- `epoch`: per-epoch lines such as `Epoch[0]: train_loss 4.1116 acc1 6.46 ...` (step = epoch).
+- `timm`: timm train.py, `Train: 0 [  50/1251 (  4%)]  Loss: 6.912 (6.93) ...` (step = epoch x total + batch).
+- `mmengine`: `Epoch(train)  [1][  50/1251]  ... loss: 6.91` or `Iter(train) [  50/90000] ... loss: 6.91`.
+- `epoch`: `Epoch[0]: train_loss 4.11 ... | val_loss 4.03` (step = epoch) and DeiT's
+  `Epoch: [0]  [  50/1251]  ... loss: 6.93 (6.95)` (step = epoch x total + batch). The train loss by
+  default (`train_loss`, `train.loss`, `train loss`, then `loss`); another with `metric`.
+- `step`: plain `step 10 loss 6.9` lines (also `step: 10, loss=6.9`, `iter 10 ...`).
 - `regex`: a user pattern with a `loss` group (or one group) and optionally a `step` group.
 - `csv`: a curve CSV (columns step and loss; others ignored).
 - `json`: {"steps": [...], "loss": [...]}, a list of {"step": s, "loss": v}, or a baseline file.
 - `mlflow`: an MLflow run id (`mlflow:<id>`, `runs:/<id>`, or a bare 32-hex id): its `loss` history.
 
-Loss values keep the exact text the log printed, parsed with float(), so the ModelZoo numbers
-computed from an import are the numbers ModelZoo's script computes from the same file.
+Every text log is first made plain: gzip/bz2/xz files are decompressed, ANSI colour codes removed, CRLF
+made LF, torchrun's `[rank0]:` / `[default0]:` line prefixes taken off (lines of other ranks are left out,
+but for dllogger records, which carry their own rank). An unterminated last line (a log still being
+written) is left out, with a note. JSON is recognised by parsing, not by its first character, so a text
+log that starts with `[INFO]` is a text log. A log holding several runs (the step numbers start again)
+is refused unless `run` picks one (`first`, `last` or its number, from 1).
+
+Loss values keep the exact text the log printed, parsed as float() parses it (the regex runs in C over
+the whole text, the numbers go through pyarrow's correctly rounded parser, no Python loop per line), so
+the ModelZoo numbers computed from an import are the numbers ModelZoo's script computes from the same file.
 """
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
+import gzip
 import json
+import lzma
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +46,57 @@ from pathlib import Path
 import numpy as np
 
 from cait.errors import BaselineError, ConfigError
-from pipelines.curves import Curve, read_curve_csv
+from pipelines.curves import Curve, parse_curve_csv
 
-FORMATS = ("auto", "dllogger", "dllogger-json", "epoch", "regex", "csv", "json", "mlflow")
+FORMATS = ("auto", "dllogger", "dllogger-json", "timm", "mmengine", "epoch", "step", "regex", "csv", "json",
+           "mlflow")
 DLLOGGER_PREFIX = "TCAPPDLL"
-# the whole record, wherever it sits in the text; \s+ tolerates the double spaces and a glued newline
-DLLOGGER_RECORD = re.compile(
-    r"Epoch: (?P<epoch>\d+) Iteration: (?P<step>\d+)\s+rank : (?P<rank>\d+)\s+train\.loss : (?P<loss>\S+)")
-# ModelZoo loss.py's own patterns (template, then fallback), used when the record pattern finds nothing
-MODELZOO_TEMPLATE = r"rank : {rank}  train\.loss : ([\d\.e-]+)"
-MODELZOO_FALLBACK = re.compile(r"loss ([\d\.e-]+)")
-EPOCH_RECORD = re.compile(r"Epoch\[(?P<epoch>\d+)\]:(?P<rest>[^\n]*)")
+TOKEN = r"(?P<loss>[^\s,;|(){}\[\]'\"]+)"  # after a mandatory `:`: whatever is there (a non-number is an error)
+NUMBER = r"(?P<loss>[-+.\dnNiI][^\s,;|(){}\[\]'\"]*)"  # after an optional separator: something number-like
+KEY = r"(?<![\w.]){key}(?![\w.])"
+# dllogger records: with the Epoch/Iteration prefix (step numbers), and without (numbered by position)
+DLLOGGER_RECORD = (r"Epoch:\s*(?P<epoch>\d+)\s+Iteration:\s*(?P<step>\d+)\s+rank\s*:\s*(?P<rank>\d+)\s+"
+                   r"{key}\s*:\s*" + TOKEN)
+DLLOGGER_RANKED = r"rank\s*:\s*(?P<rank>\d+)\s+{key}\s*:\s*" + TOKEN
+MODELZOO_FALLBACK = r"loss (?P<loss>[\d\.e-]+)"  # ModelZoo loss.py's own fallback, verbatim
+TIMM_RECORD = (r"Train:\s*(?P<epoch>\d+)\s*\[\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)[^\]\n]*\][^\n]*?"
+               + KEY + r"\s*:\s*" + TOKEN)
+MMENGINE_RECORD = (r"(?:Epoch\(train\)\s*\[(?P<epoch>\d+)\]|Iter\(train\))\s*\[\s*(?P<step>\d+)\s*/\s*"
+                   r"(?P<total>\d+)\s*\][^\n]*?" + KEY + r"\s*:\s*" + TOKEN)
+EPOCH_RECORD = (r"Epoch\s*:?\s*\[\s*(?P<epoch>\d+)\s*\]\s*:?(?:\s*\[\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)\s*\])?"
+                r"[^\n]*?" + KEY + r"\s*[:=]?\s*" + NUMBER)
+STEP_RECORD = (r"(?<![\w.])(?:[Ss]tep|STEP|[Ii]ter(?:ation)?)\s*[:=]?\s*(?P<step>\d+)(?![\d.])[^\n]*?"
+               + KEY + r"\s*[:=]?\s*" + NUMBER)
+
+
+@dataclass(frozen=True)
+class LineFormat:
+    """A text log format: its record pattern (named groups loss and any of epoch, step, total, rank; `{key}`
+    stands for the metric's name) and the metric names read when none is given, in order of preference."""
+
+    name: str
+    pattern: str
+    keys: tuple[str, ...]
+    example: str
+    hint: str = ""  # text that must occur in the log for the format to be worth a full scan
+    first_epoch: int = 0  # mmengine counts epochs from 1
+
+
+LINE_FORMATS = {
+    "timm": LineFormat("timm", TIMM_RECORD, ("Loss",), "Train: 0 [  50/1251 (  4%)]  Loss: 6.912 (6.93)", "Train:"),
+    "mmengine": LineFormat("mmengine", MMENGINE_RECORD, ("loss",), "Epoch(train)  [1][  50/1251]  ... loss: 6.91",
+                           "(train)", first_epoch=1),
+    "epoch": LineFormat("epoch", EPOCH_RECORD, ("train_loss", "train.loss", "train loss", "loss"),
+                        "Epoch[0]: train_loss 4.11 | val_loss 4.03", "Epoch"),
+    "step": LineFormat("step", STEP_RECORD, ("loss", "Loss", "train_loss", "train/loss"), "step 10 loss 6.9"),
+}
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+TORCHRUN_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:[ \t]?", re.MULTILINE)
+JSON_START = re.compile(r'\s*(?:\{|\[\s*(?:[{\["\]]|-?\d|true|false|null))')  # `[INFO]` is not JSON
 MLFLOW_ID = re.compile(r"^(?:mlflow:|runs:/)?([0-9a-f]{32})/?$")
+CHUNK_CHARS = 8 << 20  # the text is scanned in pieces of this size (cut at line ends): bounded Python objects
+MAGIC = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompress),
+         (b"\xfd7zXZ\x00", "xz", lzma.decompress))
 
 
 @dataclass
@@ -51,6 +106,17 @@ class ImportedCurve:
     format: str
     notes: list[str] = field(default_factory=list)  # how the steps were numbered, what was skipped
     baseline: object | None = None  # a pipelines.baselines.Baseline when the file was one
+    lines: tuple[int, int] | None = None  # first and last line of the values read (text logs)
+    metric: str | None = None  # the value read (train.loss, Loss, ...), where the log offers several
+
+    def describe(self) -> dict:
+        """What was read, for the verdict: how many points, from which lines, in which format."""
+        out = {"source": self.source, "format": self.format, "points": len(self.curve)}
+        if self.lines:
+            out["lines"] = list(self.lines)
+        if self.metric:
+            out["metric"] = self.metric
+        return out
 
 
 def dllogger_line(row: dict, epoch: int = 0, rank: int = 0) -> str:
@@ -64,53 +130,274 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _to_float(token: str, source: str, text: str, offset: int) -> float:
-    try:
-        return float(token)
-    except ValueError:
-        raise BaselineError(f"{source}:{_line_of(text, offset)}: loss {token!r} is not a number") from None
+class Scan:
+    """Every match of a pattern in a text, its groups as float64 columns (NaN where an optional group took no
+    part). findall runs in C a chunk at a time and pyarrow parses the numbers: no Python code per line, and
+    at most one chunk's strings alive at once. `line(k)` finds the line of match k only when asked."""
+
+    def __init__(self, regex: re.Pattern, text: str, source: str, numeric: tuple[str, ...] | None = None):
+        self.regex, self.text, self.source = regex, text, source
+        by_index = {i: name for name, i in regex.groupindex.items()}
+        self.names = [by_index.get(i, f"group{i}") for i in range(1, regex.groups + 1)]
+        self.numeric = [n for n in self.names if numeric is None or n in numeric]
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.numeric}
+        self.chunks: list[tuple[int, int, int, int]] = []  # (start, end, matches before it, matches in it)
+        count, start = 0, 0
+        while start < len(text):
+            end = text.find("\n", min(start + CHUNK_CHARS, len(text)) - 1)
+            end = len(text) if end < 0 else end + 1
+            rows = regex.findall(text, start, end)
+            self.chunks.append((start, end, count, len(rows)))
+            if rows:
+                for name, values in self._columns(rows, start, end).items():
+                    parts[name].append(values)
+                count += len(rows)
+            start = end
+        self.count = count
+        self.columns = {n: np.concatenate(v) if v else np.empty(0) for n, v in parts.items()}
+
+    def _columns(self, rows: list, start: int, end: int) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        single = not isinstance(rows[0], tuple)
+        wanted = [self.names.index(n) for n in self.numeric]
+        body = "\n".join(rows) if single else "\n".join(map("\x1f".join, rows))
+        try:
+            table = pcsv.read_csv(
+                pa.BufferReader(body.encode()),
+                read_options=pcsv.ReadOptions(column_names=self.names, block_size=1 << 26),
+                parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False,
+                                                ignore_empty_lines=False),
+                convert_options=pcsv.ConvertOptions(column_types={n: pa.float64() for n in self.numeric},
+                                                    include_columns=self.numeric, null_values=[""],
+                                                    strings_can_be_null=False))
+            if table.num_rows == len(rows):
+                return {n: table.column(n).to_numpy(zero_copy_only=False) for n in self.numeric}
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        # a value pyarrow does not take (or a capture holding a separator): float() each, naming the bad one
+        out = {n: np.empty(len(rows)) for n in self.numeric}
+        for k, row in enumerate(rows):
+            cells = (row,) if single else row
+            for name, i in zip(self.numeric, wanted):
+                cell = cells[i]
+                try:
+                    out[name][k] = float(cell) if cell != "" else np.nan
+                except ValueError:
+                    where = self._match(k, start, end)
+                    what = "loss" if name in ("loss", "group1") else name
+                    raise BaselineError(f"{self.source}:{_line_of(self.text, where.start(i + 1))}: {what} "
+                                        f"{cell!r} is not a number") from None
+        return out
+
+    def _match(self, k: int, start: int, end: int) -> re.Match:
+        for j, m in enumerate(self.regex.finditer(self.text, start, end)):
+            if j == k:
+                return m
+        raise IndexError(k)
+
+    def line(self, index: int) -> int:
+        """Line number (from 1) where match `index` starts."""
+        for start, end, before, count in self.chunks:
+            if before <= index < before + count:
+                return _line_of(self.text, self._match(index - before, start, end).start())
+        raise IndexError(index)
 
 
-def _number_steps(epochs: list[int], iterations: list[int], source: str, notes: list[str]) -> np.ndarray:
-    """Iteration numbers when they increase; when they restart each epoch, the position in the log."""
-    steps = np.array(iterations, dtype=np.int64)
-    if len(steps) > 1 and np.any(np.diff(steps) <= 0):
-        restarts = all(b > a or e2 > e1 for a, b, e1, e2 in zip(iterations, iterations[1:], epochs, epochs[1:]))
-        if not restarts:
-            i = int(np.flatnonzero(np.diff(steps) <= 0)[0])
-            raise BaselineError(f"{source}: iteration {iterations[i + 1]} follows {iterations[i]} within epoch "
-                                f"{epochs[i + 1]}; several runs in one log? split it, or pick a --rank")
+@dataclass
+class Records:
+    """Values read from a log, in log order, before they become a curve: NaN where a field is absent."""
+
+    loss: np.ndarray
+    epoch: np.ndarray
+    step: np.ndarray
+    total: np.ndarray
+    line: object  # callable: record index -> line number
+
+
+def _selected(records: Records, keep: np.ndarray) -> Records:
+    index = np.flatnonzero(keep)
+    return Records(records.loss[index], records.epoch[index], records.step[index], records.total[index],
+                   lambda k: records.line(int(index[k])))
+
+
+def _runs(records: Records) -> list[tuple[int, int]]:
+    """[start, end) of each run: a new one starts where (epoch, step) does not move forward."""
+    n = len(records.loss)
+    if n < 2 or np.all(np.isnan(records.step)) and np.all(np.isnan(records.epoch)):
+        return [(0, n)]
+    epoch = np.nan_to_num(records.epoch, nan=-1.0)
+    step = np.nan_to_num(records.step, nan=-1.0)
+    back = (epoch[1:] < epoch[:-1]) | ((epoch[1:] == epoch[:-1]) & (step[1:] <= step[:-1]))
+    starts = [0, *(np.flatnonzero(back) + 1).tolist(), n]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+def _pick_run(records: Records, run: str | None, source: str, notes: list[str]) -> Records:
+    runs = _runs(records)
+    if len(runs) == 1:
+        if run not in (None, "first", "last", "1"):
+            raise ConfigError(f"--run {run}: {source} holds a single run")
+        return records
+
+    def label(i: int) -> str:
+        a, b = runs[i]
+        where = f"lines {records.line(a)}-{records.line(b - 1)}"
+        if not np.all(np.isnan(records.step[a:b])):
+            return f"run {i + 1}: {b - a} points, {where}"
+        return f"run {i + 1}: epochs {records.epoch[a]:.0f}-{records.epoch[b - 1]:.0f}, {b - a} points, {where}"
+
+    listing = "; ".join(label(i) for i in range(min(len(runs), 8))) + ("; ..." if len(runs) > 8 else "")
+    if run is None:
+        raise BaselineError(f"{source}: holds {len(runs)} runs (the step numbers start again): {listing}; "
+                            f"pick one with --run first|last|N")
+    choice = {"first": 0, "last": len(runs) - 1}.get(run)
+    if choice is None:
+        try:
+            choice = int(run) - 1
+        except ValueError:
+            raise ConfigError(f"--run {run!r}: use first, last or a run number from 1") from None
+        if not 0 <= choice < len(runs):
+            raise ConfigError(f"--run {run}: {source} holds {len(runs)} runs ({listing})")
+    notes.append(f"{source}: holds {len(runs)} runs ({listing}); read run {choice + 1}")
+    keep = np.zeros(len(records.loss), dtype=bool)
+    keep[slice(*runs[choice])] = True
+    return _selected(records, keep)
+
+
+def _assemble(records: Records, fmt: str, source: str, notes: list[str], run: str | None = None,
+              first_epoch: int = 0, metric: str | None = None) -> ImportedCurve:
+    """Records as a curve: one run, numbered by step (epoch x total + batch where the log says its total),
+    by epoch for per-epoch lines, else by position."""
+    if not len(records.loss):
+        raise BaselineError(f"{source}: no values read")
+    records = _pick_run(records, run, source, notes)
+    n = len(records.loss)
+    has_step, has_epoch = not np.any(np.isnan(records.step)), not np.any(np.isnan(records.epoch))
+    if has_step and not np.any(np.isnan(records.total)):
+        epochs = (records.epoch - first_epoch) if has_epoch else np.zeros(n)
+        steps = epochs * records.total + records.step
+    elif has_step:
+        steps = records.step
+    elif has_epoch:
+        steps = records.epoch
+        notes.append(f"{source}: one point per epoch; steps are epoch numbers")
+    else:
+        steps = np.arange(n, dtype=np.float64)
+    if np.any(np.isnan(steps)):  # some records with step numbers, some without
+        steps = np.arange(n, dtype=np.float64)
+        notes.append(f"{source}: not every record has a step number; steps are numbered by position")
+    elif n > 1 and np.any(np.diff(steps) <= 0):  # iterations restart each epoch, the total not given
+        steps = np.arange(n, dtype=np.float64)
         notes.append(f"{source}: iteration numbers restart each epoch; steps are numbered by position in the log")
-        steps = np.arange(len(steps), dtype=np.int64)
-    return steps
+    lines = (records.line(0), records.line(n - 1))
+    return ImportedCurve(Curve(steps.astype(np.int64), records.loss), source, fmt, notes, lines=lines, metric=metric)
 
 
-def parse_dllogger(text: str, rank: int = 0, source: str = "log") -> ImportedCurve:
+def _records_of(scan: Scan) -> Records:
+    nan = np.full(scan.count, np.nan)
+    cols = scan.columns
+    loss = cols["loss"] if "loss" in cols else cols["group1"]
+    return Records(loss, cols.get("epoch", nan), cols.get("step", nan), cols.get("total", nan), scan.line)
+
+
+def _compile(pattern: str, key: str) -> re.Pattern:
+    return re.compile(pattern.replace("{key}", re.escape(key)))
+
+
+def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | None = None,
+                   metric: str | None = None) -> ImportedCurve:
     """ModelZoo dllogger stdout: every record of `rank` in the whole text (glued lines included)."""
     notes: list[str] = []
-    matches = list(DLLOGGER_RECORD.finditer(text))
-    if matches:
-        ranks = sorted({int(m["rank"]) for m in matches})
-        mine = [m for m in matches if int(m["rank"]) == rank]
-        if not mine:
+    key = metric or "train.loss"
+    with_steps = Scan(_compile(DLLOGGER_RECORD, key), text, source)
+    # every record has its Epoch/Iteration prefix (the usual case: one scan), or some lack it (numbered by position)
+    ranked = with_steps if with_steps.count and with_steps.count == text.count(key) else \
+        Scan(_compile(DLLOGGER_RANKED, key), text, source, ("rank", "loss"))
+    if ranked.count:
+        scan = with_steps if with_steps.count == ranked.count else ranked
+        if scan is not with_steps and with_steps.count:
+            notes.append(f"{source}: {ranked.count - with_steps.count} record(s) have no Epoch/Iteration prefix; "
+                         f"steps are numbered by position")
+        records = _records_of(scan)
+        if scan is not with_steps:
+            records.step = np.full(scan.count, np.nan)
+        ranks = scan.columns["rank"]
+        found = sorted({int(r) for r in np.unique(ranks)})
+        if rank not in found:
             raise BaselineError(f"{source}: no records of rank {rank} (the log has ranks "
-                                f"{', '.join(map(str, ranks))}); pick one with --rank")
-        if len(ranks) > 1:
-            notes.append(f"{source}: the log holds ranks {', '.join(map(str, ranks))}; read rank {rank}")
-        loss = [_to_float(m["loss"], source, text, m.start("loss")) for m in mine]
-        steps = _number_steps([int(m["epoch"]) for m in mine], [int(m["step"]) for m in mine], source, notes)
-        return ImportedCurve(Curve(steps, np.array(loss)), source, "dllogger", notes)
-    # no Epoch/Iteration prefix: ModelZoo's own patterns, numbered by position as ModelZoo does
-    for pattern, label in ((re.compile(MODELZOO_TEMPLATE.format(rank=rank)), "ModelZoo's template pattern"),
-                           (MODELZOO_FALLBACK, "ModelZoo's fallback pattern `loss <x>`")):
-        found = list(pattern.finditer(text))
-        if found:
-            loss = [_to_float(m[1], source, text, m.start(1)) for m in found]
-            notes.append(f"{source}: no dllogger records with step numbers; read {len(loss)} values with {label}, "
+                                f"{', '.join(map(str, found))}); pick one with --rank")
+        if len(found) > 1:
+            notes.append(f"{source}: the log holds ranks {', '.join(map(str, found))}; read rank {rank}")
+            records = _selected(records, ranks == rank)
+        return _assemble(records, "dllogger", source, notes, run, metric=key)
+    # no rank field: the key alone, then ModelZoo's own fallback, numbered by position as ModelZoo does
+    for pattern, label, read in ((KEY.replace("{key}", re.escape(key)) + r"\s*:\s*" + TOKEN, f"`{key} : <x>`", key),
+                                 (MODELZOO_FALLBACK, "ModelZoo's fallback pattern `loss <x>`", "loss")):
+        scan = Scan(re.compile(pattern), text, source)
+        if scan.count:
+            notes.append(f"{source}: no dllogger records with a rank; read {scan.count} values with {label}, "
                          f"numbered by position")
-            return ImportedCurve(Curve(np.arange(len(loss)), np.array(loss)), source, "dllogger", notes)
-    raise BaselineError(f"{source}: no ModelZoo dllogger records (`rank : {rank}  train.loss : <x>`) found; "
+            records = _records_of(scan)
+            return _assemble(records, "dllogger", source, notes, run, metric=read)
+    raise BaselineError(f"{source}: no ModelZoo dllogger records (`rank : {rank}  {key} : <x>`) found; "
                         f"give the format with --format, or a pattern with --regex")
+
+
+def parse_lines(text: str, fmt: str, source: str = "log", run: str | None = None,
+                metric: str | None = None) -> ImportedCurve:
+    """One of LINE_FORMATS (timm, mmengine, epoch, step): the first of its metric names the log holds."""
+    spec = LINE_FORMATS[fmt]
+    for key in ((metric,) if metric else spec.keys):
+        scan = Scan(_compile(spec.pattern, key), text, source, ("epoch", "step", "total", "loss"))
+        if scan.count:
+            notes = []
+            others = _other_losses(text, scan, key)
+            if others:
+                notes.append(f"{source}: read {key}; the lines also hold {', '.join(others)} (pick one with --metric)")
+            return _assemble(_records_of(scan), fmt, source, notes, run, spec.first_epoch, key)
+    tried = ", ".join(f"`{k}`" for k in ((metric,) if metric else spec.keys))
+    raise BaselineError(f"{source}: no {fmt} lines with {tried} found (e.g. `{spec.example}`); "
+                        f"give another value with --metric, or a pattern with --regex")
+
+
+def _other_losses(text: str, scan: Scan, key: str) -> list[str]:
+    """Other loss-like names on the first matched line (val_loss, loss_cls, ...), so the note can name them."""
+    m = next(scan.regex.finditer(text), None)
+    if m is None:
+        return []
+    a, b = text.rfind("\n", 0, m.start()) + 1, text.find("\n", m.start())
+    line = text[a:b if b >= 0 else len(text)]
+    names = re.findall(r"(?<![\w.])([A-Za-z][\w./]*loss[\w.]*|loss[\w.]+)(?=\s*[:=]?\s*[-+.\d])", line)
+    return sorted({n for n in names if n != key})
+
+
+def parse_epoch_lines(text: str, key: str | None = None, source: str = "log", run: str | None = None) -> ImportedCurve:
+    """`Epoch[e]: train_loss x ... | val_loss z` or DeiT's `Epoch: [e]  [i/n] ... loss: x`: the train loss
+    unless `key` names another."""
+    return parse_lines(text, "epoch", source, run, key)
+
+
+def parse_regex(text: str, pattern: str, source: str = "log", run: str | None = None) -> ImportedCurve:
+    """A user's pattern, searched over the whole text: a `loss` group (or its only group) and optionally
+    a `step` group; without one, values are numbered by position."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--regex {pattern!r}: not a valid regular expression ({exc})") from None
+    names = regex.groupindex
+    if "loss" not in names and regex.groups != 1:
+        raise ConfigError(f"--regex {pattern!r}: needs a group named `loss` (?P<loss>...) or exactly one group")
+    wanted = tuple(n for n in ("loss", "step", "group1") if n in names or n == "group1" and "loss" not in names)
+    scan = Scan(regex, text, source, wanted)
+    if not scan.count:
+        raise BaselineError(f"{source}: the pattern {pattern!r} matches nothing")
+    records = _records_of(scan)
+    if "step" in names and np.any(records.step != np.round(records.step)):
+        raise BaselineError(f"{source}: the `step` group of {pattern!r} captures numbers that are not whole")
+    notes = [] if "step" in names else [f"{source}: the pattern has no `step` group; values numbered by position"]
+    return _assemble(records, "regex", source, notes, run)
 
 
 def _dllogger_step(step) -> tuple[int, int] | None:
@@ -129,19 +416,23 @@ def _dllogger_step(step) -> tuple[int, int] | None:
     return None
 
 
-def parse_dllogger_json(text: str, rank: int = 0, key: str = "train.loss", source: str = "log") -> ImportedCurve:
-    """dllogger's JSON-lines stream: one `DLLL {...}` (or bare JSON) record a line."""
-    epochs, iterations, loss, ranks, notes = [], [], [], set(), []
+def parse_dllogger_json(text: str, rank: int = 0, key: str | None = None, source: str = "log",
+                        run: str | None = None) -> ImportedCurve:
+    """dllogger's JSON-lines stream: one `DLLL {...}` record a line (other lines ignored when the records are
+    prefixed), or one bare JSON record a line."""
+    key = key or "train.loss"
+    epochs, iterations, loss, line_numbers, ranks, notes = [], [], [], [], set(), []
     skipped = 0
+    prefixed = "DLLL " in text
     for line_no, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
-        if not line:
+        if not line or (prefixed and not line.startswith("DLLL ")):
             continue
         body = line[5:] if line.startswith("DLLL ") else line
         try:
             record = json.loads(body)
         except json.JSONDecodeError:
-            raise BaselineError(f"{source}:{line_no}: not a JSON record (truncated line?)") from None
+            raise BaselineError(f"{source}:{line_no}: not a JSON record (a damaged line?)") from None
         data = record.get("data") if isinstance(record, dict) else None
         step = _dllogger_step(record.get("step")) if isinstance(record, dict) else None
         if not isinstance(data, dict) or step is None or key not in data:
@@ -153,58 +444,26 @@ def parse_dllogger_json(text: str, rank: int = 0, key: str = "train.loss", sourc
             continue
         value = data[key]
         if isinstance(value, str):
-            value = _to_float(value, source, text, 0)
+            try:
+                value = float(value)
+            except ValueError:
+                raise BaselineError(f"{source}:{line_no}: {key} {value!r} is not a number") from None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise BaselineError(f"{source}:{line_no}: {key} {value!r} is not a number")
         epochs.append(step[0])
         iterations.append(step[1])
         loss.append(float(value))
+        line_numbers.append(line_no)
     if not loss:
         raise BaselineError(f"{source}: no dllogger JSON records with data[{key!r}] for rank {rank}")
     if skipped:
         notes.append(f"{source}: skipped {skipped} record(s) without a per-step {key}")
     if len(ranks) > 1:
         notes.append(f"{source}: the log holds ranks {', '.join(map(str, sorted(ranks)))}; read rank {rank}")
-    steps = _number_steps(epochs, iterations, source, notes)
-    return ImportedCurve(Curve(steps, np.array(loss)), source, "dllogger-json", notes)
-
-
-def parse_epoch_lines(text: str, key: str = "train_loss", source: str = "log") -> ImportedCurve:
-    """`Epoch[e]: train_loss x acc1 y ... | val_loss z ...`: one point per epoch, step = epoch."""
-    steps, loss = [], []
-    value_pattern = re.compile(rf"(?<![\w.]){re.escape(key)}[\s:=]+(\S+)")
-    for m in EPOCH_RECORD.finditer(text):
-        found = value_pattern.search(m["rest"])
-        if found:
-            steps.append(int(m["epoch"]))
-            loss.append(_to_float(found[1].rstrip(","), source, text, m.start("rest") + found.start(1)))
-    if not loss:
-        raise BaselineError(f"{source}: no `Epoch[<n>]: {key} <x>` lines found")
-    return ImportedCurve(Curve(np.array(steps), np.array(loss)), source, "epoch",
-                         [f"{source}: one point per epoch ({key}); steps are epoch numbers"])
-
-
-def parse_regex(text: str, pattern: str, source: str = "log") -> ImportedCurve:
-    """A user's pattern, searched over the whole text: a `loss` group (or its only group) and optionally
-    a `step` group; without one, values are numbered by position."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"--regex {pattern!r}: not a valid regular expression ({exc})") from None
-    names = regex.groupindex
-    if "loss" not in names and regex.groups != 1:
-        raise ConfigError(f"--regex {pattern!r}: needs a group named `loss` (?P<loss>...) or exactly one group")
-    loss_group = "loss" if "loss" in names else 1
-    steps, loss = [], []
-    for m in regex.finditer(text):
-        loss.append(_to_float(m[loss_group], source, text, m.start(loss_group)))
-        if "step" in names:
-            steps.append(int(m["step"]))
-    if not loss:
-        raise BaselineError(f"{source}: the pattern {pattern!r} matches nothing")
-    notes = [] if "step" in names else [f"{source}: the pattern has no `step` group; values numbered by position"]
-    return ImportedCurve(Curve(np.array(steps) if steps else np.arange(len(loss)), np.array(loss)), source,
-                         "regex", notes)
+    nan = np.full(len(loss), np.nan)
+    records = Records(np.array(loss), np.array(epochs, dtype=np.float64), np.array(iterations, dtype=np.float64),
+                      nan, lambda k: line_numbers[k])
+    return _assemble(records, "dllogger-json", source, notes, run, metric=key)
 
 
 def parse_curve_json(data, source: str = "curve") -> ImportedCurve:
@@ -262,63 +521,173 @@ def read_mlflow_run(run_id: str, tracking_uri: str, metric: str = "loss") -> Imp
                          "mlflow", notes)
 
 
-def detect_format(text: str) -> str:
-    head = text.lstrip()[:4096]
-    if DLLOGGER_RECORD.search(text) or "train.loss : " in head:
-        return "dllogger"
-    if head.startswith("DLLL ") or (head.startswith("{") and '"data"' in head.splitlines()[0]):
+def read_input(path: Path, spec: str) -> bytes:
+    """The file's bytes, decompressed when they are gzip, bzip2 or xz (recognised by content, not by name)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BaselineError(f"{spec}: no such file (and not an MLflow run id)") from None
+    except IsADirectoryError:
+        raise BaselineError(f"{spec}: is a folder; name the log file") from None
+    for magic, name, decompress in MAGIC:
+        if data.startswith(magic):
+            try:
+                return decompress(data)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                raise BaselineError(f"{spec}: a {name} file that cannot be decompressed ({exc}); "
+                                    f"is it complete?") from None
+    return data
+
+
+def decode_text(data: bytes, spec: str) -> str:
+    """Text of a log: UTF-16 when it says so (a BOM), else UTF-8 with undecodable bytes replaced; binary
+    data is an error naming the file."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    if b"\x00" in data[:65536]:
+        raise BaselineError(f"{spec}: binary data, not a text log or curve (compressed in a format other than "
+                            f"gzip, bzip2 or xz? decompress it first)")
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
+def plain_text(text: str, rank: int, source: str, notes: list[str]) -> tuple[str, str]:
+    """(text, the same with other ranks' lines blanked): ANSI colour codes removed, CRLF made LF, torchrun's
+    `[rankN]:` prefixes taken off. Blanking keeps line numbers as the file has them."""
+    if "\x1b" in text:
+        text = ANSI_ESCAPE.sub("", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if ("[rank" not in text and "[default" not in text) or not TORCHRUN_PREFIX.search(text):
+        return text, text
+    ranks = sorted({int(r) for r in TORCHRUN_PREFIX.findall(text)})
+    own = re.sub(rf"(?m)^\[(?:rank|default)(?!{rank}\])\d+\]:[^\n]*", "", text)
+    if len(ranks) > 1:
+        notes.append(f"{source}: lines prefixed by torchrun for ranks {', '.join(map(str, ranks))}; "
+                     f"read rank {rank}")
+    return TORCHRUN_PREFIX.sub("", text), TORCHRUN_PREFIX.sub("", own)
+
+
+def _search(pattern: str, key: str, text: str) -> bool:
+    return _compile(pattern, key).search(text) is not None
+
+
+def detect_format(text: str, metric: str | None = None) -> str:
+    """The first format whose records the (plain) text holds; JSON only if it parses as JSON."""
+    head = text[:65536].lstrip()
+    lines = [line.strip() for line in head.splitlines()[:50] if line.strip()]
+    first = lines[0] if lines else ""
+    if head[:1] in "{[":
+        try:
+            json.loads(text)
+            return "json"
+        except json.JSONDecodeError:
+            pass
+    if any(line.startswith("DLLL {") for line in lines) or _json_record(first):
         return "dllogger-json"
-    if head.startswith("{") or head.startswith("["):
-        return "json"
-    first = head.splitlines()[0] if head else ""
     if "step" in first.split(",") and "loss" in first.split(","):
         return "csv"
-    if EPOCH_RECORD.search(text):
-        return "epoch"
-    if MODELZOO_FALLBACK.search(text):
+    key = metric or "train.loss"
+    if key in text and (_search(DLLOGGER_RANKED, key, text) or _search(KEY + r"\s*:\s*" + TOKEN, key, text)):
         return "dllogger"
-    raise BaselineError("cannot tell the log's format; give it with --format (" + ", ".join(FORMATS[1:]) + ")")
+    for spec in LINE_FORMATS.values():
+        if spec.hint and spec.hint not in text:
+            continue
+        if any(_search(spec.pattern, k, text) for k in ((metric,) if metric else spec.keys)):
+            return spec.name
+    if not metric and re.search(MODELZOO_FALLBACK, text):
+        return "dllogger"
+    return ""
+
+
+def _json_record(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("data"), dict)
+
+
+def _unknown(text: str, spec: str, metric: str | None) -> BaselineError:
+    """What the file looked like and which flag to give, when no format finds a loss in it."""
+    shown = [line.strip()[:80] for line in text[:65536].splitlines() if line.strip()][:3]
+    key = f"`{metric}`" if metric else "a loss"
+    tried = "dllogger, dllogger-json, timm, mmengine, epoch, step, ModelZoo's `loss <x>`, csv, json"
+    if JSON_START.match(text[:65536]):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            return BaselineError(f"{spec}: not valid JSON (at character {exc.pos}; truncated?) and no text log "
+                                 f"format finds {key} in it")
+    return BaselineError(f"{spec}: cannot tell the log's format: no format finds {key} in it (tried {tried}); "
+                         f"it starts: {' | '.join(repr(s) for s in shown) or '(blank lines)'}; give a pattern "
+                         f"with --regex 'loss=(?P<loss>[0-9.eE+-]+)', or --format and --metric")
+
+
+def _parse_text(text: str, own: str, fmt: str, spec: str, rank: int, regex: str | None, run: str | None,
+                metric: str | None, notes: list[str]) -> ImportedCurve:
+    if fmt == "dllogger":
+        got = parse_dllogger(text, rank, spec, run, metric)
+    elif fmt == "dllogger-json":
+        got = parse_dllogger_json(text, rank, metric, spec, run)
+    elif fmt == "regex":
+        if not regex:
+            raise ConfigError("--format regex needs --regex PATTERN")
+        got = parse_regex(own, regex, spec, run)
+    else:
+        got = parse_lines(own, fmt, spec, run, metric)
+    got.notes[:0] = notes
+    return got
 
 
 def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = None,
-               tracking_uri: str | None = None, metric: str = "loss") -> ImportedCurve:
-    """Read a curve from a file path or an MLflow run id (`mlflow:<id>`, `runs:/<id>` or a bare id)."""
+               tracking_uri: str | None = None, metric: str | None = None, run: str | None = None) -> ImportedCurve:
+    """Read a curve from a file path or an MLflow run id (`mlflow:<id>`, `runs:/<id>` or a bare id).
+
+    `metric`: the value to read (default: each format's train loss; `loss` for MLflow); `run`: which run of
+    a log holding several (first, last or a number from 1)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if regex is not None and fmt == "auto":
         fmt = "regex"
     path = Path(spec)
-    run = MLFLOW_ID.match(spec)
-    if fmt == "mlflow" or (fmt == "auto" and run and not path.exists()):
-        if not run:
+    mlflow_run = MLFLOW_ID.match(spec)
+    if fmt == "mlflow" or (fmt == "auto" and mlflow_run and not path.exists()):
+        if not mlflow_run:
             raise ConfigError(f"{spec!r}: not an MLflow run id (32 hex digits, optionally mlflow:<id>)")
         if not tracking_uri:
             raise ConfigError(f"{spec}: an MLflow run id needs a tracking store (MLFLOW_TRACKING_URI or tracking.uri)")
-        return read_mlflow_run(run[1], tracking_uri, metric)
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        raise BaselineError(f"{spec}: no such file (and not an MLflow run id)") from None
-    except IsADirectoryError:
-        raise BaselineError(f"{spec}: is a folder; name the log file") from None
-    if not text.strip():
+        return read_mlflow_run(mlflow_run[1], tracking_uri, metric or "loss")
+    data = read_input(path, spec)
+    head = decode_text(data[:65536], spec)
+    first = head.lstrip().split("\n", 1)[0].strip().split(",")
+    if fmt == "csv" or (fmt == "auto" and "step" in first and "loss" in first):  # straight from the bytes
+        return ImportedCurve(parse_curve_csv(data, spec, only_loss=True), spec, "csv")
+    text = decode_text(data, spec)
+    del data
+    if not text or text.isspace():
         raise BaselineError(f"{spec}: the file is empty")
+    notes: list[str] = []
+    text, own = plain_text(text, rank, spec, notes)
     if fmt == "auto":
-        fmt = detect_format(text)
-    if fmt == "dllogger":
-        return parse_dllogger(text, rank, spec)
-    if fmt == "dllogger-json":
-        return parse_dllogger_json(text, rank, source=spec)
-    if fmt == "epoch":
-        return parse_epoch_lines(text, source=spec)
-    if fmt == "regex":
-        if not regex:
-            raise ConfigError("--format regex needs --regex PATTERN")
-        return parse_regex(text, regex, spec)
+        fmt = detect_format(text, metric)
+        if not fmt:
+            raise _unknown(text, spec, metric)
+    if fmt == "json":
+        try:
+            return parse_curve_json(json.loads(text), spec)
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"{spec}: not valid JSON (at character {exc.pos}; truncated?)") from None
     if fmt == "csv":
-        return ImportedCurve(read_curve_csv(path), spec, "csv")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{spec}: not valid JSON (at character {exc.pos}; truncated?)") from None
-    return parse_curve_json(data, spec)
+        return ImportedCurve(parse_curve_csv(text, spec, only_loss=True), spec, "csv")
+    if text.endswith("\n") or "\n" not in text:
+        return _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
+    # an unterminated last line (a log still being written): read without it, and say so
+    cut, own_cut = text.rfind("\n") + 1, own.rfind("\n") + 1
+    got = _parse_text(text[:cut], own[:own_cut], fmt, spec, rank, regex, run, metric, notes)
+    tail = text[cut:].strip()
+    if tail:
+        got.notes.append(f"{spec}: left out the last line ({_line_of(text, cut)}), which has no line end, as in a "
+                         f"log still being written: {tail[:100]!r}")
+    return got

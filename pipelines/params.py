@@ -30,10 +30,10 @@ class ModelZooRuleConfig(Section):
 
 
 class StrictRuleConfig(Section):
-    """Absolute errors, both bounded: a curve that sits consistently lower or swings around fails."""
+    """Unsigned relative errors bounded: a curve that sits consistently lower or swings around fails.
+    Relative only (no absolute bound), so it does not depend on the loss's scale."""
 
     max_mean_abs_relative_error: float = Field(0.02, ge=0)
-    max_mean_abs_error: float = Field(0.05, ge=0)
     warmup_steps: int = Field(0, ge=0)  # steps numbered below this are not judged
     outlier_fraction: float = Field(0.0, ge=0, lt=1)  # this fraction of the worst steps is left out of each mean
 
@@ -70,6 +70,31 @@ class RulesConfig(Section):
     trend: TrendRuleConfig = TrendRuleConfig()
 
 
+def _check_policy(policy):
+    """gate names at least one rule, no rule twice, and no rule both gates and informs."""
+    if not policy.gate:
+        raise ValueError(f"gate: name at least one rule ({', '.join(RULE_NAMES)})")
+    for key in ("gate", "inform"):
+        names = getattr(policy, key)
+        if len(set(names)) != len(names):
+            raise ValueError(f"{key}: names a rule twice")
+    both = sorted(set(policy.gate) & set(policy.inform))
+    if both:
+        raise ValueError(f"inform: {', '.join(both)} already gate(s); a rule either gates or informs")
+    return policy
+
+
+class ForeignPolicyConfig(Section):
+    """The policy when either side is a log without a run record: two devices drew their own augmentation
+    randomness, so only rules that make sense without identical inputs decide (by default the ModelZoo rule
+    the model card's users accept); the others inform and explain."""
+
+    gate: list[RuleName] = ["modelzoo"]
+    inform: list[RuleName] = ["strict", "trend"]
+
+    _policy = model_validator(mode="after")(_check_policy)
+
+
 class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
@@ -79,19 +104,9 @@ class CompareConfig(Section):
     allow_negative_loss: bool = False  # below 0 is corrupt (cross-entropy never is)
     divergence: DivergenceConfig = DivergenceConfig()
     rules: RulesConfig = RulesConfig()
+    foreign: ForeignPolicyConfig = ForeignPolicyConfig()  # the policy for logs without a run record
 
-    @model_validator(mode="after")
-    def _policy(self):
-        if not self.gate:
-            raise ValueError(f"gate: name at least one rule ({', '.join(RULE_NAMES)})")
-        for key in ("gate", "inform"):
-            names = getattr(self, key)
-            if len(set(names)) != len(names):
-                raise ValueError(f"{key}: names a rule twice")
-        both = sorted(set(self.gate) & set(self.inform))
-        if both:
-            raise ValueError(f"inform: {', '.join(both)} already gate(s); a rule either gates or informs")
-        return self
+    _policy = model_validator(mode="after")(_check_policy)
 
 
 class TrackingConfig(Section):

@@ -182,10 +182,12 @@ def throughput_rows(baseline_ips, candidate_ips) -> list[list[str]]:
     return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio]]
 
 
-def tracking_html(record: dict, ui_url: str | None = None) -> str:
+def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
     """Where the run lives in MLflow, with a link when there is a UI (tracking.ui_url, or a server store)."""
     from pipelines.review import mlflow_ui, run_link
 
+    if record is None:
+        return "<p>No MLflow run: this verdict judged logs given to compare (--candidate / --baseline).</p>"
     run_id = record.get("mlflow_run_id") or ""
     uri = record.get("tracking_uri", "")
     if not run_id:
@@ -205,7 +207,7 @@ def tracking_html(record: dict, ui_url: str | None = None) -> str:
     return f"<p>{' '.join(parts)}</p>"
 
 
-def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict,
+def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict | None,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
                 band_shown: bool = False, verdict_sha256: str = "",
                 ui_url: str | None = None) -> None:
@@ -298,19 +300,86 @@ def render_junit(path: Path, verdict: dict, device: str = "") -> None:
 
 
 def write_plot_table(path: Path, candidate, baseline) -> None:
-    """step, candidate, baseline: one row per step either curve has (empty where one lacks it), for `dvc plots`."""
-    import csv
+    """step, candidate, baseline: one row per step either curve has (empty where one lacks it), for `dvc plots`.
+    Written by pyarrow's CSV writer (shortest text that reads back to the same float), atomically."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
 
-    from pipelines.curves import format_value
+    steps = candidate.steps  # both strictly increasing (pipelines.align.check_steps): merge, do not hash
+    if not np.array_equal(steps, baseline.steps):
+        steps = np.sort(np.concatenate([candidate.steps, baseline.steps]))
+        steps = steps[np.concatenate([[True], np.diff(steps) != 0])] if len(steps) else steps
+    columns = {"step": pa.array(steps)}
+    for name, curve in (("candidate", candidate), ("baseline", baseline)):
+        values, missing = np.zeros(len(steps)), np.ones(len(steps), dtype=bool)
+        at = np.searchsorted(steps, curve.steps)
+        values[at], missing[at] = curve.loss, False
+        columns[name] = pa.array(values, mask=missing)
+    with atomic_output(path) as tmp, pa.OSFile(str(tmp), "wb") as f:
+        f.write(b"step,candidate,baseline\n")
+        pcsv.write_csv(pa.table(columns), f, write_options=pcsv.WriteOptions(include_header=False,
+                                                                             quoting_style="none"))
 
-    steps = np.union1d(candidate.steps, baseline.steps)  # sorted, each step once
-    columns = []
-    for curve in (candidate, baseline):
-        cells = [""] * len(steps)
-        for i, loss in zip(np.searchsorted(steps, curve.steps).tolist(), curve.loss.tolist()):
-            cells[i] = format_value(loss)
-        columns.append(cells)
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "candidate", "baseline"])
-        writer.writerows(zip(steps.tolist(), *columns))
+
+def divergence_tolerance(verdict: dict) -> float | None:
+    """The relative tolerance the first divergence was found with (else the strict rule's)."""
+    found = verdict.get("divergence", {}).get("max_relative_error")
+    if found is not None:
+        return found
+    return verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
+
+
+def _source_rows(verdict: dict) -> list[tuple[str, str, str]]:
+    """(field, baseline, candidate) rows of what compare read from logs: file, format, points, lines."""
+    sources = verdict.get("sources", {})
+    base, cand = sources.get("baseline", {}), sources.get("candidate", {})
+    rows = []
+    for key, label in (("source", "read from"), ("format", "format"), ("metric", "value read"),
+                       ("points", "points"), ("lines", "lines")):
+        if key in base or key in cand:
+            show = (lambda v: "-" if v is None else f"{v[0]}-{v[1]}" if key == "lines" else str(v))
+            rows.append((label, show(base.get(key)), show(cand.get(key))))
+    return rows
+
+
+def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline=None, record: dict | None = None,
+                 band_z: float | None = None, band_min_halfwidth: float = 0.0, verdict_sha256: str = "",
+                 ui_url: str | None = None) -> dict[str, Path]:
+    """Overlay, zoom (when the curves part), HTML page, JUnit XML and plot table of a verdict, into out_dir.
+
+    The one path for the chain (a run record and a stored baseline) and for logs compared by hand (either may
+    be None: the page then shows what was read from each file). `reference` is the baseline curve the
+    verdict was computed against; `baseline` the stored Baseline it came from, if any."""
+    from pipelines.baselines import environment_table
+    from pipelines.layout import HTML, JUNIT, OVERLAY, PLOTS, ZOOM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = (record or {}).get("environment", {})
+    cand_label = (f"candidate: {env['device']} ({env['device_name']})" if env
+                  else f"candidate: {Path(str(verdict.get('candidate', 'candidate'))).name}")
+    base_label = (f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})"
+                  if baseline is not None else f"baseline: {Path(str(verdict.get('baseline', 'baseline'))).name}")
+    band = None
+    if baseline is not None and band_z is not None:
+        limits = baseline.band(band_z, band_min_halfwidth)
+        if limits and len(limits[0]) == len(reference.steps):
+            band = (*limits, f"baseline band: mean +- {band_z:g} sigma of {len(baseline.runs)} runs")
+    paths = {"overlay": out_dir / OVERLAY, "html": out_dir / HTML, "junit": out_dir / JUNIT, "plots": out_dir / PLOTS}
+    render_overlay(paths["overlay"], candidate, reference, verdict, (cand_label, base_label), band=band)
+    first = verdict.get("first_divergence_step")
+    zoom = None
+    if first is not None:
+        zoom = paths["zoom"] = out_dir / ZOOM
+        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict))
+    else:
+        (out_dir / ZOOM).unlink(missing_ok=True)
+    environments = environment_table(baseline, record) if baseline is not None and record else []
+    environments += _source_rows(verdict)
+    throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s") if baseline is not None else None,
+                                 (record or {}).get("mean_samples_per_s"))
+    render_html(paths["html"], verdict, environments, record, paths["overlay"], throughput, zoom_png=zoom,
+                band_shown=band is not None, verdict_sha256=verdict_sha256, ui_url=ui_url)
+    render_junit(paths["junit"], verdict, env.get("device", "") if env else "logs")
+    write_plot_table(paths["plots"], candidate, reference)
+    return paths

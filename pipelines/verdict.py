@@ -4,7 +4,7 @@
   length (by position), signed means, pass iff MRE <= 0.05 or MAE <= 0.0002. Because it is signed and
   an "or", a port whose loss sits consistently lower, or swings around the baseline, passes; the rule
   says so in its summary when that is the only reason it holds.
-- `strict_rule` bounds the absolute per-step errors (mean relative and mean absolute, both), after an
+- `strict_rule` bounds the mean per-step |d|/min(|c|,|b|) (unsigned, symmetric, scale-free), after an
   optional warm-up, allowing a configured fraction of outlier steps.
 - `band_rule` needs a multi-run baseline: the candidate must stay within mean +- z*sigma per step.
 - `trend_rule` tests the per-step differences for a slow drift that a mean hides (Kendall's tau,
@@ -143,17 +143,18 @@ def _mean_without_worst(values: np.ndarray, k: int) -> float:
     return float(np.mean(np.sort(values)[:len(values) - k]))
 
 
-def strict_rule(candidate, baseline, steps=None, max_mean_abs_relative_error=0.02, max_mean_abs_error=0.05,
-                warmup_steps=0, outlier_fraction=0.0, gating=True) -> RuleResult:
-    """Both means of the absolute per-step errors bounded, over the steps after the warm-up, with the
-    worst floor(outlier_fraction * n) steps of each left out."""
+def strict_rule(candidate, baseline, steps=None, max_mean_abs_relative_error=0.02, warmup_steps=0,
+                outlier_fraction=0.0, gating=True) -> RuleResult:
+    """The mean of the per-step |d|/min(|c|,|b|) bounded, over the steps after the warm-up, with the worst
+    floor(outlier_fraction * n) steps left out. Relative only, so the same port passes or fails whatever the
+    loss's scale (an absolute bound would fail a loss of ~7 that sits 0.8% from its baseline); mean |d| is
+    reported beside it."""
     c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     steps = np.arange(len(c)) if steps is None else np.asarray(steps)
     keep = after_warmup(steps, warmup_steps)
     diff, rel = per_step_errors(c[keep], b[keep])
     n = len(diff)
-    thresholds = {"max_mean_abs_relative_error": max_mean_abs_relative_error,
-                  "max_mean_abs_error": max_mean_abs_error, "warmup_steps": warmup_steps,
+    thresholds = {"max_mean_abs_relative_error": max_mean_abs_relative_error, "warmup_steps": warmup_steps,
                   "outlier_fraction": outlier_fraction}
     if n == 0:
         return RuleResult("strict", False, gating, f"no steps left after a warm-up of {warmup_steps} steps",
@@ -162,20 +163,14 @@ def strict_rule(candidate, baseline, steps=None, max_mean_abs_relative_error=0.0
     numbers = {"mean_abs_relative_error": _mean_without_worst(rel, k), "mean_abs_error": _mean_without_worst(diff, k),
                "max_abs_relative_error": float(np.max(rel)), "max_abs_error": float(np.max(diff)),
                "steps_used": n, "outliers_allowed": k, "warmup_skipped": int(np.sum(~keep))}
-    rel_ok = numbers["mean_abs_relative_error"] <= max_mean_abs_relative_error
-    abs_ok = numbers["mean_abs_error"] <= max_mean_abs_error
+    passed = numbers["mean_abs_relative_error"] <= max_mean_abs_relative_error
     parts = [f"steps >= {warmup_steps}"] if warmup_steps else []
     parts += [f"worst {k} of {n} steps left out"] if k else []
     scope = f" ({', '.join(parts)})" if parts else ""
-    broken = []
-    if not rel_ok:
-        broken.append(f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} > {max_mean_abs_relative_error}")
-    if not abs_ok:
-        broken.append(f"mean |d| {numbers['mean_abs_error']:.6g} > {max_mean_abs_error}")
-    summary = ("; ".join(broken) if broken else (
-        f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} <= {max_mean_abs_relative_error} and "
-        f"mean |d| {numbers['mean_abs_error']:.6g} <= {max_mean_abs_error}")) + scope
-    return RuleResult("strict", rel_ok and abs_ok, gating, summary, numbers, thresholds)
+    summary = (f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} "
+               f"{'<=' if passed else '>'} {max_mean_abs_relative_error} (mean |d| {numbers['mean_abs_error']:.6g})"
+               + scope)
+    return RuleResult("strict", passed, gating, summary, numbers, thresholds)
 
 
 def band_limits(mean, std, z: float, min_halfwidth_relative: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -123,9 +123,19 @@ def test_refusals_make_it_inconclusive_even_when_equal():
     assert verdict.reasons == ["baseline was made with other params: train.lr"]
 
 
-def test_strict_rule_bounds_both_absolute_means():
+def test_strict_rule_bounds_the_mean_relative_error():
     base = np.full(10, 2.0)
-    assert strict_rule(base + 0.03, base, max_mean_abs_relative_error=0.02, max_mean_abs_error=0.05).passed
-    assert not strict_rule(base + 0.06, base, max_mean_abs_relative_error=0.05, max_mean_abs_error=0.05).passed
+    assert strict_rule(base + 0.03, base, max_mean_abs_relative_error=0.02).passed  # 0.03 / 2.0 = 1.5%
+    failed = strict_rule(base + 0.06, base, max_mean_abs_relative_error=0.02)  # 3%
+    assert not failed.passed and "0.03 > 0.02" in failed.summary
+    assert failed.numbers["mean_abs_error"] == pytest.approx(0.06)  # reported, not judged
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 7.0, 1e4])
+def test_strict_rule_does_not_depend_on_the_scale_of_the_loss(scale):
+    """A curve 0.8% from its baseline passes at every scale (an absolute bound of 0.05 failed it at loss ~7)."""
+    base = BASE * scale
+    assert strict_rule(base * 1.008, base).passed
+    assert not strict_rule(base * 1.03, base).passed
     numbers = absolute_errors(np.array([1.0, 3.0]), np.array([2.0, 2.0]))
     assert numbers == {"mean_abs_relative_error": 0.5, "mean_abs_error": 1.0, "max_abs_error": 1.0}

@@ -8,14 +8,14 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines.verdict import FAIL, INCONCLUSIVE, PASS, RULE_NAMES, decide, modelzoo_errors, strict_rule
+from pipelines.verdict import (FAIL, INCONCLUSIVE, PASS, RULE_NAMES, decide, modelzoo_errors, per_step_errors,
+                               strict_rule)
 
 MIN_STEPS = 5
 losses = st.floats(min_value=1e-3, max_value=20.0, allow_nan=False, allow_infinity=False)
 curves = st.lists(losses, min_size=MIN_STEPS, max_size=150).map(np.array)
 strict_configs = st.fixed_dictionaries({
     "max_mean_abs_relative_error": st.floats(0.0, 0.5),
-    "max_mean_abs_error": st.floats(0.0, 1.0),
     "warmup_steps": st.integers(0, 3),
     "outlier_fraction": st.floats(0.0, 0.5),
 })
@@ -42,9 +42,11 @@ def test_identical_curves_pass_every_rule(curve):
 @settings(deadline=None)  # the first example pays for importing scipy
 @given(curves, strict_configs, st.floats(1.0001, 50.0), st.booleans())
 def test_constant_offset_beyond_tolerance_fails_strict(curve, config, factor, downward):
-    offset = config["max_mean_abs_error"] * factor + 1e-9
-    candidate = curve - offset if downward else curve + offset
-    assume(np.all(np.abs(candidate - curve) > config["max_mean_abs_error"]))  # float rounding of the offset
+    """A candidate off by a constant relative step beyond the tolerance, up or down, at any scale, fails."""
+    ratio = config["max_mean_abs_relative_error"] * factor + 1e-9
+    candidate = curve / (1 + ratio) if downward else curve * (1 + ratio)
+    _, rel = per_step_errors(candidate, curve)
+    assume(np.all(rel > config["max_mean_abs_relative_error"]))  # float rounding of the ratio
     config["warmup_steps"] = min(config["warmup_steps"], len(curve) - 1)
     assert not strict_rule(candidate, curve, **config).passed
     verdict = decide(np.arange(len(curve)), candidate, np.arange(len(curve)), curve, gate=["strict"],

@@ -10,7 +10,8 @@ judged, so the gate refuses one left from earlier inputs (pipelines/verdict_file
 Outside the chain, compare two curves you already have (ModelZoo logs, dllogger JSON, curve CSV/JSON,
 an MLflow run id); the ModelZoo lines printed are the ones ModelZoo's loss.py prints for them:
 
-  python -m pipelines.stages.compare --candidate sdaa.log --baseline cuda.log   # -> reports/logs/verdict.json
+  python -m pipelines.stages.compare --candidate sdaa.log --baseline cuda.log --gate
+      # -> reports/logs/: verdict.json, overlay.png, report.html, junit.xml; exit 0 pass, 1 fail, 3 inconclusive
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pipelines.layout import CURVE, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT,
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
+from pipelines.report import write_report
 from pipelines.review import flat_metrics, log_review, report_link
+from pipelines.stages.gate import EXIT_BY_STATUS
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
 from pipelines.verdict_file import input_entry, write_verdict
@@ -51,7 +54,10 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-format", choices=FORMATS, help="format of --baseline (overrides --format)")
     p.add_argument("--rank", type=int, default=0, help="rank to read from multi-rank dllogger logs (default 0)")
     p.add_argument("--regex", help="pattern with a (?P<loss>...) group, and optionally (?P<step>...), for other logs")
-    p.add_argument("--metric", default="loss", help="metric to read from an MLflow run (default: loss)")
+    p.add_argument("--metric", help="value to read: a log's field (default: its train loss, e.g. train.loss, "
+                                    "train_loss, Loss) or an MLflow run's metric (default: loss)")
+    p.add_argument("--run", help="which run of a log holding several: first, last or its number (from 1)")
+    p.add_argument("--gate", action="store_true", help="exit with the gate's status: 0 pass, 1 fail, 3 inconclusive")
     p.add_argument("--out", help=f"verdict file (default: reports/<profile>/{VERDICT}; {FOREIGN_OUT} when "
                                  f"--candidate or --baseline is given)")
     args = p.parse_args(argv)
@@ -60,33 +66,41 @@ def main(argv=None) -> int:
     chain_dir = run_dir(params.profile)
     uri = tracking_uri(params.tracking) if params.tracking.enabled else None
 
-    def imported(spec: str, fmt: str | None):
-        return load_curve(spec, fmt or args.format, rank=args.rank, regex=args.regex, tracking_uri=uri,
-                          metric=args.metric)
+    def imported(spec: str, fmt: str | None, side: str):
+        got = load_curve(spec, fmt or args.format, rank=args.rank, regex=args.regex, tracking_uri=uri,
+                         metric=args.metric, run=args.run)
+        sources[side] = {**got.describe(), "rank": args.rank, "run": args.run, "regex": args.regex}
+        lines = f" from lines {got.lines[0]}-{got.lines[1]}" if got.lines else ""
+        read = f", {got.metric}" if got.metric else ""
+        notes.append(f"{side}: {len(got.curve)} points{lines} of {got.source} ({got.format}{read})")
+        return got
 
     cfg = params.compare
     notes: list[str] = []
+    sources: dict[str, dict] = {}  # how each side was read: the report of a log verdict reads it the same way
     record = None
     inputs: dict[str, dict] = {}  # the exact files judged: the gate refuses the verdict once they change
     if args.candidate:
-        got = imported(args.candidate, args.candidate_format)
+        got = imported(args.candidate, args.candidate_format, "candidate")
         candidate, candidate_source = got.curve, got.source
         notes += got.notes
         inputs["candidate"] = input_entry(args.candidate)
     else:  # the train stage's curve, checked against its record (steps done, SHA-256): a cut curve is refused
         candidate, record = read_run(chain_dir / CURVE, chain_dir / RECORD)
         candidate_source = str(chain_dir / CURVE)
+        sources["candidate"] = {"source": candidate_source, "format": "csv", "points": len(candidate)}
         inputs["candidate"] = input_entry(chain_dir / CURVE, record["curve_sha256"])
         inputs["record"] = input_entry(chain_dir / RECORD)
     baseline_obj: Baseline | None
     if args.baseline:
-        got = imported(args.baseline, args.baseline_format)
+        got = imported(args.baseline, args.baseline_format, "baseline")
         baseline_obj, baseline_curve, baseline_source = got.baseline, got.curve, got.source
         notes += got.notes
         inputs["baseline"] = input_entry(args.baseline)
     else:
         baseline_obj = load_baseline(cfg.baseline, allow_negative_loss=cfg.allow_negative_loss)
         baseline_curve, baseline_source = baseline_obj.curve, cfg.baseline
+        sources["baseline"] = {"source": baseline_source, "format": "json", "points": len(baseline_curve)}
         inputs["baseline"] = input_entry(cfg.baseline)
     check_loss_sign(candidate, candidate_source, cfg.allow_negative_loss)
     check_loss_sign(baseline_curve, baseline_source, cfg.allow_negative_loss)
@@ -107,8 +121,17 @@ def main(argv=None) -> int:
     stats = baseline_obj.stats() if baseline_obj is not None else None
 
     rules = cfg.rules
+    policy = {"name": "chain", "gate": list(cfg.gate), "inform": list(cfg.inform),
+              "why": "both sides carry their provenance (run record and stored baseline): compare.gate decides"}
+    if record is None or baseline_obj is None:
+        policy = {"name": "foreign", "gate": list(cfg.foreign.gate), "inform": list(cfg.foreign.inform),
+                  "why": (("the candidate" if record is None else "the baseline") + " is a log without a run "
+                          "record, so the two sides may have drawn their own augmentation randomness: "
+                          "compare.foreign decides, with rules that hold without identical inputs")}
+    notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
+                 + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
     verdict = decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
-                     gate=list(cfg.gate), inform=list(cfg.inform), min_steps=cfg.min_steps,
+                     gate=policy["gate"], inform=policy["inform"], min_steps=cfg.min_steps,
                      alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
                      modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
                      band=rules.band.model_dump(), trend=rules.trend.model_dump(),
@@ -122,11 +145,12 @@ def main(argv=None) -> int:
     # with nothing written rather than after it (what is written, is then complete)
     logger = RunLogger(params.tracking) if record is not None and not foreign else None
     result = write_verdict(out, verdict, profile=params.profile, candidate=candidate_source, baseline=baseline_source,
-                  inputs=inputs, compare_params=cfg.model_dump(),
-                  baseline_device=_describe_device(baseline_obj),
-                  baseline_kind=baseline_obj.kind if baseline_obj is not None else "log",
-                  baseline_seeds=baseline_obj.seeds if baseline_obj is not None else [],
-                  mlflow_run_id=(record or {}).get("mlflow_run_id", ""))
+                           inputs=inputs, compare_params=cfg.model_dump(),
+                           baseline_device=_describe_device(baseline_obj),
+                           baseline_kind=baseline_obj.kind if baseline_obj is not None else "log",
+                           baseline_seeds=baseline_obj.seeds if baseline_obj is not None else [],
+                           mlflow_run_id=(record or {}).get("mlflow_run_id", ""), policy=policy,
+                           **({"sources": sources} if foreign else {}))
     if not args.out and not foreign:
         write_record(chain_dir / METRICS, flat_metrics(result))
     print(f"compare: verdict {verdict.status.upper()} over {verdict.compared_steps} steps of {candidate_source} "
@@ -136,19 +160,25 @@ def main(argv=None) -> int:
     for note in verdict.notes:
         print(f"  note: {note}")
 
-    if logger is None:
-        return 0  # a comparison of foreign logs has no train run to add to
+    exit_status = EXIT_BY_STATUS[verdict.status] if args.gate else 0
+    if logger is None:  # logs compared by hand: the chain's report beside the verdict; no train run to add to
+        band = rules.band
+        paths = write_report(out.parent, result, candidate, baseline_curve, baseline=baseline_obj, record=record,
+                             band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative,
+                             verdict_sha256=file_sha256(out))
+        print(f"report: {paths['html']}; figures {paths['overlay']}; JUnit {paths['junit']}")
+        return exit_status
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
-    logger.set_tags({"verdict.reasons": json.dumps(verdict.reasons), "baseline": params.compare.baseline,
-                     "baseline.id": file_id(params.compare.baseline),
+    logger.set_tags({"verdict.reasons": json.dumps(verdict.reasons), "baseline": cfg.baseline,
+                     "baseline.id": file_id(cfg.baseline),
                      "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else ""})
     log_review(logger, result, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
-               reference=baseline_curve, baseline=baseline_obj, baseline_path=params.compare.baseline,
-               baseline_sha256=file_sha256(params.compare.baseline), report=str(chain_dir / HTML),
+               reference=baseline_curve, baseline=baseline_obj, baseline_path=cfg.baseline,
+               baseline_sha256=file_sha256(cfg.baseline), report=str(chain_dir / HTML),
                report_link=report_link(params.tracking, record, chain_dir / HTML))
     logger.log_artifact(out)
     logger.close()
-    return 0
+    return exit_status
 
 
 if __name__ == "__main__":

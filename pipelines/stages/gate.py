@@ -1,7 +1,8 @@
 """gate stage: the acceptance verdict as an exit status (0 pass, 1 fail, 3 inconclusive).
 
 Runs after the report, so a failed night still leaves its report behind. To run the chain without
-the gate failing the command: `dvc repro report`. Inside `dvc exp run` (DVC sets $DVC_EXP_NAME) the
+the gate failing the command: `dvc repro report`. `--verdict PATH` gates any verdict file (one of
+`compare --candidate/--baseline`, or a CI job's download). Inside `dvc exp run` (DVC sets $DVC_EXP_NAME) the
 gate prints the verdict and exits 0: an experiment is saved with its verdict whatever it is
 (`dvc exp show` lists it), instead of being thrown away by a failing stage.
 

@@ -4,6 +4,12 @@ Outputs: reports/<profile>/overlay.png, zoom.png, report.html, junit.xml, plots.
 step, for `dvc plots`). The figures and page are attached to the run's MLflow record, with the
 DVC lock hash as a tag. Renders only a verdict of the files on disk (a stale one is refused, exit 3),
 and writes the verdict's SHA-256 into report.html so the gate knows which verdict the page shows.
+
+  python -m pipelines.stages.report                              # the chain's reports/<profile>/verdict.json
+  python -m pipelines.stages.report --verdict reports/logs/verdict.json   # any verdict, written beside it
+
+A verdict of logs (compare --candidate/--baseline) names the files and how they were read; the report
+reads them again the same way. Rendering is pipelines.report.write_report, which compare's log path calls too.
 """
 
 from __future__ import annotations
@@ -13,22 +19,13 @@ from pathlib import Path
 
 from cait.files import check_writable
 from pipelines import cli
-from pipelines.baselines import environment_table, load_baseline
-from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
+from pipelines.baselines import load_baseline
+from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, RECORD, VERDICT, run_dir
 from pipelines.params import load_params
 from pipelines.provenance import file_id, read_run
-from pipelines.report import (render_html, render_junit, render_overlay, render_zoom, throughput_rows,
-                              write_plot_table)
+from pipelines.report import write_report
 from pipelines.tracking import RunLogger
-from pipelines.verdict_file import read_verdict, require_fresh
-
-
-def divergence_tolerance(verdict: dict) -> float | None:
-    """The relative tolerance the first divergence was found with (else the strict rule's)."""
-    found = verdict.get("divergence", {}).get("max_relative_error")
-    if found is not None:
-        return found
-    return verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
+from pipelines.verdict_file import VerdictFile, read_verdict, require_fresh
 
 
 def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
@@ -39,45 +36,59 @@ def dvc_lock_hash(path: Path = Path("dvc.lock")) -> str:
         return "none"
 
 
+def report_logs(verdict: VerdictFile, out_dir: Path, params) -> dict[str, Path]:
+    """The report of a verdict on logs: each side read again as compare read it (verdict["sources"])."""
+    from pipelines.logs import load_curve
+    from pipelines.tracking import tracking_uri
+
+    uri = tracking_uri(params.tracking) if params.tracking.enabled else None
+    curves = {}
+    for side in ("candidate", "baseline"):
+        how = verdict.data["sources"][side]
+        curves[side] = load_curve(how["source"], how.get("format", "auto"), rank=how.get("rank", 0),
+                                  regex=how.get("regex"), tracking_uri=uri, metric=how.get("metric"),
+                                  run=how.get("run"))
+    baseline = curves["baseline"].baseline
+    reference = baseline.reference_for(None)[0] if baseline is not None else curves["baseline"].curve
+    band = params.compare.rules.band
+    return write_report(out_dir, verdict.data, curves["candidate"].curve, reference, baseline=baseline,
+                        band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative,
+                        verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
+
+
 def main(argv=None) -> int:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--verdict", type=Path, help=f"verdict to report on; the report is written beside it "
+                                                f"(default: reports/<profile>/{VERDICT})")
+    args = p.parse_args(argv)
     params = load_params(args.params)
-    out = check_writable(run_dir(params.profile))
-    verdict_file = read_verdict(out / VERDICT)
-    require_fresh(verdict_file, params.compare.model_dump())  # the curve, record and baseline below are those judged
-    verdict = verdict_file.data
+    path = args.verdict or run_dir(params.profile) / VERDICT
+    out = check_writable(path.parent)
+    verdict = read_verdict(path)
+    # the curve, record and baseline read below are the ones judged (a log verdict: its compare params may differ)
+    require_fresh(verdict, None if verdict.data.get("sources") else params.compare.model_dump())
+    if verdict.data.get("sources"):
+        paths = report_logs(verdict, out, params)
+        print(f"report: {paths['html']} ({verdict.status}); figures {paths['overlay']}; JUnit {paths['junit']}")
+        return 0
     candidate, record = read_run(out / CURVE, out / RECORD)
-    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
-    env = record["environment"]
-    labels = (f"candidate: {env['device']} ({env['device_name']})",
-              f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
-    band_cfg = params.compare.rules.band
-    limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
-    band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
+    baseline_path = verdict.inputs["baseline"]["path"]
+    baseline = load_baseline(baseline_path, allow_negative_loss=params.compare.allow_negative_loss)
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
     logger = RunLogger(params.tracking)  # opened before any file is written: a corrupt store stops the stage first
-    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
-    first = verdict.get("first_divergence_step")
-    zoom = None
-    if first is not None:
-        zoom = out / ZOOM
-        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict))
-    else:
-        (out / ZOOM).unlink(missing_ok=True)
-    throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
-    render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
-                zoom_png=zoom, band_shown=band is not None, verdict_sha256=verdict_file.sha256,
-                ui_url=params.tracking.ui_url)
-    render_junit(out / JUNIT, verdict, env['device'])
-    write_plot_table(out / PLOTS, candidate, reference)
-    print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
+    band = params.compare.rules.band
+    paths = write_report(out, verdict.data, candidate, reference, baseline=baseline, record=record, band_z=band.z,
+                         band_min_halfwidth=band.min_halfwidth_relative, verdict_sha256=verdict.sha256,
+                         ui_url=params.tracking.ui_url)
+    zoom = paths.get("zoom")
+    print(f"report: {out / HTML} ({verdict.status}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     logger.set_tags({"dvc_lock_hash": dvc_lock_hash(), "report": str(out / HTML)})
-    for path in (out / OVERLAY, zoom, out / HTML, out / JUNIT):
-        if path is not None:
-            logger.log_artifact(path, "report")
+    for artifact in (out / OVERLAY, zoom, out / HTML, out / JUNIT):
+        if artifact is not None:
+            logger.log_artifact(artifact, "report")
     logger.close()
     return 0
 

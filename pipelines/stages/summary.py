@@ -56,6 +56,7 @@ def summary_row(verdict_path: Path) -> dict:
     modelzoo = rules.get("modelzoo", {}).get("numbers", {})
     strict = rules.get("strict", {}).get("numbers", {})
     first = verdict.get("first_divergence_step")
+    report = verdict_path.parent / HTML
     return {"profile": verdict.get("profile", "?"), "device": env.get("device", "?"),
             "device name": env.get("device_name", "?"), "verdict": status,
             "steps": str(verdict.get("compared_steps", "-")),
@@ -63,7 +64,8 @@ def summary_row(verdict_path: Path) -> dict:
             "MAE (signed)": _num(modelzoo.get("mean_absolute_error")),
             "mean |d|/|b|": _num(strict.get("mean_abs_relative_error")),
             "first divergence": "-" if first is None else str(first),
-            "samples/s": _num(ips, ".1f"), "report": str(verdict_path.parent / HTML)}
+            "samples/s": _num(ips, ".1f"),
+            "report": str(report) if report.is_file() else "- (none written)"}
 
 
 def render(rows: list[dict], fmt: str) -> str:
