@@ -390,7 +390,10 @@ def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, 
     rows += [("cpu model", prov.get("cpu_model", ""), env.get("cpu", "")),  # absent from older baselines: blank
              ("host", prov.get("host", ""), env.get("host", "")),
              ("git commit", prov["git_commit"], record.get("git_commit", "")),
-             ("params hash", prov["params_hash"][:12], record["params_hash"][:12]),
+             # like with like: a multi-seed baseline's hash leaves train.seed out, so the run's is taken the same way
+             ("params hash", prov["params_hash"][:12],
+              curve_hash(record["curve_params"], baseline.seed_in_hash)[:12] if "curve_params" in record
+              else record["params_hash"][:12]),
              ("data manifest hash", prov["data_manifest_hash"][:12], record["data_manifest_hash"][:12]),
              ("date", prov["date"], record.get("date", ""))]
     return [(name, str(a), str(b)) for name, a, b in rows]

@@ -108,6 +108,8 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import matplotlib.ticker  # noqa: F401  (MaxNLocator below)
+
     lo, hi = divergence_window(candidate.steps, first_step)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
@@ -140,6 +142,7 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
         for sign in (1, -1):
             bottom.axhline(sign * tolerance * 100, color="#cf222e", linewidth=0.8, linestyle=":")
     bottom.axvline(first_step, color="#cf222e", linewidth=1)
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
     bottom.set_ylabel("difference, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)

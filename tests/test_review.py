@@ -120,3 +120,25 @@ def test_flat_metrics_keep_small_numbers_visible():
     assert flat["strict.steps_used"] == 120 and flat["first_divergence_step"] == -1
     assert flat["band.passed"] == 1 and "band.outside_fraction" not in flat
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
+
+
+def test_the_report_compares_params_hashes_like_with_like():
+    """A multi-seed baseline's params hash leaves train.seed out; the run's hash in the report is taken the same
+    way, so a run of one of its seeds shows no difference (and another learning rate does)."""
+    from pipelines.baselines import Baseline, BaselineRun, curve_hash, environment_table
+
+    params = {"model": {"name": "cait_XXS24_224"}, "train": {"seed": 0, "lr": 0.001}, "data": {}}
+    prov = {"device": "cuda", "device_name": "A100", "versions": {}, "git_commit": "abc", "date": "2026-11-27",
+            "data_manifest_hash": "f" * 64, "params": params, "params_hash": curve_hash(params, with_seed=False),
+            "seed": 0}
+    steps, loss = np.arange(3), np.array([2.0, 1.5, 1.2])
+    baseline = Baseline("default", "cait_XXS24_224", steps, loss, prov,
+                        runs=[BaselineRun(0, loss), BaselineRun(1, loss + 0.1)])
+    run = {**params, "train": {"seed": 1, "lr": 0.001}}
+    record = {"environment": environment("cpu", "x"), "params_hash": curve_hash(run), "curve_params": run,
+              "data_manifest_hash": "f" * 64}
+    rows = {name: (a, b) for name, a, b in environment_table(baseline, record)}
+    assert rows["params hash"][0] == rows["params hash"][1]
+    other = {**params, "train": {"seed": 1, "lr": 0.002}}
+    rows = {name: (a, b) for name, a, b in environment_table(baseline, {**record, "curve_params": other})}
+    assert rows["params hash"][0] != rows["params hash"][1]
