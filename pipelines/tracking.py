@@ -208,7 +208,9 @@ def _execute(client, op: dict, ids: dict[str, str]):
     kind = op["op"]
     if kind == "create_run":
         experiment = client.get_experiment_by_name(op["experiment"])
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(op["experiment"])
+        # the UI shows an experiment of this kind as model training (runs, charts), not as GenAI traces
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            op["experiment"], tags={"mlflow.experimentKind": "custom_model_development"})
         tags = dict(op["tags"])
         if tags.get("mlflow.parentRunId"):
             tags["mlflow.parentRunId"] = resolve(tags["mlflow.parentRunId"])
