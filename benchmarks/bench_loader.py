@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cait.config import ExpectedCounts, ImageNetConfig  # noqa: E402
-from cait.data import read_manifest, train_loader  # noqa: E402
+from cait.data import train_loader  # noqa: E402
+from cait.manifest import read_manifest  # noqa: E402
 from pipelines import cli  # noqa: E402
 from pipelines.layout import PREPARED_DIR, SHARDS_DIR  # noqa: E402
 from pipelines.params import load_params  # noqa: E402

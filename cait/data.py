@@ -1,172 +1,19 @@
-"""Data for training: the synthetic ImageNet-layout dataset, the manifest that pins it or a real
-ImageNet folder (checked by cait/imagenet.py), and the loader that reads either through the same
-code path (JPEG folders, or the pre-decoded shards of cait/shards.py).
-
-Layout (as ImageNet): `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`. The manifest lists every file
-with its label and its SHA-256 (or, for a full ImageNet listing, its size); its hash identifies the
-data a curve was trained on, and goes into every run record and baseline.
+"""Loaders for training and evaluation: the keyed sampler, the dataset that reads a manifest's images
+(decoded from their files, or the pre-decoded shards of cait/shards.py) through the same code path,
+and the batches with their content hashes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import math
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cait.errors import DataError
-from cait.files import atomic_write_text, replace_folder
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
-REPREPARE = "rerun the prepare stage (dvc repro prepare -f)"  # the fix for stale or damaged prepared data
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def synthetic_wnid(class_index: int) -> str:
-    """WordNet-shaped ids that cannot clash with real ImageNet classes (those start n0/n1)."""
-    return f"n9{class_index:07d}"
-
-
-@dataclass
-class Manifest:
-    source: str
-    root: Path  # folder holding train/ and val/
-    classes: list[str]
-    splits: dict[str, list[tuple[str, int, str]]]  # split -> [(relative path, label, sha256 or size)]
-    content_hashes: bool
-    # files left out of `splits` or worth knowing about: [(relative path, kind, detail, excluded)];
-    # not part of the hash, which covers only what is trained on
-    quarantined: list[tuple[str, str, str, bool]] = field(default_factory=list)
-    pinned: dict | None = None  # how a pinned subset was chosen (seed, sizes, the full listing's hash)
-
-    @property
-    def hash(self) -> str:
-        body = {"classes": self.classes, "splits": self.splits, "content_hashes": self.content_hashes}
-        return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
-
-    def to_json(self, root_text: str) -> dict:
-        return {"version": MANIFEST_VERSION, "source": self.source, "root": root_text, "classes": self.classes,
-                "content_hashes": self.content_hashes, "hash": self.hash,
-                "counts": {k: len(v) for k, v in self.splits.items()},
-                "pinned": self.pinned, "quarantined": [list(q) for q in self.quarantined],
-                "splits": {k: [list(e) for e in v] for k, v in self.splits.items()}}
-
-
-def write_manifest(manifest: Manifest, folder: Path, root_text: str, name: str = MANIFEST_NAME) -> Path:
-    return atomic_write_text(Path(folder) / name, json.dumps(manifest.to_json(root_text), indent=0) + "\n")
-
-
-def read_manifest(folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
-    """Read the prepare stage's manifest; `root` is relative to the manifest's folder unless absolute."""
-    path = Path(folder) / name
-    try:
-        data = json.loads(path.read_text())
-        splits = {k: [(p, int(lbl), h) for p, lbl, h in v] for k, v in data["splits"].items()}
-        manifest = Manifest(data["source"], (path.parent / data["root"]).resolve(), list(data["classes"]), splits,
-                            bool(data["content_hashes"]),
-                            [(p, kind, detail, bool(ex)) for p, kind, detail, ex in data.get("quarantined", [])],
-                            data.get("pinned"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no data manifest; run the prepare stage first (dvc repro prepare)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt data manifest ({exc.__class__.__name__}: {exc}); {REPREPARE}") from None
-    if manifest.hash != data.get("hash"):
-        raise DataError(f"{path}: manifest hash does not match its contents (edited or truncated); {REPREPARE}")
-    return manifest
-
-
-def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: int, val_per_class: int,
-                    jpeg_quality: int, on_image=None) -> Manifest:
-    """Write the synthetic dataset as JPEGs in the ImageNet layout, byte-identical for the same seed.
-
-    `on_image()` is called after each image is written (progress reporting).
-
-    Written into a temporary sibling folder and renamed into place at the end, so an interrupted
-    run never leaves a folder that looks complete.
-    """
-    from PIL import Image
-
-    from cait.synthetic import render_image
-
-    out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    classes = [synthetic_wnid(c) for c in range(spec.num_classes)]
-    splits: dict[str, list[tuple[str, int, str]]] = {}
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        entries = []
-        for label, wnid in enumerate(classes):
-            (tmp_dir / split / wnid).mkdir(parents=True)
-            for i in range(per_class):
-                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * per_class + i + 1:08d}.JPEG"
-                rel = f"{split}/{wnid}/{name}"
-                buf = io.BytesIO()
-                Image.fromarray(render_image(spec, seed, split, label, i)).save(buf, "JPEG", quality=jpeg_quality)
-                payload = buf.getvalue()
-                (tmp_dir / rel).write_bytes(payload)
-                entries.append((rel, label, hashlib.sha256(payload).hexdigest()))
-                if on_image is not None:
-                    on_image()
-        splits[split] = entries
-    manifest = Manifest("synthetic", out_dir.resolve(), classes, splits, content_hashes=True)
-    write_manifest(manifest, tmp_dir, ".")
-    replace_folder(tmp_dir, out_dir)
-    return manifest
-
-
-def open_rgb(path: Path):
-    """Decode an image file to an RGB PIL image; an unreadable file is a DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc}); remove or replace the file and rerun prepare") from None
-
-
-def decode_rgb(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB uint8 HWC, resized (bicubic) to `size` x `size` if needed: the pixels a shard stores."""
-    from PIL import Image
-
-    img = open_rgb(path)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def normalise(pixels) -> np.ndarray:
-    """uint8 HWC RGB (array or PIL image) -> float32 CHW normalised with ImageNet statistics: the same
-    arithmetic for JPEGs, shards and augmented views."""
-    array = np.asarray(pixels, dtype=np.float32) / 255.0
-    return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB float32 CHW, resized (bicubic) to `size` if needed, normalised with ImageNet statistics."""
-    return normalise(decode_rgb(path, size))
-
-
-def decode_eval_image(path: Path, size: int, crop_ratio: float) -> np.ndarray:
-    """Evaluation view as timm builds it: shorter side to size/crop_ratio (bicubic), centre crop `size`."""
-    from PIL import Image
-
-    img = open_rgb(path)
-    if crop_ratio == 1.0 and img.size == (size, size):
-        return normalise(img)
-    scale = int(math.floor(size / crop_ratio))
-    w, h = img.size
-    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
-    img = img.resize((new_w, new_h), Image.BICUBIC)
-    left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
-    return normalise(img.crop((left, top, left + size, top + size)))
+from cait.manifest import Manifest
+from cait.pixels import decode_eval_image, decode_rgb, normalise, open_rgb
+from cait.shards import ShardDataset
 
 
 @dataclass(frozen=True)
@@ -198,8 +45,6 @@ class ManifestDataset:
         self.transform = SampleTransform(augment, img_size, seed) if augment is not None and augment.enabled else None
         self.shards = None
         if shards_dir is not None and eval_crop_ratio is None:
-            from cait.shards import ShardDataset
-
             self.shards = ShardDataset(shards_dir, split, manifest=manifest, img_size=img_size)
 
     def __len__(self) -> int:

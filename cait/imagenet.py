@@ -21,17 +21,17 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from cait.config import ImageNetConfig
-from cait.data import Manifest
 from cait.errors import DataError
 from cait.files import atomic_write_text
+from cait.manifest import Manifest
+from cait.parallel import parallel_map
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 JPEG_SUFFIXES = {".jpeg", ".jpg"}
@@ -235,33 +235,6 @@ def inspect_file(path: str, decode: bool) -> tuple[str, str]:
 
 def _inspect_task(task: tuple[str, bool]) -> tuple[str, str]:
     return inspect_file(*task)
-
-
-def parallel_map(fn: Callable, items: list, *, workers: int | None, desc: str, progress: bool = True,
-                 chunksize: int = 32) -> list:
-    """`[fn(x) for x in items]` over worker processes (in order), with a progress bar on stderr."""
-    from tqdm import tqdm
-
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, mininterval=1.0, disable=not progress,
-               dynamic_ncols=True)
-    try:
-        if workers == 1 or len(items) < 2 * chunksize:
-            out = []
-            for item in items:
-                out.append(fn(item))
-                bar.update()
-            return out
-        import multiprocessing
-
-        with multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None).Pool(workers) as pool:
-            out = []
-            for result in pool.imap(fn, items, chunksize=chunksize):
-                out.append(result)
-                bar.update()
-            return out
-    finally:
-        bar.close()
 
 
 def _decode_this(rel: str, fraction: float) -> bool:

@@ -88,7 +88,7 @@ def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path
     """A folder with manifest.json for the data: the given one, or a manifest scanned from an ImageNet root
     into out_dir/data (`scanned`: the launcher already did that, the ranks reuse it)."""
     from cait.config import ImageNetConfig
-    from cait.data import MANIFEST_NAME, write_manifest
+    from cait.manifest import MANIFEST_NAME, write_manifest
     from cait.imagenet import scan_imagenet
 
     path = Path(data_path).expanduser()

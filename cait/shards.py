@@ -9,7 +9,7 @@ The shards are the pinned subset decoded once, resized to the training resolutio
 uint8 arrays (`<split>.npy`, N x H x W x 3, memory-mapped when read), so a run decodes no JPEG and
 two machines that share the shards see identical pixels whatever their image libraries. An item is
 the same (CHW float32 normalised, label) as `ManifestDataset`'s, bit for bit, because both go
-through `cait.data.decode_rgb` and `cait.data.normalise`.
+through `cait.pixels.decode_rgb` and `cait.pixels.normalise`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cait.data import REPREPARE, Manifest, decode_rgb, normalise
 from cait.errors import DataError
 from cait.files import atomic_output, atomic_write_text, ensure_folder
-from cait.imagenet import inspect_file, parallel_map
+from cait.imagenet import inspect_file
+from cait.manifest import REPREPARE, Manifest
+from cait.parallel import parallel_map
+from cait.pixels import decode_rgb, normalise
 
 SHARDS_VERSION = 1
 SHARD_META = "meta.json"

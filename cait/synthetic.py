@@ -1,4 +1,5 @@
-"""Deterministic, class-conditional synthetic images for the CaiT regression harness.
+"""Deterministic, class-conditional synthetic images for the CaiT regression harness, and the writer of
+their ImageNet-layout dataset (`write_synthetic`: JPEGs, the manifest).
 
 Each class is an *orientation*: class ``k`` shows a sinusoidal grating whose
 stripes lie at ``k * 180 / num_classes`` degrees (plus a small jitter).  That is
@@ -26,11 +27,18 @@ rendering order and parallelism do not matter.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from cait.files import replace_folder
+from cait.manifest import Manifest, write_manifest
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -127,3 +135,48 @@ def bayes_floor(spec: SyntheticSpec) -> float:
     if n < 2 or p <= 0.0:
         return 0.0
     return -(1.0 - p) * math.log(1.0 - p) - p * math.log(p / (n - 1))
+
+
+# ---- the dataset on disk -------------------------------------------------------------------------
+
+def synthetic_wnid(class_index: int) -> str:
+    """WordNet-shaped ids that cannot clash with real ImageNet classes (those start n0/n1)."""
+    return f"n9{class_index:07d}"
+
+
+def write_synthetic(out_dir: Path | str, spec, *, seed: int, train_per_class: int, val_per_class: int,
+                    jpeg_quality: int, on_image=None) -> Manifest:
+    """Write the synthetic dataset as JPEGs in the ImageNet layout, byte-identical for the same seed.
+
+    `on_image()` is called after each image is written (progress reporting).
+
+    Written into a temporary sibling folder and renamed into place at the end, so an interrupted
+    run never leaves a folder that looks complete.
+    """
+    from PIL import Image
+
+
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    classes = [synthetic_wnid(c) for c in range(spec.num_classes)]
+    splits: dict[str, list[tuple[str, int, str]]] = {}
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        entries = []
+        for label, wnid in enumerate(classes):
+            (tmp_dir / split / wnid).mkdir(parents=True)
+            for i in range(per_class):
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * per_class + i + 1:08d}.JPEG"
+                rel = f"{split}/{wnid}/{name}"
+                buf = io.BytesIO()
+                Image.fromarray(render_image(spec, seed, split, label, i)).save(buf, "JPEG", quality=jpeg_quality)
+                payload = buf.getvalue()
+                (tmp_dir / rel).write_bytes(payload)
+                entries.append((rel, label, hashlib.sha256(payload).hexdigest()))
+                if on_image is not None:
+                    on_image()
+        splits[split] = entries
+    manifest = Manifest("synthetic", out_dir.resolve(), classes, splits, content_hashes=True)
+    write_manifest(manifest, tmp_dir, ".")
+    replace_folder(tmp_dir, out_dir)
+    return manifest

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from cait.config import ImageNetConfig
-from cait.data import MANIFEST_NAME, ManifestDataset, StepBatchSampler, read_manifest, write_synthetic
+from cait.data import ManifestDataset, StepBatchSampler
+from cait.manifest import MANIFEST_NAME, read_manifest
 from cait.errors import DataError
-from cait.synthetic import SyntheticSpec, bayes_floor, render_image
+from cait.synthetic import SyntheticSpec, bayes_floor, render_image, write_synthetic
 
 SPEC = SyntheticSpec(num_classes=3, image_size=32)
 

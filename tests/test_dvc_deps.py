@@ -9,7 +9,6 @@ changed code file or param (a stale lock makes a fresh clone's first `dvc repro`
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 from pathlib import Path
@@ -18,55 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO, stage_env
-
-PACKAGES = ("cait", "pipelines")
-
-
-def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name (a package's __init__.py), None if not ours."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = REPO.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every project module a file imports, at any depth of its code (lazy imports included)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {n for n in names if module_file(n) is not None}
-
-
-def import_closure(module: str) -> set[Path]:
-    """Files of `module` and of every project module it reaches through imports (and their packages' __init__)."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
-            path = module_file(".".join(parts[:i]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(imported_modules(path))
-    return seen
-
+from import_graph import import_closure
 
 def stage_module(cmd: str) -> str:
     words = cmd.split()
@@ -87,7 +38,7 @@ def test_every_imported_module_is_a_declared_dependency(name):
                         if p.name != "__init__.py" or p.stat().st_size > 0
                         if not any(p == d or d in p.parents for d in deps))
     assert not undeclared, (f"dvc.yaml stage {name!r} runs code it does not depend on: {', '.join(undeclared)}; "
-                            f"add them to its deps (or their folder)")
+                            f"add them to its deps (python tests/import_graph.py rewrites them)")
 
 
 def test_declared_code_dependencies_exist():

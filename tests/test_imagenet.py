@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from cait.config import DataConfig, ImageNetConfig
-from cait.data import ManifestDataset, read_manifest
+from cait.data import ManifestDataset
+from cait.manifest import read_manifest
 from cait.errors import DataError
 from cait.imagenet import ORGANISED_MARKER, inspect_file, organise_val, read_val_labels, scan_imagenet
 from cait.shards import ShardDataset, build_shards, pin_subset, read_shard_meta
@@ -185,7 +186,7 @@ def test_oddities_are_reported_and_broken_files_quarantined(imagenet):
 
 
 def test_the_odd_files_decode_into_rgb(imagenet):
-    from cait.data import decode_rgb
+    from cait.pixels import decode_rgb
 
     root, info = imagenet
     for kind in ("cmyk", "png_as_jpeg"):

@@ -13,9 +13,10 @@ import torch
 
 from cait.augment import DropPathKeys, batch_hash, keyed_rng
 from cait.config import AugmentConfig, MixupConfig, TrainConfig
-from cait.data import StepBatchSampler, read_manifest, train_loader, write_synthetic
+from cait.data import StepBatchSampler, train_loader
+from cait.manifest import read_manifest
 from cait.errors import ConfigError
-from cait.synthetic import SyntheticSpec
+from cait.synthetic import SyntheticSpec, write_synthetic
 
 FULL_AUGMENT = AugmentConfig(random_resized_crop=True, hflip=0.5, rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25)
 FULL_MIXUP = MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0)

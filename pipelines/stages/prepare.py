@@ -25,7 +25,8 @@ from pipelines.progress import Progress
 
 def prepare(params: Params, *, quiet: bool = False) -> None:
     """Build data/prepared in a sibling folder and swap it into place only when everything is written."""
-    from cait.data import write_manifest, write_synthetic
+    from cait.manifest import write_manifest
+    from cait.synthetic import write_synthetic
     from cait.imagenet import scan_imagenet
     from cait.models import get_variant
     from cait.shards import build_shards, pin_subset

@@ -41,7 +41,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     import torch
 
     from cait.checkpoint import LAST, CheckpointError, load_checkpoint
-    from cait.data import eval_loader, read_manifest, train_loader
+    from cait.data import eval_loader, train_loader
+    from cait.manifest import read_manifest
     from cait.determinism import configure_numerics
     from cait.devices import describe_device, resolve_device
     from cait.distributed import init_distributed, shutdown
