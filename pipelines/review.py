@@ -18,6 +18,9 @@ import datetime as dt
 
 import numpy as np
 
+from cait.errors import EXIT_INCONCLUSIVE
+from pipelines.verdict_file import EXIT_BY_STATUS
+
 BASELINE_ROLE = "baseline"
 BASELINE_HASH_TAG = "cait.baseline_sha256"
 SERIES = ("baseline_loss", "loss_diff", "loss_diff_rel")
@@ -150,7 +153,6 @@ def report_link(tracking_cfg, record: dict, report_path) -> str:
     return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")
 
 
-VERDICT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}  # the gate's exit statuses
 
 
 def flat_metrics(verdict: dict) -> dict[str, float | int | str]:
@@ -161,7 +163,7 @@ def flat_metrics(verdict: dict) -> dict[str, float | int | str]:
     first = verdict.get("first_divergence_step")
     out: dict[str, float | int | str] = {
         "verdict": str(verdict.get("status", "")),
-        "verdict_code": VERDICT_CODES.get(verdict.get("status"), 3),
+        "verdict_code": EXIT_BY_STATUS.get(verdict.get("status"), EXIT_INCONCLUSIVE),
         "decided_by": deciding_rules(verdict),
         "compared_steps": int(verdict.get("compared_steps", 0)),
         "first_divergence_step": -1 if first is None else int(first),

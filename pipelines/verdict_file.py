@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cait.errors import StaleVerdictError, VerdictError
+from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, StaleVerdictError, VerdictError
 from pipelines.provenance import file_sha256, write_record
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # 1: adds "schema_version", "inputs" and "compare_params_sha256" to the fields compare always wrote.
 VERDICT_SCHEMA_VERSION = 1
 STATUSES = ("pass", "fail", "inconclusive")  # pipelines.verdict's PASS, FAIL, INCONCLUSIVE (numpy-free here)
+EXIT_BY_STATUS = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}  # the gate's exit status
 FIELDS = {"schema_version": int, "status": str, "profile": str, "candidate": str, "baseline": str,
           "reasons": list, "notes": list, "rules": dict, "compared_steps": int, "candidate_steps": int,
           "baseline_steps": int, "modelzoo_lines": list, "inputs": dict, "compare_params_sha256": str}

@@ -29,10 +29,9 @@ from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.report import write_report
 from pipelines.review import flat_metrics, log_review, report_link
-from pipelines.stages.gate import EXIT_BY_STATUS
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
-from pipelines.verdict_file import input_entry, write_verdict
+from pipelines.verdict_file import EXIT_BY_STATUS, input_entry, write_verdict
 
 FOREIGN_OUT = REPORTS_DIR / "logs" / VERDICT
 

@@ -18,14 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
+from cait.errors import EXIT_PASS
 from pipelines import cli
 from pipelines.layout import HTML, VERDICT, run_dir
 from pipelines.params import load_params
-from pipelines.verdict_file import read_verdict, require_fresh, require_report_of, unchecked_inputs
+from pipelines.verdict_file import EXIT_BY_STATUS, read_verdict, require_fresh, require_report_of, unchecked_inputs
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
-EXIT_BY_STATUS = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}
 
 
 def main(argv=None) -> int:
