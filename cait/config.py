@@ -38,7 +38,6 @@ class SyntheticConfig(Section):
     pattern: SyntheticSpec = SyntheticSpec()
 
 
-ODDITY_KINDS = ("cmyk", "png_as_jpeg", "grayscale", "truncated", "unreadable")
 UNUSABLE_KINDS = ("truncated", "unreadable")  # cannot be trained on: always excluded
 
 
@@ -179,7 +178,7 @@ RUN_ONLY_TRAIN_KEYS = ("num_workers", "checkpoint_every")
 
 class TrainConfig(Section):
     """The training recipe. The defaults are the short regression profile; recipes/cait_deit.yaml holds
-    the full DeiT/CaiT recipe (see REFERENCE.md)."""
+    the full DeiT/CaiT recipe."""
 
     seed: int = Field(0, ge=0)
     steps: Optional[int] = Field(120, gt=0, le=MAX_STEPS)  # null: epochs x steps per epoch; set: stop after this many
@@ -189,7 +188,7 @@ class TrainConfig(Section):
     lr_batch_scaling: bool = False  # DeiT: lr = lr x global_batch / 512
     min_lr: float = Field(1e-5, ge=0)
     warmup_lr: float = Field(0.0, ge=0)  # the warm-up starts here (DeiT: 1e-6)
-    warmup_steps: Optional[int] = Field(10, ge=0)  # null: warmup_epochs x steps per epoch
+    warmup_steps: Optional[int] = Field(12, ge=0)  # null: warmup_epochs x steps per epoch
     warmup_epochs: float = Field(0.0, ge=0)  # DeiT: 5
     weight_decay: float = Field(0.05, ge=0)  # not applied to norms, biases, pos_embed, cls_token, gammas
     opt_eps: float = Field(1e-8, gt=0)

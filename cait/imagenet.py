@@ -20,7 +20,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from cait.parallel import parallel_map
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 JPEG_SUFFIXES = {".jpeg", ".jpg"}
-VAL_NAME = re.compile(r"^ILSVRC2012_val_\d{8}$")
 ORGANISED_MARKER = ".organised.json"  # written into val/ once every flat image is linked into its class folder
 EXAMPLES = 5  # paths named per problem in messages and the summary
 

@@ -41,11 +41,6 @@ def normalise(pixels) -> np.ndarray:
     return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB float32 CHW, resized (bicubic) to `size` if needed, normalised with ImageNet statistics."""
-    return normalise(decode_rgb(path, size))
-
-
 def decode_eval_image(path: Path, size: int, crop_ratio: float) -> np.ndarray:
     """Evaluation view as timm builds it: shorter side to size/crop_ratio (bicubic), centre crop `size`."""
     from PIL import Image

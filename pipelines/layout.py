@@ -27,4 +27,3 @@ HTML = "report.html"
 JUNIT = "junit.xml"
 ZOOM = "zoom.png"  # only when the verdict names a first divergence step
 PLOTS = "plots.csv"  # step, candidate, baseline: the loss overlay `dvc plots` draws
-PLOTS_PNG = "loss_overlay.png"  # the same chart rendered offline (pipelines.stages.plots)

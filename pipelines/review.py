@@ -23,7 +23,6 @@ from pipelines.verdict_file import EXIT_BY_STATUS
 
 BASELINE_ROLE = "baseline"
 BASELINE_HASH_TAG = "cait.baseline_sha256"
-SERIES = ("baseline_loss", "loss_diff", "loss_diff_rel")
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -147,7 +146,7 @@ def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
 
 
-def report_link(tracking_cfg, record: dict, report_path) -> str:
+def report_link(tracking_cfg, record: dict) -> str:
     """Where a reviewer opens the report from MLflow: the run's artifacts (the report stage attaches it)."""
     ui = mlflow_ui(getattr(tracking_cfg, "ui_url", None), record.get("tracking_uri", ""))
     return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")

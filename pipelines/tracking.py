@@ -563,7 +563,8 @@ class RunLogger:
                       f"run `python -m pipelines.tracking sync` once it is reachable")
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run (and the parent this stage created); then `close`."""
+        """End the run and mark the execution's parent run finished (a later stage or device of the same
+        execution finds the parent by its tag and adds to it); then `close`."""
         if self.active:
             self.flush()
             self._submit({"op": "terminate", "run": self.run_id, "status": status, "end_time": _now_ms()})

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     log_review(logger, result, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
                reference=baseline_curve, baseline=baseline_obj, baseline_path=cfg.baseline,
                baseline_sha256=file_sha256(cfg.baseline), report=str(chain_dir / HTML),
-               report_link=report_link(params.tracking, record, chain_dir / HTML))
+               report_link=report_link(params.tracking, record))
     logger.log_artifact(out)
     logger.close()
     return exit_status
