@@ -39,9 +39,9 @@ def training_flops_per_step(params, img_size: int | None = None, batch_size: int
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cait.models import build_model, get_variant
+    from cait.models import build_model
 
-    img_size = img_size or params.model.img_size or get_variant(params.model.name).img_size
+    img_size = img_size or params.model.resolved_img_size
     batch = batch_size or params.train.batch_size
     num_classes = params.model.num_classes or params.data.synthetic.pattern.num_classes
     model = build_model(params.model.name, img_size=img_size, patch_size=params.model.patch_size,

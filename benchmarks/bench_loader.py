@@ -75,9 +75,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     params = load_params(args.params)
     from cait.imagenet import scan_imagenet
-    from cait.models import get_variant
 
-    img_size = params.model.img_size or get_variant(params.model.name).img_size
+    img_size = params.model.resolved_img_size
     manifest = read_manifest(PREPARED_DIR)
     if params.data.source == "imagenet":
         root, cfg = params.data.path, params.data.imagenet

@@ -39,7 +39,7 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
 
     from cait.data import CollateBatch, StepBatchSampler
     from cait.determinism import configure_numerics
-    from cait.models import build_model, get_variant
+    from cait.models import build_model
     from cait.train import param_groups, train
     from pipelines.curves import write_curve_csv
     from pipelines.tracking import RunLogger
@@ -50,8 +50,7 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
     images_n = max(images, 2 * cfg.batch_size)
     if params.device.threads:
         torch.set_num_threads(params.device.threads)
-    variant = get_variant(params.model.name)
-    img_size = img_size or params.model.img_size or variant.img_size
+    img_size = img_size or params.model.resolved_img_size
     num_classes = params.model.num_classes or params.data.synthetic.pattern.num_classes
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(images_n, 3, img_size, img_size, generator=generator)

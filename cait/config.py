@@ -119,9 +119,14 @@ class ModelConfig(Section):
             raise ValueError(f"unknown CaiT model {name!r}; valid names: {', '.join(VARIANTS)}")
         return name
 
+    @property
+    def resolved_img_size(self) -> int:
+        """The training resolution: img_size, else the variant's own (224, 384 or 448)."""
+        return self.img_size or VARIANTS[self.name].img_size
+
     @model_validator(mode="after")
     def _patches_fit(self):
-        img = self.img_size or VARIANTS[self.name].img_size
+        img = self.resolved_img_size
         patch = self.patch_size or VARIANTS[self.name].patch_size
         if img % patch:
             raise ValueError(f"img_size: {img} is not a multiple of patch_size {patch}")
@@ -211,6 +216,10 @@ class TrainConfig(Section):
         """Images one process draws in a run of `steps` steps (steps x batch_size), the pinned subset's default
         size; None for an epochs-long run (steps null), which reads every training image."""
         return self.steps * self.batch_size if self.steps is not None else None
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Steps of the run: `steps` when set, else epochs x steps per epoch."""
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -34,7 +34,7 @@ class TrainingStopped(HarnessError):
 
 def schedule_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     """(total steps, warm-up steps): explicit step counts win over epoch counts."""
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    total = cfg.total_steps(steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * steps_per_epoch))
     return total, min(warmup, max(0, total - 1))
 

@@ -196,6 +196,25 @@ def test_prepare_with_steps_null_pins_every_train_image(tiny_project):
     assert manifest["counts"]["train"] == 4 * 16  # all of them: an epochs-long run reads every image
 
 
+@pytest.mark.slow
+def test_the_chain_runs_end_to_end_with_steps_null(tiny_project):
+    """train.steps: null (an epochs-long run) is resolved in one place (TrainConfig.total_steps) and the whole
+    chain follows it: prepare pins every image, train runs epochs x (images // batch) steps, compare judges."""
+    from conftest import stage_env
+
+    write_params(tiny_project, {"train": {"steps": None, "epochs": 1}, "tracking": {"enabled": False}})
+    done = subprocess.run(["dvc", "repro", "report"], cwd=tiny_project, env=stage_env(tiny_project),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tiny_project / "reports" / "default"
+    record = json.loads((out / "train.json").read_text())
+    assert record["steps_done"] == (4 * 16) // 8  # one epoch of 64 images in batches of 8
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["status"] == "inconclusive"  # the stored baseline is for the default profile's params: refused
+    assert any("other params" in reason and "train.steps" in reason for reason in verdict["reasons"])
+    assert (out / "report.html").is_file()
+
+
 def test_prepare_into_an_unwritable_data_folder_is_one_line(tiny_project, capsys):
     shutil.rmtree(tiny_project / "data")
     (tiny_project / "data").write_text("a file where the data folder should be")

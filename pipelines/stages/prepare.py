@@ -28,12 +28,11 @@ def prepare(params: Params, *, quiet: bool = False) -> None:
     from cait.manifest import write_manifest
     from cait.synthetic import write_synthetic
     from cait.imagenet import scan_imagenet
-    from cait.models import get_variant
     from cait.shards import build_shards, pin_subset
 
     data = params.data
     progress = not quiet
-    img_size = params.model.img_size or get_variant(params.model.name).img_size
+    img_size = params.model.resolved_img_size
     start = time.perf_counter()
     check_writable(PREPARED_DIR.parent)  # a read-only data/ stops here, before minutes of decoding
     tmp = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")

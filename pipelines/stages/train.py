@@ -46,7 +46,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     from cait.determinism import configure_numerics
     from cait.devices import describe_device, resolve_device
     from cait.distributed import init_distributed, shutdown
-    from cait.models import build_model, get_variant
+    from cait.models import build_model
     from cait.train import CheckpointPlan, train
 
     cfg = params.train
@@ -59,8 +59,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             torch.set_num_threads(params.device.threads)
         numerics = configure_numerics(device.type, params.device.deterministic)  # before the model is built
         manifest = read_manifest(data_dir)
-        variant = get_variant(params.model.name)
-        img_size = params.model.img_size or variant.img_size
+        img_size = params.model.resolved_img_size
         num_classes = params.model.num_classes or len(manifest.classes)
         if num_classes < len(manifest.classes):
             raise ConfigError(f"model.num_classes {num_classes} is smaller than the {len(manifest.classes)} classes "
@@ -104,7 +103,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                             num_classes=num_classes, drop_path=params.model.drop_path)
 
         def make_loader(start_step: int):
-            total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+            total = cfg.total_steps(steps_per_epoch)
             return train_loader(manifest, img_size=img_size, batch_size=cfg.batch_size, steps=total, seed=cfg.seed,
                                 num_workers=cfg.num_workers, augment=cfg.augment, mixup=cfg.mixup,
                                 num_classes=num_classes, smoothing=cfg.label_smoothing, rank=ctx.rank,
@@ -116,7 +115,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                                num_workers=cfg.num_workers, rank=ctx.rank, world_size=ctx.world_size)
 
         rows: list[dict] = list(resume_state["rows"]) if resume_state else []
-        total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        total_steps = cfg.total_steps(steps_per_epoch)
         progress = Progress(total_steps, f"train {params.profile} on {device.type}", quiet=quiet or not ctx.is_main)
         progress.update(len(rows))
 
