@@ -18,8 +18,8 @@ from cait.config import RUN_ONLY_TRAIN_KEYS, DataConfig, DeviceConfig, ModelConf
 from cait.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-RULE_NAMES = ("modelzoo", "strict", "band", "trend")
-RuleName = Literal["modelzoo", "strict", "band", "trend"]
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope")
+RuleName = Literal["modelzoo", "strict", "band", "trend", "envelope"]
 
 
 class ModelZooRuleConfig(Section):
@@ -55,6 +55,16 @@ class TrendRuleConfig(Section):
     warmup_steps: int = Field(0, ge=0)
 
 
+class EnvelopeRuleConfig(Section):
+    """|d| <= k x envelope(t) + floor_relative x |reference| at all but max_outside_fraction of the steps;
+    the envelope is measured on the reference device (pipelines/envelope.py). Values: params.yaml says
+    where each comes from."""
+
+    k: float = Field(4.0, gt=0)
+    floor_relative: float = Field(1e-5, ge=0)
+    max_outside_fraction: float = Field(0.0, ge=0, lt=1)
+
+
 class DivergenceConfig(Section):
     """Where the curves part: |d| > max(max_relative_error * |b|, max_abs_error) for consecutive_steps in a row."""
 
@@ -68,13 +78,17 @@ class RulesConfig(Section):
     strict: StrictRuleConfig = StrictRuleConfig()
     band: BandRuleConfig = BandRuleConfig()
     trend: TrendRuleConfig = TrendRuleConfig()
+    envelope: EnvelopeRuleConfig = EnvelopeRuleConfig()
 
 
 class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
-    gate: list[RuleName] = ["modelzoo", "strict"]  # rules that decide the verdict
-    inform: list[RuleName] = ["band", "trend"]  # rules computed and reported that do not decide
+    gate: list[RuleName] = ["envelope", "modelzoo"]  # rules that decide the verdict
+    inform: list[RuleName] = ["strict", "band", "trend"]  # rules computed and reported that do not decide
+    # the gate when either curve is a foreign log (no run record: its randomness and numerics are unknown,
+    # so the envelope, measured for identical inputs, does not apply)
+    foreign_gate: list[RuleName] = ["modelzoo", "strict"]
     alignment: Literal["steps", "interpolate"] = "steps"  # how curves logged at other steps are paired
     divergence: DivergenceConfig = DivergenceConfig()
     rules: RulesConfig = RulesConfig()
@@ -83,7 +97,11 @@ class CompareConfig(Section):
     def _policy(self):
         if not self.gate:
             raise ValueError(f"gate: name at least one rule ({', '.join(RULE_NAMES)})")
-        for key in ("gate", "inform"):
+        if "envelope" in self.foreign_gate:
+            raise ValueError("foreign_gate: the envelope rule needs identical inputs; foreign logs cannot use it")
+        if not self.foreign_gate:
+            raise ValueError(f"foreign_gate: name at least one rule ({', '.join(RULE_NAMES)})")
+        for key in ("gate", "inform", "foreign_gate"):
             names = getattr(self, key)
             if len(set(names)) != len(names):
                 raise ValueError(f"{key}: names a rule twice")

@@ -35,6 +35,38 @@ def _describe_device(baseline: Baseline | None) -> str:
     return f"{baseline.provenance['device']} ({baseline.provenance['device_name']})"
 
 
+def gate_for(cfg, own_runs: bool) -> tuple[list[str], list[str], str]:
+    """(gate, inform, note): compare.gate/inform for a run of this chain against a stored baseline; for a
+    foreign log (no run record on one side: its randomness and numerics are unknown) the envelope, measured
+    for identical inputs, cannot apply, and compare.foreign_gate decides instead."""
+    if own_runs:
+        return list(cfg.gate), list(cfg.inform), ""
+    gate = list(cfg.foreign_gate)
+    inform = [r for r in [*cfg.gate, *cfg.inform] if r not in gate and r != "envelope"]
+    return gate, inform, (f"a foreign log is compared (no run record with identical inputs), so the envelope rule "
+                          f"cannot apply; the verdict is decided by compare.foreign_gate: {', '.join(gate)}")
+
+
+def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
+          refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None):
+    """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
+    the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
+    leaves one numerics variant out of the envelope (a held-out legitimate run)."""
+    rules = cfg.rules
+    stats = baseline_obj.stats() if baseline_obj is not None else None
+    width = baseline_obj.envelope(exclude=envelope_exclude) if baseline_obj is not None else None
+    return decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
+                  gate=list(gate), inform=list(inform), min_steps=cfg.min_steps,
+                  envelope=rules.envelope.model_dump(), envelope_width=width,
+                  envelope_missing=baseline_obj.envelope_missing() if baseline_obj is not None else "",
+                  alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
+                  modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
+                  band=rules.band.model_dump(), trend=rules.trend.model_dump(),
+                  band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
+                              if stats is not None else None),
+                  refusals=list(refusals), notes=list(notes))
+
+
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--candidate", help="log, curve CSV/JSON or MLflow run id to judge "
@@ -90,18 +122,10 @@ def main(argv=None) -> int:
                      + " is a log without a run record; the verdict judges the curves only")
     if record is not None and record.get("stopped"):
         refused.append(f"training stopped early: {record['stopped']}")
-    stats = baseline_obj.stats() if baseline_obj is not None else None
-
-    cfg = params.compare
-    rules = cfg.rules
-    verdict = decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
-                     gate=list(cfg.gate), inform=list(cfg.inform), min_steps=cfg.min_steps,
-                     alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
-                     modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
-                     band=rules.band.model_dump(), trend=rules.trend.model_dump(),
-                     band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
-                                 if stats is not None else None),
-                     refusals=refused, notes=notes)
+    gate, inform, why = gate_for(params.compare, record is not None and baseline_obj is not None)
+    notes += [why] if why else []
+    verdict = judge(params.compare, candidate, baseline_curve, baseline_obj, gate=gate, inform=inform,
+                    refusals=refused, notes=notes)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
