@@ -49,8 +49,8 @@ def entries_for(device_type: str, names: list[str] | None = None) -> list[tuple[
 
 def run_entry(params, name: str, kind: str, runs_dir: Path | None, data_dir: Path, log) -> tuple:
     """(curve, record) of the profile trained with this bug or variant; reused from runs_dir when there."""
-    from pipelines.curves import read_curve_csv, write_curve_csv
-    from pipelines.provenance import read_record, write_record
+    from pipelines.curves import read_curve_csv
+    from pipelines.provenance import read_record
     from pipelines.stages.baseline import train_once
 
     update = {"port_bug": name} if kind == "bug" else {"numerics_variant": name}
@@ -64,13 +64,9 @@ def run_entry(params, name: str, kind: str, runs_dir: Path | None, data_dir: Pat
             log(f"{name}: reusing {folder}")
             return read_curve_csv(folder / "curve.csv"), record
     started = time.perf_counter()
-    curve, record, _ = train_once(run_params, name, data_dir=data_dir, quiet=True)
+    curve, record, _ = train_once(run_params, name, data_dir=data_dir, quiet=True, out_dir=folder)
     log(f"{name} ({kind}): trained in {time.perf_counter() - started:.0f} s, loss {curve.loss[0]:.4f} -> "
         f"{curve.loss[-1]:.4f}")
-    if folder:
-        rows = [{"step": int(s), "loss": float(v)} for s, v in zip(curve.steps, curve.loss)]
-        write_curve_csv(folder / "curve.csv", rows)
-        write_record(folder / "train.json", record)
     return curve, record
 
 

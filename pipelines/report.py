@@ -45,10 +45,14 @@ def smooth(values: np.ndarray) -> np.ndarray:
     return savgol_filter(finite, 5, 1) if len(values) >= 5 else values
 
 
-def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str], band=None) -> None:
-    """Baseline (dashed) and candidate (solid), raw and smoothed, over a panel of the per-step relative difference.
+def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str], band=None,
+                   envelope=None) -> None:
+    """Baseline (dashed) and candidate (solid), raw and smoothed, over a panel of the per-step difference.
 
-    `band` is a multi-run baseline's (lower, upper, label) on the baseline's steps (Baseline.band), shaded."""
+    `envelope` is (tolerance, label): the envelope rule's per-step allowed |d| on the baseline's steps
+    (k x envelope + floor); it is drawn as reference +- tolerance, and the lower panel then shows |d| against
+    it on a log scale. `band` is a multi-run baseline's (lower, upper, label) on the baseline's steps
+    (Baseline.band): a spread over other seeds, shaded, clamped at zero (a loss is never negative)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,11 +61,16 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
     cand_label, base_label = labels
+    every = _stride(len(baseline.steps))
     if band is not None:
         lower, upper, band_label = band
-        every = _stride(len(baseline.steps))
-        top.fill_between(baseline.steps[every], np.asarray(lower)[every], np.asarray(upper)[every], color="#57606a",
-                         alpha=0.18, linewidth=0, label=band_label)
+        top.fill_between(baseline.steps[every], np.maximum(np.asarray(lower), 0.0)[every], np.asarray(upper)[every],
+                         color="#57606a", alpha=0.15, linewidth=0, label=band_label)
+    if envelope is not None:
+        tol, envelope_label = envelope
+        tol = np.asarray(tol, dtype=np.float64)
+        top.fill_between(baseline.steps[every], (baseline.loss - tol)[every], (baseline.loss + tol)[every],
+                         color="#bf8700", alpha=0.45, linewidth=0, label=envelope_label)
     for curve, label, style, colour in ((baseline, base_label, "--", "#57606a"), (candidate, cand_label, "-", "#0969da")):
         top.plot(*for_display(curve.steps, curve.loss), style, color=colour, alpha=0.3, linewidth=0.8)
         top.plot(*for_display(curve.steps, smooth(curve.loss)), style, color=colour, linewidth=1.8,
@@ -69,18 +78,30 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     top.set_ylabel("Loss")
     status = verdict["status"]
     top.set_title(f"{verdict['profile']}: {status.upper()}", color=STATUS_COLOURS.get(status, "black"))
-    top.legend(loc="upper right")
+    top.legend(loc="upper right", fontsize="small")
     top.grid(alpha=0.3)
     n = min(len(candidate.loss), len(baseline.loss))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
-    bottom.plot(*for_display(candidate.steps[:n], rel), color="#8250df", linewidth=1)
-    bottom.axhline(0, color="black", linewidth=0.6)
-    tol = verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
-    if tol is not None:
-        for sign in (1, -1):
-            bottom.axhline(sign * tol * 100, color="#cf222e", linewidth=0.8, linestyle=":")
-    bottom.set_ylabel("(cand - base) / base, %")
+    if envelope is not None:
+        paired = np.intersect1d(candidate.steps, baseline.steps)
+        c = candidate.loss[np.searchsorted(candidate.steps, paired)]
+        i = np.searchsorted(baseline.steps, paired)
+        diff = np.abs(c - baseline.loss[i])
+        shown = np.where(diff > 0, diff, np.nan)  # log scale: exact agreement is drawn as a gap
+        bottom.semilogy(*for_display(paired, shown), color="#8250df", linewidth=1, label="|candidate - reference|")
+        bottom.semilogy(*for_display(paired, np.asarray(envelope[0], dtype=np.float64)[i]), color="#bf8700",
+                        linewidth=1.2, label="envelope tolerance")
+        bottom.legend(loc="lower right", fontsize="small")
+        bottom.set_ylabel("|d| (log)")
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
+        bottom.plot(*for_display(candidate.steps[:n], rel), color="#8250df", linewidth=1)
+        bottom.axhline(0, color="black", linewidth=0.6)
+        tol = verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
+        if tol is not None:
+            for sign in (1, -1):
+                bottom.axhline(sign * tol * 100, color="#cf222e", linewidth=0.8, linestyle=":")
+        bottom.set_ylabel("(cand - base) / base, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
@@ -196,7 +217,7 @@ def tracking_html(record: dict) -> str:
 
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
-                band_shown: bool = False) -> None:
+                band_shown: bool = False, envelope_shown: bool = False) -> None:
     """The page an engineer opens after a failed night: verdict and why first, then the evidence."""
     status = verdict["status"]
     rule_rows = [[name, "gates" if r["gating"] else "informs", "pass" if r["passed"] else "fail",
@@ -216,8 +237,12 @@ def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, st
     else:
         zoom = (f"<p id=\"zoom-note\">The curves first part beyond tolerance at step <b>{html.escape(str(first))}</b>.</p>"
                 + _img(zoom_png, "zoom around the first divergence"))
-    band_note = ("The shaded band is the baseline's mean &plusmn; z&sigma; over its runs." if band_shown else
-                 "The baseline is a single run: no band to draw.")
+    band_note = ("The grey band is the seed band: the baseline runs' mean &plusmn; z&sigma; over other seeds "
+                 "(other randomness, far wider than numerics; it informs)." if band_shown else
+                 "The baseline is a single run: no seed band to draw.")
+    if envelope_shown:
+        band_note += (" The amber band is the envelope rule's tolerance around the reference (k &times; the "
+                      "numerics envelope + a relative floor); the bottom panel shows |d| against it on a log scale.")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
 <style>

@@ -29,7 +29,8 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
         assert (out / name).stat().st_size > 0, name
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Verdict: PASS" in (out / "report.html").read_text()
-    assert "MeanRelativeError: 0.0" in first.stdout
+    assert "MeanRelativeError: " in first.stdout and "Rule,mean_" in first.stdout  # ModelZoo's lines, as they print
+    assert verdict["rules"]["envelope"]["passed"] and verdict["gate"] == ["envelope", "modelzoo"]
 
     # the MLflow store holds the run: params, every step's loss, the verdict
     run_id = json.loads((out / "train.json").read_text())["mlflow_run_id"]
@@ -52,20 +53,29 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
     assert (out / "curve.csv").stat().st_mtime_ns == before
     print(f"no-op dvc repro took {elapsed:.1f} s")
 
-    # every baseline value 10% higher: the chain ends non-zero, and the report says why
+    # every baseline curve 10% higher (reference, seed runs and envelope runs alike, as a baseline recorded
+    # from a port whose loss sits 10% higher would be): the chain ends non-zero, and the report says why
+    from pipelines.baselines import load_baseline, save_baseline
+
     path = project / "baselines" / "default" / "baseline.json"
-    baseline = json.loads(path.read_text())
-    baseline["loss"] = [v * 1.1 for v in baseline["loss"]]
-    path.write_text(json.dumps(baseline))
+    baseline = load_baseline(path)
+    baseline.loss = baseline.loss * 1.1
+    for run in [*baseline.runs, *baseline.envelope_runs]:
+        run.loss = run.loss * 1.1
+    save_baseline(path, baseline)
     failed = dvc(project, "repro")
     assert failed.returncode != 0
     assert "Running stage 'train'" not in failed.stdout
     assert "gate: FAIL" in failed.stderr + failed.stdout
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["status"] == "fail"
-    assert verdict["rules"]["strict"]["passed"] is False
-    why = verdict["rules"]["strict"]["summary"]  # e.g. "mean |d|/min(|c|,|b|) 0.1 > 0.02; mean |d| 0.16 > 0.05"
-    assert "0.1 > 0.02" in why
+    assert verdict["rules"]["envelope"]["passed"] is False and verdict["rules"]["envelope"]["gating"] is True
+    assert verdict["rules"]["envelope"]["numbers"]["first_outside_step"] == 0
+    # the candidate sits lower, so ModelZoo's signed rule passes: the envelope is what fails it
+    assert verdict["rules"]["modelzoo"]["passed"] is True
+    assert "0.1 > 0.02" in verdict["rules"]["strict"]["summary"]  # strict informs, and says so too
+    why = verdict["rules"]["envelope"]["summary"]  # "leaves 4 x envelope + ... at step 0 (|d| ...)"
+    assert "at step 0" in why
     html = (out / "report.html").read_text()
     assert "Verdict: FAIL" in html and html_escape(why) in html
     assert f'<failure message="{html_escape(why)}' in (out / "junit.xml").read_text()

@@ -82,10 +82,11 @@ def with_numerics(params: Params, variant: str | None) -> Params:
     return params.model_copy(update={"device": params.device.model_copy(update={"numerics_variant": variant})})
 
 
-def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: bool = False) -> tuple:
-    """(curve, record, source) of one ordinary train-stage run in a temporary folder. Variants change
-    process-wide switches (threads, fused attention); the thread count is restored afterwards and the
-    train stage sets the others afresh at the start of every run."""
+def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: bool = False,
+               out_dir: Path | None = None) -> tuple:
+    """(curve, record, source) of one ordinary train-stage run, in out_dir (kept) or a temporary folder.
+    Variants change process-wide switches (threads, fused attention); the thread count is restored
+    afterwards and the train stage sets the others afresh at the start of every run."""
     import torch
 
     from pipelines.layout import PREPARED_DIR
@@ -94,7 +95,8 @@ def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: 
     threads = torch.get_num_threads()
     try:
         with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-            curve_path, record_path = run_training(params, Path(tmp), data_dir=data_dir or PREPARED_DIR, quiet=quiet)
+            folder = out_dir or Path(tmp)
+            curve_path, record_path = run_training(params, folder, data_dir=data_dir or PREPARED_DIR, quiet=quiet)
             record = read_record(record_path)
             curve = read_curve_csv(curve_path)
     finally:

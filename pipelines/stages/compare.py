@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     else:
         notes.append("provenance not checked: " + ("the candidate" if record is None else "the baseline")
                      + " is a log without a run record; the verdict judges the curves only")
+    for key, what in (("port_bug", "the simulated port bug"), ("numerics_variant", "the numerics variant")):
+        if record is not None and record.get(key):
+            notes.append(f"the candidate was trained with {what} {record[key]!r} (cait/portbugs.py)")
     if record is not None and record.get("stopped"):
         refused.append(f"training stopped early: {record['stopped']}")
     gate, inform, why = gate_for(params.compare, record is not None and baseline_obj is not None)

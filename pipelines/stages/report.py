@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.baselines import environment_table, load_baseline
 from pipelines.curves import read_curve_csv
+from pipelines.envelope import tolerance
 from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, PLOTS, RECORD, VERDICT, ZOOM, run_dir
 from pipelines.params import load_params
 from pipelines.provenance import file_id, read_record
@@ -56,9 +57,17 @@ def main(argv=None) -> int:
               f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})")
     band_cfg = params.compare.rules.band
     limits = baseline.band(band_cfg.z, band_cfg.min_halfwidth_relative)
-    band = (*limits, f"baseline band: mean +- {band_cfg.z:g} sigma of {len(baseline.runs)} runs") if limits else None
+    band = ((*limits, f"seed band: mean ± {band_cfg.z:g}·σ of {len(baseline.runs)} seeds (different randomness, "
+                      f"informs)") if limits else None)
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
-    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band)
+    env_cfg = params.compare.rules.envelope
+    width = baseline.envelope()
+    envelope = None
+    if width is not None:
+        envelope = (tolerance(reference.loss, width, env_cfg.k, env_cfg.floor_relative),
+                    f"envelope: ± ({env_cfg.k:g}·env + {env_cfg.floor_relative:g}·|ref|), "
+                    f"{len(baseline.envelope_runs)} numerics variants")
+    render_overlay(out / OVERLAY, candidate, reference, verdict, labels, band=band, envelope=envelope)
     first = verdict.get("first_divergence_step")
     zoom = None
     if first is not None:
@@ -68,7 +77,7 @@ def main(argv=None) -> int:
         (out / ZOOM).unlink(missing_ok=True)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s"), record.get("mean_samples_per_s"))
     render_html(out / HTML, verdict, environment_table(baseline, record), record, out / OVERLAY, throughput,
-                zoom_png=zoom, band_shown=band is not None)
+                zoom_png=zoom, band_shown=band is not None, envelope_shown=envelope is not None)
     render_junit(out / JUNIT, verdict, env['device'])
     write_plot_table(out / PLOTS, candidate, reference)
     print(f"report: {out / HTML} ({verdict['status']}); figures {out / OVERLAY}"
