@@ -42,7 +42,7 @@ def tolerance(reference, width, k: float, floor_relative: float) -> np.ndarray:
     return k * np.asarray(width, dtype=np.float64) + floor_relative * np.abs(np.asarray(reference, dtype=np.float64))
 
 
-def envelope_check(candidate, reference, width, steps=None, k: float = 4.0, floor_relative: float = 1e-5,
+def envelope_check(candidate, reference, width, steps=None, k: float = 4.0, floor_relative: float = 1e-6,
                    max_outside_fraction: float = 0.0) -> dict:
     """The numbers of the envelope rule: which steps leave the tolerance, the first one and by how much.
 

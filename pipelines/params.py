@@ -61,7 +61,7 @@ class EnvelopeRuleConfig(Section):
     where each comes from."""
 
     k: float = Field(4.0, gt=0)
-    floor_relative: float = Field(1e-5, ge=0)
+    floor_relative: float = Field(1e-6, ge=0)
     max_outside_fraction: float = Field(0.0, ge=0, lt=1)
 
 

@@ -264,7 +264,7 @@ def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0
     return RuleResult("trend", passed, gating, summary, numbers, thresholds)
 
 
-def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative=1e-5, max_outside_fraction=0.0,
+def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative=1e-6, max_outside_fraction=0.0,
                   gating=True) -> RuleResult:
     """|c - r| <= k x envelope(t) + floor_relative x |r| at all but max_outside_fraction of the steps; names
     the first step outside and by how much (pipelines/envelope.py)."""
