@@ -121,6 +121,8 @@ def _cut(baseline, keep):
 def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None = None,
             data_dir: Path | None = None, retrain_envelope: bool = False, log=print) -> dict:
     """Train and judge every entry; returns {"bugs": {name: {rule: status}}, "legit": {...}, "detail": ...}."""
+    import numpy as np
+
     from pipelines.baselines import load_baseline
     from pipelines.curves import Curve
     from pipelines.layout import PREPARED_DIR
@@ -131,6 +133,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     result: dict = {"bugs": {}, "legit": {}, "detail": {}, "first_fail_step": {}}
     started = time.perf_counter()
     stored = {r.variant: r for r in baseline.envelope_runs}
+    legit_seen: dict = {}
     for name, kind in entries_for(params.device.type, entries):
         if name in stored and not retrain_envelope:
             # trained by `make baseline` with this code on this machine: the same curve a retraining gives
@@ -139,11 +142,19 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
         else:
             curve, record = run_entry(params, name, kind, runs_dir, data_dir, log)
         judged = judge_entry(params, baseline, curve, record, name)
+        if kind == "legit" and np.array_equal(curve.steps, baseline.steps):
+            legit_seen[name] = curve.loss
         group = "bugs" if kind == "bug" else "legit"
         result[group][name] = {rule: judged[rule]["status"] for rule in RULES}
         result["first_fail_step"][name] = {rule: judged[rule]["first_fail_step"] for rule in RULES}
         result["detail"][name] = {"kind": kind, "held_out": judged["held_out"],
                                   **{rule: judged[rule]["summary"] for rule in RULES}}
+    # the measurement k is chosen from: each legitimate run against the envelope of the others
+    from pipelines.envelope import leave_one_out
+
+    legit_curves = {r.variant: r.loss for r in baseline.envelope_runs}
+    legit_curves.update({n: c for n, c in legit_seen.items() if n not in legit_curves})
+    result["leave_one_out"] = leave_one_out(baseline.loss, legit_curves, params.compare.rules.envelope.floor_relative)
     result["seconds"] = time.perf_counter() - started
     result["baseline"] = {"device_name": baseline.provenance["device_name"],
                           "envelope_variants": [r.variant for r in baseline.envelope_runs]}
@@ -180,6 +191,12 @@ def table(result: dict) -> str:
     lines.append("| | **bugs caught** | | " + " | ".join(f"{c[r]['bugs_caught']} / {c[r]['bugs']}" for r in RULES) + " |")
     lines.append("| | **legit passed** | | " + " | ".join(f"{c[r]['legit_passed']} / {c[r]['legit']}" for r in RULES)
                  + " |")
+    loo = result.get("leave_one_out", {})
+    if loo:
+        lines.append("")
+        lines.append("Held out, each legitimate run needs k >= " + ", ".join(
+            f"{n} {v['needed_k']:.2f}" + (" (bitwise equal)" if v["bitwise_equal"] else "") for n, v in loo.items())
+            + " against the envelope of the others (floor included).")
     return "\n".join(lines)
 
 
