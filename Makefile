@@ -14,7 +14,7 @@ endif
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro report plots test test-fast test-tools clean
+.PHONY: setup repro report plots baseline test test-fast test-tools clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -44,6 +44,13 @@ repro: setup
 report: setup
 	python -m pipelines.params
 	dvc repro report
+
+# Record the reference on the device params.yaml names: seeds s, s+1, s+2 (the band) and seed s under every
+# numerics variant of the device (the envelope), written with provenance to compare.baseline. Needs the
+# prepared data (dvc repro prepare). On a CUDA GPU or an SDAA card the same command records that device's.
+baseline: setup
+	dvc repro prepare
+	python -m pipelines.stages.baseline -q record --runs 3 --envelope
 
 # Offline `dvc plots` page plus SVG/PNG of the loss overlay in reports/plots/ (no CDN, no browser).
 plots: setup

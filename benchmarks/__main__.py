@@ -4,6 +4,8 @@
   python -m benchmarks --smoke          # tiny sizes, to check that every benchmark still runs (tests)
   python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict logs pipeline loader memory
   python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
+  python -m benchmarks --only power     # the gate's power: one training per port bug and legit variant
+                                        # (~15 runs of the default profile; not in the default set)
 
 Rows that share a measurement take it from the same run (the CPU efficiency and the tracking cost use
 the trainer benchmark's step rates; the loader and memory benchmarks use the pipeline benchmark's
@@ -27,10 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import (bench_efficiency, bench_logs, bench_pipeline, bench_trainer, bench_verdict,  # noqa: E402
-                        tracking_overhead)
+from benchmarks import (bench_efficiency, bench_logs, bench_pipeline, bench_power, bench_trainer,  # noqa: E402
+                        bench_verdict, tracking_overhead)
 
-GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory")
+GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power")
+DEFAULT_GROUPS = GROUPS[:-1]  # power trains ~15 runs: only with --only power
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -40,11 +43,11 @@ COMPARE_RSS_TARGET_MIB = 512  # compare on 10^6 steps: the arrays are 50 MB; the
 FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
         "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
-        "loader_steps": 5, "log_mb": 200}
+        "loader_steps": 5, "log_mb": 200, "power_entries": None}
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
          "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,
-         "log_mb": 2}
+         "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"]}
 
 
 @dataclass
@@ -188,8 +191,25 @@ def memory_rows(ctx: Context) -> list[Row]:
                 m["peak_rss_mib"] <= COMPARE_RSS_TARGET_MIB, m["peak_rss_mib"])]
 
 
+def power_rows(ctx: Context) -> list[Row]:
+    runs_dir = Path(ctx.power_runs_dir) if ctx.power_runs_dir else None
+    result = ctx.once("power", lambda: bench_power.measure(ctx.params, entries=ctx.sizes["power_entries"],
+                                                            runs_dir=runs_dir,
+                                                            log=lambda line: ctx.log(f"  power: {line}")))
+    ctx.log("\n" + bench_power.table(result) + "\n")
+    rows = []
+    for rule, c in bench_power.counts(result).items():
+        target = ">= 90% of bugs, every legit" if rule == "envelope" else "report"
+        met = (c["bugs_caught"] >= 0.9 * c["bugs"] and c["legit_passed"] == c["legit"]) if rule == "envelope" else None
+        rows.append(Row("power", f"{rule} rule: bugs failed / legit variants passed", target,
+                        f"{c['bugs_caught']} / {c['bugs']} bugs, {c['legit_passed']} / {c['legit']} legit",
+                        met, c["bugs_caught"] / max(1, c["bugs"])))
+    return rows
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
-              "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows, "memory": memory_rows}
+              "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
+              "memory": memory_rows, "power": power_rows}
 
 
 def table(rows: list[Row]) -> str:
@@ -207,6 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=GROUPS, action="append", help="run this group (repeatable)")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
     p.add_argument("--json", help="write the rows and raw figures here")
+    p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")
     args = p.parse_args(argv)
     import torch
 
@@ -217,7 +238,8 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cait-bench-") as tmp:
         ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
-        for group in args.only or GROUPS:
+        ctx.power_runs_dir = args.power_runs_dir
+        for group in args.only or DEFAULT_GROUPS:
             t = time.perf_counter()
             try:
                 rows += BENCHMARKS[group](ctx)
@@ -233,8 +255,9 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - started:.0f} s in all\n")
     print(table(rows))
     if args.json:
+        power = {k: ctx.raw["power"][k] for k in ("bugs", "legit")} if "power" in ctx.raw else {}
         Path(args.json).write_text(json.dumps({"date": when, "smoke": args.smoke, "rows": [asdict(r) for r in rows],
-                                               "raw": ctx.raw}, indent=1, default=str) + "\n")
+                                               **power, "raw": ctx.raw}, indent=1, default=str) + "\n")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1
 
 

@@ -74,8 +74,7 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
     t["decide_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     baseline = SyntheticBaseline(steps, mean, std)
-    write_report(work, result, candidate, baseline.curve, baseline=baseline, band_z=rules.band.z,
-                 band_min_halfwidth=rules.band.min_halfwidth_relative)
+    write_report(work, result, candidate, baseline.curve, baseline=baseline, rules=rules)
     t["report_s"] = time.perf_counter() - mark
     t["compare_s"] = t["read_s"] + t["decide_s"]
     t["total_s"] = t["compare_s"] + t["report_s"]
@@ -91,8 +90,11 @@ class SyntheticBaseline:
     def __init__(self, steps, mean, std):
         from pipelines.curves import Curve
 
-        self.curve, self.std, self.runs = Curve(steps, mean), std, [None] * 3
-        self.provenance = {"device": "cpu", "device_name": "synthetic", "mean_samples_per_s": None}
+        self.curve, self.std, self.runs, self.seeds = Curve(steps, mean), std, [None] * 3, [0, 1, 2]
+        self.provenance = {"device": "cpu", "device_name": "synthetic", "mean_samples_per_s": None, "seed": 0}
+
+    def envelope(self):
+        return None  # a seed band only: the envelope needs numerics variants of one seed
 
     def band(self, z: float, min_halfwidth_relative: float):
         from pipelines.verdict import band_limits

@@ -237,3 +237,25 @@ class DeviceConfig(Section):
     deterministic: bool = True  # deterministic kernels, no TF32, no cudnn autotuning, no fused attention
     dist_backend: Optional[Literal["gloo", "nccl", "tccl"]] = None  # null: gloo on cpu, nccl on cuda, tccl on sdaa
     dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the job
+    # A legitimate numerics variant (the baseline command records them for the envelope) or a simulated
+    # port bug (the power benchmark); cait/portbugs.py. null in every ordinary run.
+    numerics_variant: Optional[str] = None
+    port_bug: Optional[str] = None
+
+    @field_validator("numerics_variant")
+    @classmethod
+    def _known_variant(cls, name):
+        from cait.portbugs import VARIANTS
+
+        if name is not None and name not in VARIANTS:
+            raise ValueError(f"unknown numerics variant {name!r}; valid: {', '.join(VARIANTS)}")
+        return name
+
+    @field_validator("port_bug")
+    @classmethod
+    def _known_bug(cls, name):
+        from cait.portbugs import BUGS
+
+        if name is not None and name not in BUGS:
+            raise ValueError(f"unknown port bug {name!r}; valid: {', '.join(BUGS)}")
+        return name

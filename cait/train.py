@@ -202,11 +202,12 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
           ctx: DistContext = DistContext(), checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
           make_eval_loader: Callable[[], object] | None = None,
           on_step: Callable[[dict], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> RunSummary:
+          on_epoch: Callable[[dict], None] | None = None, patch=None) -> RunSummary:
     """Train `model` on the Batches `make_loader(start_step)` yields, one optimizer step per batch.
 
     `resume` is a loaded checkpoint (cait.checkpoint.load_checkpoint): the run continues at its step
     with its weights, optimizer, scaler, EMA and RNG states. Callbacks run on rank 0 only.
+    `patch` (cait.portbugs.RunPatch) injects a numerics variant or a port bug: the one seam for them.
     """
     import torch
 
@@ -217,9 +218,13 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
     # model, optimizer, scaler, EMA: drop path draws from keyed CPU generators, not the device
     drop_path_keys = DropPathKeys(cfg.seed, global_batch)
     install_keyed_drop_path(model, drop_path_keys)
+    if patch is not None:
+        patch.model(model, cfg.seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg, total, warmup, peak),
                                   eps=cfg.opt_eps)
+    if patch is not None:
+        optimizer = patch.optimizer(optimizer, model)
     scaler = grad_scaler(device, cfg.amp)
     ema = None
     if cfg.ema:
@@ -263,7 +268,8 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
     with SigtermFlag() as sigterm:
         for batch in make_loader(start_step):
             step = batch.step
-            lr = lr_at(step, cfg, total, warmup, peak)
+            lr = (lr_at(step, cfg, total, warmup, peak) if patch is None else
+                  patch.lr(step, lambda s: lr_at(s, cfg, total, warmup, peak)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             drop_path_keys.begin_step(step, batch.positions.numpy())

@@ -19,12 +19,15 @@ import numpy as np
 from cait.errors import BaselineError
 from cait.files import atomic_write_text
 from pipelines.curves import Curve, first_negative
+from pipelines.envelope import NO_ENVELOPE, envelope_width
 from pipelines.params import hash_json
 from pipelines.verdict import band_limits
 
 # 1: a single run. 2: adds "kind", "runs" (every run's curve at full precision) and "stats" (per-step
 # mean, std, min, max) for multi-run baselines, and provenance "seeds" and "seed_in_hash".
-SCHEMA_VERSION = 2
+# 3: adds "envelope": the reference seed's runs under legitimately different numerics (each variant's
+# name, curve and provenance) and the per-step envelope width they give (pipelines/envelope.py).
+SCHEMA_VERSION = 3
 PROVENANCE_FIELDS = ("device", "device_name", "versions", "params_hash", "params", "data_manifest_hash",
                      "git_commit", "date", "seed")
 STAT_FIELDS = ("mean", "std", "min", "max")
@@ -53,6 +56,18 @@ class BaselineRun:
 
 
 @dataclass
+class EnvelopeRun:
+    """The reference seed trained again under one legitimately different numerics variant."""
+
+    variant: str
+    loss: np.ndarray
+    description: str = ""
+    source: str = ""
+    mlflow_run_id: str = ""
+    numerics: dict = field(default_factory=dict)
+
+
+@dataclass
 class Baseline:
     profile: str
     model: str
@@ -62,6 +77,17 @@ class Baseline:
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
     runs: list[BaselineRun] = field(default_factory=list)  # empty for a single-run baseline
+    envelope_runs: list[EnvelopeRun] = field(default_factory=list)  # empty: no envelope (schema < 3)
+
+    def envelope(self, exclude: str | None = None) -> np.ndarray | None:
+        """Per-step envelope width on `steps` (pipelines/envelope.py); None when the baseline has no
+        envelope runs. `exclude` leaves one variant out (the power benchmark's held-out legit runs)."""
+        variants = [r.loss for r in self.envelope_runs if r.variant != exclude]
+        return envelope_width(self.loss, variants) if self.envelope_runs else None
+
+    def envelope_missing(self) -> str:
+        """Why the envelope rule cannot judge against this baseline ('' when it can)."""
+        return "" if self.envelope_runs else NO_ENVELOPE.format(version=f"v{self.schema_version}")
 
     @property
     def curve(self) -> Curve:
@@ -122,6 +148,13 @@ class Baseline:
                             "loss": [float(v) for v in r.loss]} for r in self.runs]
             out["stats"] = {"runs": len(self.runs),
                             **{k: [float(v) for v in a] for k, a in self.stats().items()}}
+        if self.envelope_runs:
+            out["envelope"] = {
+                "variants": [{"variant": r.variant, "description": r.description, "source": r.source,
+                              "mlflow_run_id": r.mlflow_run_id, "numerics": r.numerics,
+                              "bitwise_equal_to_reference": bool(np.array_equal(r.loss, self.loss)),
+                              "loss": [float(v) for v in r.loss]} for r in self.envelope_runs],
+                "width": [float(v) for v in self.envelope()]}
         return {**out, **self.extra}
 
 
@@ -208,11 +241,17 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
                 raise _fail(path, f"stats.{key} has {len(stats[key])} entries but 'steps' has {len(steps)}")
     elif data.get("kind", "single-run") not in ("single-run", "multi-run"):
         raise _fail(path, f"unknown kind {data.get('kind')!r} (single-run or multi-run)")
-    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats"}
+    envelope_runs = _envelope_runs(path, data, len(steps)) if version >= 3 and "envelope" in data else []
+    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats", "envelope"}
     baseline = Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
                         loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
-                        schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs)
+                        schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs,
+                        envelope_runs=envelope_runs)
     check_consistency(baseline, data.get("stats"), path, allow_negative_loss=allow_negative_loss)
+    if envelope_runs:  # stored for readers; it must be the one the variant runs give
+        stored = _numbers(path, data["envelope"].get("width"), "envelope.width")
+        if len(stored) != len(steps) or not np.allclose(stored, baseline.envelope(), rtol=1e-9, atol=0):
+            raise _fail(path, "envelope.width does not match the envelope runs (edited by hand?)")
     return baseline
 
 
@@ -235,7 +274,8 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
     steps = baseline.steps
     if (k := _first_difference(steps.astype(np.float64), np.arange(len(steps), dtype=np.float64))) is not None:
         raise _fail(path, f"steps[{k}] is {int(steps[k])}, expected {k}: a baseline logs every step from 0")
-    curves = [("loss", baseline.loss)] + [(f"runs[{i}].loss", run.loss) for i, run in enumerate(baseline.runs)]
+    curves = ([("loss", baseline.loss)] + [(f"runs[{i}].loss", run.loss) for i, run in enumerate(baseline.runs)]
+              + [(f"envelope.variants[{i}].loss", run.loss) for i, run in enumerate(baseline.envelope_runs)])
     for field_name, values in curves:
         k = None if allow_negative_loss else first_negative(values)
         if k is not None:
@@ -264,6 +304,24 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
         if (k := _first_difference(stored, recomputed[key])) is not None:
             raise _fail(path, f"stats.{key}[{k}] is {float(stored[k])!r} but the runs give {float(recomputed[key][k])!r}: "
                               f"stats.{key} does not match the runs (edited by hand?)")
+
+
+def _envelope_runs(path, data: dict, n_steps: int) -> list[EnvelopeRun]:
+    envelope = data["envelope"]
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("variants"), list) or not envelope["variants"]:
+        raise _fail(path, "'envelope' needs a non-empty 'variants' list and a 'width'")
+    out = []
+    for i, run in enumerate(envelope["variants"]):
+        if not isinstance(run, dict) or not isinstance(run.get("variant"), str):
+            raise _fail(path, f"envelope.variants[{i}] needs a 'variant' name and a 'loss' list")
+        values = _numbers(path, run.get("loss"), f"envelope.variants[{i}].loss")
+        if len(values) != n_steps:
+            raise _fail(path, f"envelope.variants[{i}].loss has {len(values)} entries but 'steps' has {n_steps}")
+        if not np.all(np.isfinite(values)):
+            raise _fail(path, f"envelope.variants[{i}].loss holds non-finite values")
+        out.append(EnvelopeRun(run["variant"], values, str(run.get("description", "")), str(run.get("source", "")),
+                               str(run.get("mlflow_run_id", "")), dict(run.get("numerics") or {})))
+    return out
 
 
 def save_baseline(path: Path | str, baseline: Baseline) -> None:
@@ -297,20 +355,29 @@ def baseline_from_run(curve: Curve, record: dict, profile: str, source: str) -> 
     return baseline_from_runs([(curve, record, source)], profile)
 
 
-def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str) -> Baseline:
+def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
+                       envelope_runs: list[tuple[Curve, dict, str]] = ()) -> Baseline:
     """One baseline from K runs of the same params (but perhaps the seed) on the same device and data.
 
     The first run is the reference (its curve is `loss`, its seed `provenance.seed`); with K > 1 every
-    run's curve is kept and per-step statistics are computed over them."""
+    run's curve is kept and per-step statistics are computed over them. `envelope_runs` are the reference
+    seed trained under numerics variants (record["numerics_variant"]); they give the envelope."""
     if not runs:
         raise BaselineError("no runs given to make a baseline from")
-    for curve, record, source in runs:
+    for curve, record, source in [*runs, *envelope_runs]:
+        if record.get("port_bug"):
+            raise BaselineError(f"{source}: trained with the simulated port bug {record['port_bug']!r}; "
+                                f"a run with a port bug never becomes a baseline")
         if len(curve) == 0:
             raise BaselineError(f"{source}: the curve has no steps; it cannot become a baseline")
         if not np.all(np.isfinite(curve.loss)):
             raise BaselineError(f"{source}: the curve holds non-finite losses; it cannot become a baseline")
         if record.get("stopped"):
             raise BaselineError(f"{source}: training stopped early ({record['stopped']}); it cannot become a baseline")
+    for curve, record, source in runs:
+        if record.get("numerics_variant"):
+            raise BaselineError(f"{source}: trained with the numerics variant {record['numerics_variant']!r}; "
+                                f"give it as an envelope run, not as a baseline run")
     ref_curve, ref_record, ref_source = runs[0]
     seeds = [r["curve_params"]["train"]["seed"] for _, r, _ in runs]
     seed_in_hash = len(set(seeds)) == 1
@@ -327,14 +394,39 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str) -> Bas
                                 f"{ref_record['environment']['device_name']}; a baseline comes from one device")
         if not np.array_equal(curve.steps, ref_curve.steps):
             raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+    variants = []
+    for curve, record, source in envelope_runs:
+        name = record.get("numerics_variant")
+        if not name:
+            raise BaselineError(f"{source}: has no numerics variant (device.numerics_variant); an envelope run "
+                                f"is the reference seed under another numerics")
+        if name in [v.variant for v in variants]:
+            raise BaselineError(f"{source}: a second run of the numerics variant {name!r}")
+        if hash_json(record["curve_params"]) != hash_json(ref_record["curve_params"]):
+            keys = _diff_keys(ref_record["curve_params"], record["curve_params"])
+            raise BaselineError(f"{source}: made with other params than the reference run ({', '.join(keys)}); "
+                                f"an envelope run differs from it only in its numerics")
+        if record["data_manifest_hash"] != ref_record["data_manifest_hash"]:
+            raise BaselineError(f"{source}: made from other data than {ref_source} (data manifest hash differs)")
+        if record["environment"]["device_name"] != ref_record["environment"]["device_name"]:
+            raise BaselineError(f"{source}: ran on {record['environment']['device_name']}, {ref_source} on "
+                                f"{ref_record['environment']['device_name']}; the envelope is measured on one device")
+        if not np.array_equal(curve.steps, ref_curve.steps):
+            raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+        from cait.portbugs import describe
+
+        variants.append(EnvelopeRun(name, np.asarray(curve.loss, dtype=np.float64), describe(name), source,
+                                    record.get("mlflow_run_id") or "", dict(record.get("numerics") or {})))
     provenance = _provenance(ref_record, ref_source if len(runs) == 1 else f"{len(runs)} runs")
+    if variants:
+        provenance["envelope_variants"] = [v.variant for v in variants]
     provenance["seeds"] = seeds
     provenance["seed_in_hash"] = seed_in_hash
     provenance["params_hash"] = ref_hash
     baseline_runs = [BaselineRun(seed, curve.loss, source, record.get("mlflow_run_id") or "")
                      for seed, (curve, record, source) in zip(seeds, runs)] if len(runs) > 1 else []
     return Baseline(profile=profile, model=ref_record["curve_params"]["model"]["name"], steps=ref_curve.steps,
-                    loss=ref_curve.loss, provenance=provenance, runs=baseline_runs)
+                    loss=ref_curve.loss, provenance=provenance, runs=baseline_runs, envelope_runs=variants)
 
 
 def _diff_keys(a, b, prefix: str = "") -> list[str]:

@@ -18,8 +18,8 @@ from cait.config import RUN_ONLY_TRAIN_KEYS, DataConfig, DeviceConfig, ModelConf
 from cait.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-RULE_NAMES = ("modelzoo", "strict", "band", "trend")
-RuleName = Literal["modelzoo", "strict", "band", "trend"]
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope")
+RuleName = Literal["modelzoo", "strict", "band", "trend", "envelope"]
 
 
 class ModelZooRuleConfig(Section):
@@ -55,6 +55,16 @@ class TrendRuleConfig(Section):
     warmup_steps: int = Field(0, ge=0)
 
 
+class EnvelopeRuleConfig(Section):
+    """|d| <= k x envelope(t) + floor_relative x |reference| at all but max_outside_fraction of the steps;
+    the envelope is measured on the reference device (pipelines/envelope.py). Values: params.yaml says
+    where each comes from."""
+
+    k: float = Field(4.0, gt=0)
+    floor_relative: float = Field(1e-6, ge=0)
+    max_outside_fraction: float = Field(0.0, ge=0, lt=1)
+
+
 class DivergenceConfig(Section):
     """Where the curves part: |d| > max(max_relative_error * |b|, max_abs_error) for consecutive_steps in a row."""
 
@@ -68,6 +78,7 @@ class RulesConfig(Section):
     strict: StrictRuleConfig = StrictRuleConfig()
     band: BandRuleConfig = BandRuleConfig()
     trend: TrendRuleConfig = TrendRuleConfig()
+    envelope: EnvelopeRuleConfig = EnvelopeRuleConfig()
 
 
 def _check_policy(policy):
@@ -94,12 +105,19 @@ class ForeignPolicyConfig(Section):
 
     _policy = model_validator(mode="after")(_check_policy)
 
+    @model_validator(mode="after")
+    def _no_envelope(self):
+        if "envelope" in self.gate or "envelope" in self.inform:
+            raise ValueError("gate: the envelope rule needs identical inputs (the chain's keyed randomness and "
+                             "shards); logs without a run record cannot use it")
+        return self
+
 
 class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
-    gate: list[RuleName] = ["modelzoo", "strict"]  # rules that decide the verdict
-    inform: list[RuleName] = ["band", "trend"]  # rules computed and reported that do not decide
+    gate: list[RuleName] = ["envelope", "modelzoo"]  # rules that decide the verdict
+    inform: list[RuleName] = ["strict", "band", "trend"]  # rules computed and reported that do not decide
     alignment: Literal["steps", "interpolate"] = "steps"  # how curves logged at other steps are paired
     allow_negative_loss: bool = False  # below 0 is corrupt (cross-entropy never is)
     divergence: DivergenceConfig = DivergenceConfig()

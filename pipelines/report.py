@@ -47,10 +47,18 @@ def smooth(values: np.ndarray) -> np.ndarray:
     return savgol_filter(finite, 5, 1) if len(values) >= 5 else values
 
 
-def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str], band=None) -> None:
-    """Baseline (dashed) and candidate (solid), raw and smoothed, over a panel of the per-step relative difference.
+BASELINE_COLOUR = "#e8590c"  # orange: stands out against the candidate's blue, the envelope's amber and the grey band
 
-    `band` is a multi-run baseline's (lower, upper, label) on the baseline's steps (Baseline.band), shaded."""
+
+def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple[str, str], band=None,
+                   envelope=None) -> None:
+    """Candidate (solid blue) and baseline (dashed orange, drawn on top), raw and smoothed, over a panel of the
+    per-step difference.
+
+    `envelope` is (tolerance, label): the envelope rule's per-step allowed |d| on the baseline's steps
+    (k x envelope + floor); it is drawn as reference +- tolerance, and the lower panel then shows |d| against
+    it on a log scale. `band` is a multi-run baseline's (lower, upper, label) on the baseline's steps
+    (Baseline.band): a spread over other seeds, shaded, clamped at zero (a loss is never negative)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,30 +67,50 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
     cand_label, base_label = labels
+    every = _stride(len(baseline.steps))
     if band is not None:
         lower, upper, band_label = band
-        every = _stride(len(baseline.steps))
-        top.fill_between(baseline.steps[every], np.asarray(lower)[every], np.asarray(upper)[every], color="#57606a",
-                         alpha=0.18, linewidth=0, label=band_label)
-    for curve, label, style, colour in ((baseline, base_label, "--", "#57606a"), (candidate, cand_label, "-", "#0969da")):
+        top.fill_between(baseline.steps[every], np.maximum(np.asarray(lower), 0.0)[every], np.asarray(upper)[every],
+                         color="#57606a", alpha=0.15, linewidth=0, label=band_label)
+    if envelope is not None:
+        tol, envelope_label = envelope
+        tol = np.asarray(tol, dtype=np.float64)
+        top.fill_between(baseline.steps[every], (baseline.loss - tol)[every], (baseline.loss + tol)[every],
+                         color="#bf8700", alpha=0.45, linewidth=0, label=envelope_label)
+    # the baseline is drawn last, dashed, in a contrasting colour: on a pass it lies on the candidate and
+    # must stay visible above it
+    for curve, label, style, colour, width in ((candidate, cand_label, "-", "#0969da", 2.4),
+                                                (baseline, base_label, "--", BASELINE_COLOUR, 1.4)):
         top.plot(*for_display(curve.steps, curve.loss), style, color=colour, alpha=0.3, linewidth=0.8)
-        top.plot(*for_display(curve.steps, smooth(curve.loss)), style, color=colour, linewidth=1.8,
+        top.plot(*for_display(curve.steps, smooth(curve.loss)), style, color=colour, linewidth=width,
                  label=f"{label} (smoothed)")
     top.set_ylabel("Loss")
     status = verdict["status"]
     top.set_title(f"{verdict['profile']}: {status.upper()}", color=STATUS_COLOURS.get(status, "black"))
-    top.legend(loc="upper right")
+    top.legend(loc="upper right", fontsize="small")
     top.grid(alpha=0.3)
     n = min(len(candidate.loss), len(baseline.loss))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
-    bottom.plot(*for_display(candidate.steps[:n], rel), color="#8250df", linewidth=1)
-    bottom.axhline(0, color="black", linewidth=0.6)
-    tol = verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
-    if tol is not None:
-        for sign in (1, -1):
-            bottom.axhline(sign * tol * 100, color="#cf222e", linewidth=0.8, linestyle=":")
-    bottom.set_ylabel("(cand - base) / base, %")
+    if envelope is not None:
+        paired = np.intersect1d(candidate.steps, baseline.steps)
+        c = candidate.loss[np.searchsorted(candidate.steps, paired)]
+        i = np.searchsorted(baseline.steps, paired)
+        diff = np.abs(c - baseline.loss[i])
+        shown = np.where(diff > 0, diff, np.nan)  # log scale: exact agreement is drawn as a gap
+        bottom.semilogy(*for_display(paired, shown), color="#8250df", linewidth=1, label="|candidate - reference|")
+        bottom.semilogy(*for_display(paired, np.asarray(envelope[0], dtype=np.float64)[i]), color="#bf8700",
+                        linewidth=1.2, label="envelope tolerance")
+        bottom.legend(loc="lower right", fontsize="small")
+        bottom.set_ylabel("|d| (log)")
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
+        bottom.plot(*for_display(candidate.steps[:n], rel), color="#8250df", linewidth=1)
+        bottom.axhline(0, color="black", linewidth=0.6)
+        tol = verdict.get("rules", {}).get("strict", {}).get("thresholds", {}).get("max_mean_abs_relative_error")
+        if tol is not None:
+            for sign in (1, -1):
+                bottom.axhline(sign * tol * 100, color="#cf222e", linewidth=0.8, linestyle=":")
+        bottom.set_ylabel("(cand - base) / base, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)
     try:
@@ -212,7 +240,7 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
 
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict | None,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
-                band_shown: bool = False, verdict_sha256: str = "",
+                band_shown: bool = False, envelope_shown: bool = False, verdict_sha256: str = "",
                 ui_url: str | None = None) -> None:
     """The page an engineer opens after a failed night: verdict and why first, then the evidence.
 
@@ -238,8 +266,12 @@ def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, st
     else:
         zoom = (f"<p id=\"zoom-note\">The curves first part beyond tolerance at step <b>{html.escape(str(first))}</b>.</p>"
                 + _img(zoom_png, "zoom around the first divergence"))
-    band_note = ("The shaded band is the baseline's mean &plusmn; z&sigma; over its runs." if band_shown else
-                 "The baseline is a single run: no band to draw.")
+    band_note = ("The grey band is the seed band: the baseline runs' mean &plusmn; z&sigma; over other seeds "
+                 "(other randomness, far wider than numerics; it informs)." if band_shown else
+                 "The baseline is a single run: no seed band to draw.")
+    if envelope_shown:
+        band_note += (" The amber band is the envelope rule's tolerance around the reference (k &times; the "
+                      "numerics envelope + a relative floor); the bottom panel shows |d| against it on a log scale.")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{report_mark(verdict_sha256) if verdict_sha256 else ''}<title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
 <style>
@@ -259,8 +291,9 @@ recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 <h2>Why</h2><ul id="reasons">{''.join(f'<li>{html.escape(r)}</li>' for r in verdict['reasons'])}</ul>
 {('<h2>Notes</h2><ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in verdict['notes']) + '</ul>') if verdict.get('notes') else ''}
 <h2>Loss curves and difference</h2>
-<p>Top: baseline (dashed) and candidate (solid), raw and smoothed. Bottom: the per-step difference
-(candidate - baseline) / baseline in %, with the strict rule's tolerance dotted. {band_note}</p>
+<p>Top: candidate (solid blue) and baseline (dashed orange, drawn on top; the legend names its run), raw
+and smoothed. Bottom: the per-step difference (candidate - baseline) / baseline in %, with the strict rule's
+tolerance dotted. {band_note}</p>
 {_img(overlay_png, "loss overlay and difference panel")}
 <h2>First divergence</h2>{zoom}
 <h2>Rules</h2>{_table(['rule', 'role', 'result', 'numbers', 'thresholds', 'summary'], rule_rows, rule_classes, 'rules')}
@@ -346,14 +379,15 @@ def _source_rows(verdict: dict) -> list[tuple[str, str, str]]:
 
 
 def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline=None, record: dict | None = None,
-                 band_z: float | None = None, band_min_halfwidth: float = 0.0, verdict_sha256: str = "",
-                 ui_url: str | None = None) -> dict[str, Path]:
+                 rules=None, verdict_sha256: str = "", ui_url: str | None = None) -> dict[str, Path]:
     """Overlay, zoom (when the curves part), HTML page, JUnit XML and plot table of a verdict, into out_dir.
 
     The one path for the chain (a run record and a stored baseline) and for logs compared by hand (either may
     be None: the page then shows what was read from each file). `reference` is the baseline curve the
-    verdict was computed against; `baseline` the stored Baseline it came from, if any."""
+    verdict was computed against; `baseline` the stored Baseline it came from, if any; `rules` the compare
+    section's rule settings (the seed band's z and the envelope's k and floor drawn on the overlay)."""
     from pipelines.baselines import environment_table
+    from pipelines.envelope import tolerance
     from pipelines.layout import HTML, JUNIT, OVERLAY, PLOTS, ZOOM
 
     out_dir = Path(out_dir)
@@ -361,15 +395,26 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     env = (record or {}).get("environment", {})
     cand_label = (f"candidate: {env['device']} ({env['device_name']})" if env
                   else f"candidate: {Path(str(verdict.get('candidate', 'candidate'))).name}")
-    base_label = (f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']})"
-                  if baseline is not None else f"baseline: {Path(str(verdict.get('baseline', 'baseline'))).name}")
-    band = None
-    if baseline is not None and band_z is not None:
-        limits = baseline.band(band_z, band_min_halfwidth)
+    if baseline is not None:
+        seed = (record or {}).get("curve_params", {}).get("train", {}).get("seed", baseline.provenance.get("seed"))
+        which = "run of seed " + str(seed if seed in baseline.seeds else baseline.provenance.get("seed"))
+        base_label = f"baseline: {baseline.provenance['device']} ({baseline.provenance['device_name']}), {which}"
+    else:
+        base_label = f"baseline: {Path(str(verdict.get('baseline', 'baseline'))).name}"
+    band = envelope = None
+    if baseline is not None and rules is not None:
+        limits = baseline.band(rules.band.z, rules.band.min_halfwidth_relative)
         if limits and len(limits[0]) == len(reference.steps):
-            band = (*limits, f"baseline band: mean +- {band_z:g} sigma of {len(baseline.runs)} runs")
+            band = (*limits, f"seed band: mean ± {rules.band.z:g}·σ of {len(baseline.runs)} seeds "
+                             f"(different randomness, informs)")
+        width = baseline.envelope() if hasattr(baseline, "envelope") else None
+        if width is not None and len(width) == len(reference.steps):
+            k, floor = rules.envelope.k, rules.envelope.floor_relative
+            envelope = (tolerance(reference.loss, width, k, floor),
+                        f"envelope: ± ({k:g}·env + {floor:g}·|ref|), {len(baseline.envelope_runs)} numerics variants")
     paths = {"overlay": out_dir / OVERLAY, "html": out_dir / HTML, "junit": out_dir / JUNIT, "plots": out_dir / PLOTS}
-    render_overlay(paths["overlay"], candidate, reference, verdict, (cand_label, base_label), band=band)
+    render_overlay(paths["overlay"], candidate, reference, verdict, (cand_label, base_label), band=band,
+                   envelope=envelope)
     first = verdict.get("first_divergence_step")
     zoom = None
     if first is not None:
@@ -382,7 +427,8 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s") if baseline is not None else None,
                                  (record or {}).get("mean_samples_per_s"))
     render_html(paths["html"], verdict, environments, record, paths["overlay"], throughput, zoom_png=zoom,
-                band_shown=band is not None, verdict_sha256=verdict_sha256, ui_url=ui_url)
+                band_shown=band is not None, envelope_shown=envelope is not None, verdict_sha256=verdict_sha256,
+                ui_url=ui_url)
     render_junit(paths["junit"], verdict, env.get("device", "") if env else "logs")
     write_plot_table(paths["plots"], candidate, reference)
     return paths

@@ -9,6 +9,9 @@
 - `band_rule` needs a multi-run baseline: the candidate must stay within mean +- z*sigma per step.
 - `trend_rule` tests the per-step differences for a slow drift that a mean hides (Kendall's tau,
   Theil-Sen slope as the effect size).
+- `envelope_rule` (pipelines/envelope.py) keeps the per-step |d| within k x the numerics envelope measured on
+  the reference device plus a relative floor: the tolerance that legitimate numeric differences produce,
+  step by step. It needs a baseline with envelope runs (schema 3).
 - `first_divergence` finds the step where the curves part beyond tolerance.
 
 `decide` aligns the curves on their step numbers (pipelines/align.py), applies the rules the policy
@@ -25,9 +28,11 @@ import numpy as np
 
 from cait.errors import BaselineError
 from pipelines.align import align
+from pipelines.envelope import describe as describe_envelope
+from pipelines.envelope import envelope_check
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-RULE_NAMES = ("modelzoo", "strict", "band", "trend")
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope")
 TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
 
 
@@ -57,6 +62,7 @@ class Verdict:
     divergence: dict = field(default_factory=dict)  # the tolerance that defines "parting"
     alignment: dict = field(default_factory=dict)
     baseline_runs: int = 1
+    gate: list[str] = field(default_factory=list)  # the rules that decided this verdict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,6 +259,19 @@ def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0
     return RuleResult("trend", passed, gating, summary, numbers, thresholds)
 
 
+def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative=1e-6, max_outside_fraction=0.0,
+                  gating=True) -> RuleResult:
+    """|c - r| <= k x envelope(t) + floor_relative x |r| at all but max_outside_fraction of the steps; names
+    the first step outside and by how much (pipelines/envelope.py)."""
+    numbers = envelope_check(candidate, reference, width, steps, k, floor_relative, max_outside_fraction)
+    passed = numbers.pop("passed")
+    thresholds = {"k": k, "floor_relative": floor_relative, "max_outside_fraction": max_outside_fraction}
+    if numbers["steps_used"] == 0:
+        return RuleResult("envelope", False, gating, "no steps to compare", numbers, thresholds, applicable=False)
+    return RuleResult("envelope", passed, gating, describe_envelope(numbers, passed, k, floor_relative, max_outside_fraction),
+                      numbers, thresholds)
+
+
 def first_divergence(steps, candidate, baseline, max_relative_error=0.02, max_abs_error=0.0,
                      consecutive_steps=3) -> int | None:
     """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
@@ -281,13 +300,16 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            *, gate: list[str], min_steps: int, modelzoo: dict | None = None, strict: dict | None = None,
            refusals: list[str] | None = None, inform: list[str] = (), band: dict | None = None,
            trend: dict | None = None, divergence: dict | None = None, alignment: str = "steps",
-           band_stats: dict | None = None, notes: list[str] | None = None) -> Verdict:
+           band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict | None = None,
+           envelope_width: np.ndarray | None = None, envelope_missing: str = "") -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `band_stats` is a multi-run baseline's per-step {"mean", "std", "runs"} on `baseline_steps`; without
     it the band rule cannot run (inconclusive if it gates). Anything that makes the numbers meaningless
     (non-finite values, too few comparable steps, step numbers that cannot be aligned, a baseline made
     under other conditions: `refusals`) makes the verdict inconclusive, never pass.
+    `envelope_width` is the baseline's per-step envelope on `baseline_steps`; without it the envelope rule
+    cannot run (inconclusive if it gates; `envelope_missing` says why and what to do).
     """
     configs = {"modelzoo": modelzoo or {}, "strict": strict or {}, "band": band or {}, "trend": trend or {}}
     divergence = {"max_relative_error": 0.02, "max_abs_error": 0.0, "consecutive_steps": 3, **(divergence or {})}
@@ -316,7 +338,11 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                      "ModelZoo does; the other rules pair them on step numbers")
 
     # every other rule: paired on step numbers
-    extra = {"mean": band_stats["mean"], "std": band_stats["std"]} if band_stats is not None else None
+    extra = {"mean": band_stats["mean"], "std": band_stats["std"]} if band_stats is not None else {}
+    if envelope_width is not None:
+        if (bad := _first_nonfinite(np.asarray(envelope_width, dtype=np.float64), baseline_steps)) is not None:
+            reasons.append(f"baseline envelope is not finite: {bad}")
+        extra["envelope"] = envelope_width
     aligned = None
     try:
         aligned = align(candidate_steps, candidate, baseline_steps, baseline, mode=alignment, baseline_extra=extra)
@@ -350,6 +376,9 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                 rules["strict"] = strict_rule(c, b, s, gating="strict" in gate, **configs["strict"])
             if "trend" in active:
                 rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **configs["trend"])
+            if "envelope" in active and envelope_width is not None:
+                rules["envelope"] = envelope_rule(c, b, aligned.baseline_extra["envelope"], s,
+                                                  gating="envelope" in gate, **(envelope or {}))
             if "band" in active and band_stats is not None:
                 rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,
                                           runs=int(band_stats.get("runs", 0)), gating="band" in gate,
@@ -360,6 +389,12 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                            "(python -m pipelines.stages.baseline record --runs 3) or move band to compare.inform")
         else:
             notes.append("band rule not applied: the baseline has a single run")
+    if "envelope" in active and envelope_width is None:
+        why = envelope_missing or "the baseline has no envelope; record one with `make baseline`"
+        if "envelope" in gate:
+            reasons.append(f"the envelope rule gates but cannot run: {why}")
+        else:
+            notes.append(f"envelope rule not applied: {why}")
     for name, rule in rules.items():
         if not rule.applicable:
             (reasons if rule.gating else notes).append(f"{name} rule not applied: {rule.summary}")
@@ -385,4 +420,4 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                    candidate_steps=len(candidate), baseline_steps=len(baseline), modelzoo_lines=lines, notes=notes,
                    first_divergence_step=first_split, divergence=divergence,
                    alignment=aligned.to_dict() if aligned is not None else {"mode": alignment, "compared_steps": 0},
-                   baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1)
+                   baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1, gate=list(gate))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.baselines import baseline_from_run, save_baseline
+from pipelines.baselines import baseline_from_runs, save_baseline
+from pipelines.curves import Curve
 from pipelines.curves import write_curve_csv
 from pipelines.params import load_params
 from pipelines.provenance import file_sha256, write_record
@@ -28,6 +29,14 @@ def reference_loss(steps: int = 60) -> np.ndarray:
     rng = np.random.default_rng(0)
     x = np.arange(steps)
     return 2.3 * np.exp(-x / 25) + 0.9 + rng.normal(0, 0.01, steps)
+
+
+def envelope_runs(curve, record: dict) -> list[tuple]:
+    """Two numerics variants of the baseline run whose distance grows from 0 to 1e-4 relative over the run,
+    the shape (not the measured size) of a real envelope: tiny at first, growing step by step."""
+    growth = 1e-4 * np.linspace(0.0, 1.0, len(curve.loss)) ** 2
+    return [(Curve(curve.steps, curve.loss * (1 + sign * growth)), {**record, "numerics_variant": name},
+             f"test envelope run {name}") for sign, name in ((1, "threads_1"), (-1, "weights_ulp"))]
 
 
 def write_run(project: Path, loss, *, profile: str = "default", device: str = "sdaa",
@@ -55,6 +64,8 @@ def write_run(project: Path, loss, *, profile: str = "default", device: str = "s
                        "mean_samples_per_s": 400.0, "mlflow_run_id": "baseline-run"}
         from pipelines.curves import read_curve_csv
 
-        baseline = baseline_from_run(read_curve_csv(base_dir / "curve.csv"), base_record, profile, "test baseline")
+        base_curve = read_curve_csv(base_dir / "curve.csv")
+        baseline = baseline_from_runs([(base_curve, base_record, "test baseline")], profile,
+                                      envelope_runs=envelope_runs(base_curve, base_record))
         save_baseline(project / params.compare.baseline, baseline)
     return out

@@ -239,14 +239,16 @@ def test_record_trains_k_runs_and_compare_uses_their_band(tiny_project, capsys):
 
     write_params(tiny_project, {"tracking": {"enabled": False}, "device": {"threads": 1}})
     assert prepare.main([]) == 0
-    assert stage.main(["record", "--runs", "2"]) == 0
+    assert stage.main(["record", "--runs", "2", "--envelope", "--variants", "weights_ulp"]) == 0
     baseline = load_baseline(tiny_project / "baselines/default/baseline.json")
     assert baseline.kind == "multi-run" and baseline.seeds == [0, 1]
+    assert [r.variant for r in baseline.envelope_runs] == ["weights_ulp"]
     assert train.main([]) == 0
     assert compare.main([]) == 0
     verdict = json.loads((tiny_project / "reports/default/verdict.json").read_text())
     assert verdict["status"] == "pass", verdict["reasons"]
     assert verdict["baseline_runs"] == 2 and verdict["rules"]["band"]["passed"]
+    assert verdict["rules"]["envelope"]["passed"] and verdict["rules"]["envelope"]["gating"]
     assert verdict["rules"]["strict"]["numbers"]["mean_abs_error"] == 0.0  # seed 0 paired with the seed-0 run
 
 

@@ -97,7 +97,7 @@ def test_summary_gives_the_worst_status_of_the_night(untracked, tmp_path, capsys
     base = reference_loss(60)
     night = tmp_path / "night"
     for name, candidate, device, device_name in (("a", base, "sdaa", "Tecorigin T100"),
-                                                 ("b", base * 1.0005, "cuda", "NVIDIA H100")):
+                                                 ("b", base * (1 + 5e-7), "cuda", "NVIDIA H100")):
         out = write_run(untracked, candidate, baseline_loss=base, device=device, device_name=device_name)
         assert cli.run(compare.main, ["-q"]) == 0
         (night / name).mkdir(parents=True)

@@ -38,13 +38,14 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
         assert (out / name).stat().st_size > 0, name
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Verdict: PASS" in (out / "report.html").read_text()
-    assert "MeanRelativeError: " in first.stdout
+    assert "MeanRelativeError: " in first.stdout and "Rule,mean_" in first.stdout  # ModelZoo's lines, as they print
     strict = verdict["rules"]["strict"]["numbers"]
     print(f"against the stored baseline: signed MRE {verdict['rules']['modelzoo']['numbers']['mean_relative_error']:.3g}, "
           f"mean |d|/|b| {strict['mean_abs_relative_error']:.3g}, max |d|/|b| {strict['max_abs_relative_error']:.3g}")
     # cross-CPU drift is ~1e-5 relative at worst; 1e-4 on the mean is far below the strict rule's 0.02 and far
     # above that drift, so it holds on any x86 CPU yet catches a real change of the numerics
     assert strict["mean_abs_relative_error"] <= 1e-4
+    assert verdict["rules"]["envelope"]["passed"] and verdict["gate"] == ["envelope", "modelzoo"]
 
     # the MLflow store holds the run: params, every step's loss, the verdict
     run_id = json.loads((out / "train.json").read_text())["mlflow_run_id"]
@@ -67,12 +68,12 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
     assert (out / "curve.csv").stat().st_mtime_ns == before
     print(f"no-op dvc repro took {elapsed:.1f} s")
 
-    # every baseline value 10% higher (each run, so the file stays consistent: loss is its reference run and the
-    # stats follow from the runs): the chain ends non-zero, and the report says why
+    # every baseline curve 10% higher (reference, seed runs and envelope runs alike, so the file stays consistent:
+    # loss is its reference run and the stats and envelope follow from the runs): the chain ends non-zero, and the report says why
     path = project / "baselines" / "default" / "baseline.json"
     baseline = load_baseline(path)
     baseline.loss = baseline.loss * 1.1
-    for run in baseline.runs:
+    for run in [*baseline.runs, *baseline.envelope_runs]:
         run.loss = run.loss * 1.1
     save_baseline(path, baseline)
     failed = dvc(project, "repro")
@@ -81,10 +82,14 @@ def test_default_chain_passes_then_a_raised_baseline_fails(project):
     assert "gate: FAIL" in failed.stderr + failed.stdout
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["status"] == "fail"
-    assert verdict["rules"]["strict"]["passed"] is False
-    why = verdict["rules"]["strict"]["summary"]  # e.g. "mean |d|/min(|c|,|b|) 0.0999999 > 0.02; mean |d| 0.17 > 0.05"
-    assert "> 0.02" in why
+    assert "> 0.02" in verdict["rules"]["strict"]["summary"]  # strict informs, and says so too
     assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.1, abs=1e-4)
+    assert verdict["rules"]["envelope"]["passed"] is False and verdict["rules"]["envelope"]["gating"] is True
+    assert verdict["rules"]["envelope"]["numbers"]["first_outside_step"] == 0
+    # the candidate sits lower, so ModelZoo's signed rule passes: the envelope is what fails it
+    assert verdict["rules"]["modelzoo"]["passed"] is True and verdict["rules"]["strict"]["passed"] is False
+    why = verdict["rules"]["envelope"]["summary"]  # "leaves 4 x envelope + ... at step 0 (|d| ...)"
+    assert "at step 0" in why
     html = (out / "report.html").read_text()
     assert "Verdict: FAIL" in html and html_escape(why) in html
     assert f'<failure message="{html_escape(why)}' in (out / "junit.xml").read_text()

@@ -25,6 +25,7 @@ def every_rule(candidate, baseline, band_runs=None, **kwargs):
     steps = np.arange(len(candidate))
     runs = np.stack(band_runs if band_runs is not None else [baseline] * 3)
     stats = {"mean": runs.mean(axis=0), "std": runs.std(axis=0, ddof=1), "runs": len(runs)}
+    kwargs.setdefault("envelope_width", np.zeros(len(baseline)))  # a zero-width envelope: the floor alone
     return decide(steps, candidate, np.arange(len(baseline)), baseline, gate=list(RULE_NAMES),
                   min_steps=MIN_STEPS, band_stats=stats, **kwargs)
 

@@ -218,14 +218,21 @@ def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys, mo
     from pipelines.baselines import load_baseline
 
     seed1 = load_baseline("baselines/default/baseline.json").runs[1].loss
+    # a port whose loss sits 0.1% higher: every rule but the envelope lets it through
     _fake_run(project, seed1 * 1.001, seed=1)
+    assert compare.main([]) == 0
+    verdict = json.loads((project / "reports/default/verdict.json").read_text())
+    assert verdict["status"] == FAIL, verdict["reasons"]
+    assert [name for name, r in verdict["rules"].items() if not r["passed"]] == ["envelope"]
+    assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.001, rel=1e-6)
+    # the same seed's run itself, as a port that reproduces it would give
+    _fake_run(project, seed1.copy(), seed=1)
     assert compare.main([]) == 0
     verdict = json.loads((project / "reports/default/verdict.json").read_text())
     assert verdict["status"] == PASS, verdict["reasons"]
     assert verdict["baseline_runs"] >= 3 and "band" in verdict["rules"]
     assert any("paired with the baseline run of seed 1" in n for n in verdict["notes"])
     assert any(n.startswith("device differs: baseline cpu, candidate cuda") for n in verdict["notes"])
-    assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.001, rel=1e-6)
 
     # the report draws the baseline's band on the overlay
     import matplotlib.axes
@@ -237,7 +244,8 @@ def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys, mo
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
                         lambda ax, x, lo, hi, **kw: shaded.append((len(x), kw.get("label"))) or original(ax, x, lo, hi, **kw))
     assert report.main([]) == 0
-    assert shaded and shaded[0][0] == 120 and "sigma of 3 runs" in shaded[0][1]
+    assert shaded and shaded[0][0] == 120 and "seed band: mean ± 3·σ of 3 seeds (different randomness" in shaded[0][1]
+    assert any(label and label.startswith("envelope: ") for _, label in shaded)
     assert (project / "reports/default/overlay.png").stat().st_size > 0
 
 

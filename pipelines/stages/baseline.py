@@ -2,6 +2,8 @@
 
   python -m pipelines.stages.baseline record --runs 3            # train seeds s, s+1, s+2 (s = train.seed)
   python -m pipelines.stages.baseline record --runs 3 --repeat   # 3 repeats of train.seed: the device's own noise
+  python -m pipelines.stages.baseline record --runs 3 --envelope # + train.seed under each numerics variant
+                                                                 # of this device (`make baseline`)
   python -m pipelines.stages.baseline promote                    # reports/<profile>/curve.csv + train.json
   python -m pipelines.stages.baseline promote --run-dir a --run-dir b --mlflow-run <id> ...
   python -m pipelines.stages.baseline show                       # print the stored baseline's provenance
@@ -12,7 +14,11 @@ not lost; promote them with `promote --mlflow-run <id> ...`.
 The baseline is written to compare.baseline (or --out); commit it to git with its provenance. With
 several runs it keeps every curve and per-step mean/std/min/max, which the band rule uses. A baseline
 of several seeds leaves train.seed out of its params hash (any seed is judged against the spread);
-one of a single seed keeps it (see pipelines/baselines.py `curve_hash`).
+one of a single seed keeps it (see pipelines/baselines.py `curve_hash`). With --envelope, the reference
+seed is trained again under every numerics variant of the device (cait/portbugs.py: threads, fused
+attention, deterministic algorithms off, TF32 on CUDA, initial weights one ulp away); their per-step
+distance from the reference is the envelope the `envelope` rule gates on. A run with a port bug
+(device.port_bug) is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 from cait.errors import BaselineError, ConfigError
 from pipelines import cli
@@ -73,18 +82,49 @@ def seeds_for(params: Params, runs: int, repeat: bool, seeds: str | None) -> lis
     return [first] * runs if repeat else list(range(first, first + runs))
 
 
-def record_runs(params: Params, seeds: list[int]) -> list[tuple]:
-    """Train once per seed with params.yaml otherwise unchanged; each run is tracked in MLflow as usual."""
+def with_numerics(params: Params, variant: str | None) -> Params:
+    """params with device.numerics_variant set (the device section is not part of the params hash)."""
+    return params.model_copy(update={"device": params.device.model_copy(update={"numerics_variant": variant})})
+
+
+def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: bool = False,
+               out_dir: Path | None = None) -> tuple:
+    """(curve, record, source) of one ordinary train-stage run, in out_dir (kept) or a temporary folder.
+    Variants change process-wide switches (threads, fused attention); the thread count is restored
+    afterwards and the train stage sets the others afresh at the start of every run."""
+    import torch
+
+    from pipelines.layout import PREPARED_DIR
     from pipelines.stages.train import run_training
 
+    threads = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
+            folder = out_dir or Path(tmp)
+            curve_path, record_path = run_training(params, folder, data_dir=data_dir or PREPARED_DIR, quiet=quiet)
+            curve, record = read_run(curve_path, record_path)
+    finally:
+        torch.set_num_threads(threads)
+    return curve, record, f"baseline record, {label} (MLflow run {record.get('mlflow_run_id') or 'untracked'})"
+
+
+def record_runs(params: Params, seeds: list[int], quiet: bool = False) -> list[tuple]:
+    """Train once per seed with params.yaml otherwise unchanged; each run is tracked in MLflow as usual."""
     runs = []
     for i, seed in enumerate(seeds):
         run_params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
         print(f"baseline: run {i + 1} of {len(seeds)} (train.seed {seed})", flush=True)
-        with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-            curve, record, _ = run_from_files(*run_training(run_params, Path(tmp)))
-            run_id = record.get("mlflow_run_id") or "untracked"
-            runs.append((curve, record, f"baseline record, seed {seed} (MLflow run {run_id})"))
+        runs.append(train_once(run_params, f"seed {seed}", quiet=quiet))
+    return runs
+
+
+def record_envelope_runs(params: Params, variants: list[str], quiet: bool = False) -> list[tuple]:
+    """The reference seed once per numerics variant: the legitimate spread the envelope is made of."""
+    runs = []
+    for i, name in enumerate(variants):
+        print(f"baseline: envelope run {i + 1} of {len(variants)} (numerics variant {name}, train.seed "
+              f"{params.train.seed})", flush=True)
+        runs.append(train_once(with_numerics(params, name), f"numerics variant {name}", quiet=quiet))
     return runs
 
 
@@ -103,6 +143,10 @@ def main(argv=None) -> int:
     rec.add_argument("--runs", type=int, default=1, help="how many runs (default 1)")
     rec.add_argument("--repeat", action="store_true", help="repeat train.seed instead of seeds s, s+1, ...")
     rec.add_argument("--seeds", help="explicit seeds, e.g. 0,1,2 (overrides --runs)")
+    rec.add_argument("--envelope", action="store_true",
+                     help="also train train.seed under every numerics variant of the device (the envelope)")
+    rec.add_argument("--variants", help="numerics variants for --envelope, comma-separated "
+                                        "(default: every one of the device, cait/portbugs.py ENVELOPE_VARIANTS)")
     sub.add_parser("show", help="print the baseline's provenance")
     for s in (pr, rec):
         s.add_argument("--out", help="baseline file to write (default: compare.baseline)")
@@ -115,8 +159,17 @@ def main(argv=None) -> int:
                           "provenance": {k: v for k, v in baseline.provenance.items() if k != "params"}}, indent=1))
         return 0
     out = Path(args.out or params.compare.baseline)
+    envelope_runs: list[tuple] = []
     if args.command == "record":
-        runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds))
+        if params.device.port_bug or params.device.numerics_variant:
+            raise ConfigError(f"{args.params}: device.port_bug / device.numerics_variant must be null to record a "
+                              f"baseline (the envelope variants are added by --envelope)")
+        variants = envelope_variant_names(params.device.type, args.variants) if args.envelope else []
+        started = time.perf_counter()
+        runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds), args.quiet)
+        envelope_runs = record_envelope_runs(params, variants, args.quiet)
+        print(f"baseline: {len(runs) + len(envelope_runs)} runs trained in {time.perf_counter() - started:.0f} s",
+              flush=True)
     else:
         if args.record and len(args.record) != len(args.curve):
             raise ConfigError("--record: give one per --curve, in the same order (or none: train.json beside each)")
@@ -127,14 +180,36 @@ def main(argv=None) -> int:
         runs += [run_from_mlflow(run_id, params) for run_id in args.mlflow_run]
         if not runs:
             runs = [run_from_folder(run_dir(params.profile))]
-        # the reference run (the baseline's own curve) is the one of train.seed, whatever order they came in
+        # runs of a numerics variant are envelope runs; the reference run (the baseline's own curve) is
+        # the one of train.seed, whatever order they came in
+        envelope_runs = [run for run in runs if run[1].get("numerics_variant")]
+        runs = [run for run in runs if not run[1].get("numerics_variant")]
         runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
-    baseline = baseline_from_runs(runs, params.profile)
+    baseline = baseline_from_runs(runs, params.profile, envelope_runs)
     save_baseline(out, baseline)
     prov = baseline.provenance
     print(f"baseline: {baseline.kind}, {len(baseline.loss)} steps, seeds {baseline.seeds} "
           f"({prov['device']}: {prov['device_name']}) -> {out}")
+    if baseline.envelope_runs:
+        width = baseline.envelope()
+        same = [r.variant for r in baseline.envelope_runs if np.array_equal(r.loss, baseline.loss)]
+        print(f"baseline: envelope of {len(baseline.envelope_runs)} variants "
+              f"({', '.join(r.variant for r in baseline.envelope_runs)}): width {width[0]:.3g} at step "
+              f"{baseline.steps[0]}, {width[-1]:.3g} at step {baseline.steps[-1]}"
+              + (f"; bitwise equal to the reference: {', '.join(same)}" if same else ""))
     return 0
+
+
+def envelope_variant_names(device_type: str, given: str | None) -> list[str]:
+    from cait.portbugs import VARIANTS, envelope_variants
+
+    if not given:
+        return envelope_variants(device_type)
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"--variants: unknown numerics variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
+    return names
 
 
 if __name__ == "__main__":

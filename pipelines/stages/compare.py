@@ -42,6 +42,40 @@ def _describe_device(baseline: Baseline | None) -> str:
     return f"{baseline.provenance['device']} ({baseline.provenance['device_name']})"
 
 
+def policy_for(cfg, own_runs: bool) -> dict:
+    """Which rules decide: compare.gate/inform for a run of this chain against a stored baseline (identical
+    inputs on both sides, so the numerics envelope applies); compare.foreign when either side is a log
+    without a run record (its randomness and numerics are unknown, so only rules that hold without
+    identical inputs decide, and the envelope cannot apply)."""
+    if own_runs:
+        return {"name": "chain", "gate": list(cfg.gate), "inform": list(cfg.inform),
+                "why": "both sides carry their provenance (run record and stored baseline): compare.gate decides"}
+    return {"name": "foreign", "gate": list(cfg.foreign.gate), "inform": list(cfg.foreign.inform),
+            "why": "one side is a log without a run record, so the two sides may have drawn their own augmentation "
+                   "randomness and the numerics envelope cannot apply: compare.foreign decides, with rules that hold "
+                   "without identical inputs"}
+
+
+def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
+          refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None):
+    """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
+    the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
+    leaves one numerics variant out of the envelope (a held-out legitimate run)."""
+    rules = cfg.rules
+    stats = baseline_obj.stats() if baseline_obj is not None else None
+    width = baseline_obj.envelope(exclude=envelope_exclude) if baseline_obj is not None else None
+    return decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
+                  gate=list(gate), inform=list(inform), min_steps=cfg.min_steps,
+                  envelope=rules.envelope.model_dump(), envelope_width=width,
+                  envelope_missing=baseline_obj.envelope_missing() if baseline_obj is not None else "",
+                  alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
+                  modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
+                  band=rules.band.model_dump(), trend=rules.trend.model_dump(),
+                  band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
+                              if stats is not None else None),
+                  refusals=list(refusals), notes=list(notes))
+
+
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--candidate", help="log, curve CSV/JSON or MLflow run id to judge "
@@ -115,28 +149,16 @@ def main(argv=None) -> int:
     else:
         notes.append("provenance not checked: " + ("the candidate" if record is None else "the baseline")
                      + " is a log without a run record; the verdict judges the curves only")
+    for key, what in (("port_bug", "the simulated port bug"), ("numerics_variant", "the numerics variant")):
+        if record is not None and record.get(key):
+            notes.append(f"the candidate was trained with {what} {record[key]!r} (cait/portbugs.py)")
     if record is not None and record.get("stopped"):
         refused.append(f"training stopped early: {record['stopped']}")
-    stats = baseline_obj.stats() if baseline_obj is not None else None
-
-    rules = cfg.rules
-    policy = {"name": "chain", "gate": list(cfg.gate), "inform": list(cfg.inform),
-              "why": "both sides carry their provenance (run record and stored baseline): compare.gate decides"}
-    if record is None or baseline_obj is None:
-        policy = {"name": "foreign", "gate": list(cfg.foreign.gate), "inform": list(cfg.foreign.inform),
-                  "why": (("the candidate" if record is None else "the baseline") + " is a log without a run "
-                          "record, so the two sides may have drawn their own augmentation randomness: "
-                          "compare.foreign decides, with rules that hold without identical inputs")}
+    policy = policy_for(cfg, record is not None and baseline_obj is not None)
     notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
                  + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
-    verdict = decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
-                     gate=policy["gate"], inform=policy["inform"], min_steps=cfg.min_steps,
-                     alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
-                     modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
-                     band=rules.band.model_dump(), trend=rules.trend.model_dump(),
-                     band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
-                                 if stats is not None else None),
-                     refusals=refused, notes=notes)
+    verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=policy["inform"],
+                    refusals=refused, notes=notes)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
@@ -161,10 +183,8 @@ def main(argv=None) -> int:
 
     exit_status = EXIT_BY_STATUS[verdict.status] if args.gate else 0
     if logger is None:  # logs compared by hand: the chain's report beside the verdict; no train run to add to
-        band = rules.band
         paths = write_report(out.parent, result, candidate, baseline_curve, baseline=baseline_obj, record=record,
-                             band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative,
-                             verdict_sha256=file_sha256(out))
+                             rules=cfg.rules, verdict_sha256=file_sha256(out))
         print(f"report: {paths['html']}; figures {paths['overlay']}; JUnit {paths['junit']}")
         return exit_status
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))

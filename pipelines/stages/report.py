@@ -50,10 +50,8 @@ def report_logs(verdict: VerdictFile, out_dir: Path, params) -> dict[str, Path]:
                                   run=how.get("run"))
     baseline = curves["baseline"].baseline
     reference = baseline.reference_for(None)[0] if baseline is not None else curves["baseline"].curve
-    band = params.compare.rules.band
     return write_report(out_dir, verdict.data, curves["candidate"].curve, reference, baseline=baseline,
-                        band_z=band.z, band_min_halfwidth=band.min_halfwidth_relative,
-                        verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
+                        rules=params.compare.rules, verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
 
 
 def main(argv=None) -> int:
@@ -76,10 +74,8 @@ def main(argv=None) -> int:
     baseline = load_baseline(baseline_path, allow_negative_loss=params.compare.allow_negative_loss)
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
     logger = RunLogger(params.tracking)  # opened before any file is written: a corrupt store stops the stage first
-    band = params.compare.rules.band
-    paths = write_report(out, verdict.data, candidate, reference, baseline=baseline, record=record, band_z=band.z,
-                         band_min_halfwidth=band.min_halfwidth_relative, verdict_sha256=verdict.sha256,
-                         ui_url=params.tracking.ui_url)
+    paths = write_report(out, verdict.data, candidate, reference, baseline=baseline, record=record,
+                         rules=params.compare.rules, verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
     zoom = paths.get("zoom")
     print(f"report: {out / HTML} ({verdict.status}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")

@@ -47,6 +47,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     from cait.devices import describe_device, resolve_device
     from cait.distributed import init_distributed, shutdown
     from cait.models import build_model
+    from cait.portbugs import RunPatch
     from cait.train import CheckpointPlan, train
 
     cfg = params.train
@@ -58,6 +59,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         if params.device.threads:
             torch.set_num_threads(params.device.threads)
         numerics = configure_numerics(device.type, params.device.deterministic)  # before the model is built
+        patch = RunPatch(params.device.numerics_variant, params.device.port_bug)
+        numerics.update(patch.configure(device.type))  # a numerics variant's switches, before the model is built
         manifest = read_manifest(data_dir)
         img_size = params.model.resolved_img_size
         num_classes = params.model.num_classes or len(manifest.classes)
@@ -94,6 +97,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                            "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                            "data_manifest_hash": manifest.hash, "params_hash": params.curve_hash(),
                            "world_size": ctx.world_size, "dist_backend": ctx.backend or "none",
+                           "numerics_variant": params.device.numerics_variant or "none",
+                           "port_bug": params.device.port_bug or "none",
                            **{f"numerics.{k}": v for k, v in numerics.items()},
                            **{f"env.{k}": v for k, v in environment.items() if v not in ("", None)}})
         logger.start_system_metrics(params.tracking.system_metrics_every_s)
@@ -136,7 +141,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         try:
             summary = train(model, make_loader, device, cfg, steps_per_epoch=steps_per_epoch, ctx=ctx,
                             checkpoints=plan, resume=resume_state, make_eval_loader=make_eval_loader,
-                            on_step=on_step, on_epoch=on_epoch)
+                            on_step=on_step, on_epoch=on_epoch, patch=patch)
         except BaseException:
             progress.close()
             if ctx.is_main and rows:
@@ -167,6 +172,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             "tracking_uri": logger.uri,
             "environment": environment,
             "numerics": numerics,
+            "numerics_variant": params.device.numerics_variant,  # null: the device's own numerics
+            "port_bug": params.device.port_bug,  # a simulated port bug: never a baseline
             "world_size": ctx.world_size,
             "global_batch": global_batch,
             "git_commit": commit,

@@ -1,0 +1,348 @@
+"""Legitimate numeric variants and a zoo of realistic port bugs, injectable into one training run.
+
+A *numerics variant* changes only how the arithmetic is done, the way two accelerators differ: thread
+count (reduction order), fused vs unfused attention, deterministic algorithms off, TF32 matmuls on CUDA,
+the initial weights nudged by one ulp (how fast training amplifies a rounding difference), an AdamW
+written out by hand (another optimizer kernel). The baseline command records the reference run and
+runs of these variants on the same device; their spread per step is the tolerance of the `envelope`
+rule (pipelines/envelope.py).
+
+A *port bug* changes what is computed, the way a faulty port does: softmax or LayerNorm in bf16, a
+LayerNorm eps or a LayerScale init of another value, GELU's tanh approximation, the talking-heads
+projections skipped, the attention scaled by the wrong dimension, AdamW without bias correction or with
+eps inside the square root, weight decay on norms/biases/gammas, the lr schedule one step late, one
+module's gradient halved (a broken all-reduce average). Every bug here acts on the default profile
+(drop path, label smoothing and Mixup are off there, so bugs in those would be no-ops and are left out).
+The bugs exist to measure the gate's power (benchmarks/bench_power.py); a run with a port bug is
+marked as such in its record and can never become a baseline.
+
+Both are named in params.yaml (`device.numerics_variant`, `device.port_bug`; the device section is not
+part of the curve's params hash, so such a run is judged against the ordinary baseline) and applied
+through one seam, a `RunPatch`: `configure` before the model is built, `model` after it is built and
+before the optimizer is, `optimizer` after, and `lr` on every step's learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "variant" (legitimate numerics) | "bug"
+    description: str
+    configure: Callable[[str], dict] | None = None  # (device type) -> numerics settings it changed
+    model: Callable[[object, int], None] | None = None  # (model, seed): patch in place
+    optimizer: Callable[[object, object], object] | None = None  # (optimizer, model) -> optimizer
+    lr: Callable[[int, Callable[[int], float]], float] | None = None  # (step, schedule) -> lr
+    devices: tuple[str, ...] = ("cpu", "cuda", "sdaa")  # where the variant means something
+
+
+class RunPatch:
+    """What one run changes: at most one numerics variant and one port bug, applied in that order."""
+
+    def __init__(self, variant: str | None = None, bug: str | None = None):
+        self.entries = [e for e in (VARIANTS.get(variant) if variant else None,
+                                    BUGS.get(bug) if bug else None) if e is not None]
+        if variant and variant not in VARIANTS:
+            raise KeyError(f"unknown numerics variant {variant!r}")
+        if bug and bug not in BUGS:
+            raise KeyError(f"unknown port bug {bug!r}")
+
+    def configure(self, device_type: str) -> dict:
+        changed: dict = {}
+        for e in self.entries:
+            if e.configure:
+                changed.update(e.configure(device_type))
+        return changed
+
+    def model(self, model, seed: int) -> None:
+        for e in self.entries:
+            if e.model:
+                e.model(model, seed)
+
+    def optimizer(self, optimizer, model):
+        for e in self.entries:
+            if e.optimizer:
+                optimizer = e.optimizer(optimizer, model)
+        return optimizer
+
+    def lr(self, step: int, schedule: Callable[[int], float]) -> float:
+        for e in self.entries:
+            if e.lr:
+                return e.lr(step, schedule)
+        return schedule(step)
+
+
+# ---- model surgery helpers ----------------------------------------------------------------------------
+
+def _modules(model, class_name: str):
+    return [m for m in model.modules() if type(m).__name__ == class_name]
+
+
+def _talking_head_forward(self, x, softmax=None, talk=True):
+    """timm's TalkingHeadAttn.forward, with the softmax and the talking-heads projections replaceable."""
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+    attn = q @ k.transpose(-2, -1)
+    if talk:
+        attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    attn = softmax(attn) if softmax else attn.softmax(dim=-1)
+    if talk:
+        attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    attn = self.attn_drop(attn)
+    x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+    return self.proj_drop(self.proj(x))
+
+
+def _class_attn_forward(self, x, softmax=None):
+    """timm's ClassAttn.forward (unfused path), with the softmax replaceable."""
+    B, N, C = x.shape
+    h = self.num_heads
+    q = self.q(x[:, 0]).unsqueeze(1).reshape(B, 1, h, C // h).permute(0, 2, 1, 3)
+    k = self.k(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
+    v = self.v(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
+    attn = (q * self.scale) @ k.transpose(-2, -1)
+    attn = softmax(attn) if softmax else attn.softmax(dim=-1)
+    x_cls = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, 1, C)
+    return self.proj_drop(self.proj(x_cls))
+
+
+def _bf16_softmax(attn):
+    import torch
+
+    return attn.to(torch.bfloat16).softmax(dim=-1).to(attn.dtype)
+
+
+def _softmax_bf16(model, seed):
+    for m in _modules(model, "TalkingHeadAttn"):
+        m.forward = types.MethodType(lambda self, x: _talking_head_forward(self, x, softmax=_bf16_softmax), m)
+    for m in _modules(model, "ClassAttn"):
+        m.forward = types.MethodType(lambda self, x: _class_attn_forward(self, x, softmax=_bf16_softmax), m)
+
+
+def _talking_heads_skipped(model, seed):
+    for m in _modules(model, "TalkingHeadAttn"):
+        m.forward = types.MethodType(lambda self, x: _talking_head_forward(self, x, talk=False), m)
+
+
+def _attention_scale_embed_dim(model, seed):
+    """scale = dim^-0.5 instead of head_dim^-0.5 (a classic port slip); forces the unfused path that reads it."""
+    for m in _modules(model, "TalkingHeadAttn") + _modules(model, "ClassAttn"):
+        dim = m.proj.in_features
+        m.scale = dim ** -0.5
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+
+
+def _layernorm_bf16(model, seed):
+    import torch
+    import torch.nn.functional as F
+
+    def forward(self, x):
+        w = self.weight.to(torch.bfloat16) if self.weight is not None else None
+        b = self.bias.to(torch.bfloat16) if self.bias is not None else None
+        return F.layer_norm(x.to(torch.bfloat16), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.forward = types.MethodType(forward, m)
+
+
+def _layernorm_eps(model, seed):
+    """eps 1e-6 (CaiT's) -> 1e-5 (torch's default): the port built LayerNorm without the model's eps."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 1e-5 if m.eps != 1e-5 else 1e-6
+
+
+def _gelu_tanh(model, seed):
+    import torch
+
+    for m in _modules(model, "Mlp"):
+        m.act = torch.nn.GELU(approximate="tanh")
+
+
+def _layerscale_init(model, seed):
+    """LayerScale gammas initialised to 1e-6 (the deeper CaiTs' value) instead of the variant's 1e-5."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gamma_1") or name.endswith(".gamma_2"):
+                p.mul_(0.1)
+
+
+def _grad_half_class_blocks(model, seed):
+    """The class-attention blocks' gradients halved: an all-reduce that sums over 2 ranks and divides by 4."""
+    for p in model.blocks_token_only.parameters():
+        p.register_hook(lambda g: g * 0.5)
+
+
+def _ulp_nudge(model, seed: int, key: int = 0):
+    """Every initial weight moved by one ulp, up or down by a keyed coin: the smallest possible change."""
+    import torch
+
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            if not p.dtype.is_floating_point:
+                continue
+            coin = np.random.default_rng([seed, 4, key, i]).integers(0, 2, size=tuple(p.shape))
+            toward = torch.where(torch.from_numpy(coin).bool(), torch.tensor(math.inf), torch.tensor(-math.inf))
+            p.copy_(torch.nextafter(p, toward.to(p.dtype)))
+
+
+# ---- optimizers --------------------------------------------------------------------------------------
+
+def _adamw_class():
+    import torch
+
+    class HandAdamW(torch.optim.Optimizer):
+        """AdamW written out step by step (decoupled weight decay, as torch's), with two classic slips
+        switchable: no bias correction, eps inside the square root."""
+
+        def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8, bias_correction=True, eps_inside_sqrt=False):
+            super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
+            self.bias_correction, self.eps_inside_sqrt = bias_correction, eps_inside_sqrt
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                beta1, beta2 = group["betas"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if not state:
+                        state["step"] = 0
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["step"] += 1
+                    t = state["step"]
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    m, v = state["exp_avg"], state["exp_avg_sq"]
+                    m.lerp_(p.grad, 1 - beta1)
+                    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    bc1 = 1 - beta1 ** t if self.bias_correction else 1.0
+                    bc2 = 1 - beta2 ** t if self.bias_correction else 1.0
+                    if self.eps_inside_sqrt:
+                        denom = (v / bc2).add_(group["eps"]).sqrt_()
+                    else:
+                        denom = (v.sqrt() / math.sqrt(bc2)).add_(group["eps"])
+                    p.addcdiv_(m, denom, value=-group["lr"] / bc1)
+
+    return HandAdamW
+
+
+def _hand_adamw(**slips):
+    def replace(optimizer, model):
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+        first = optimizer.param_groups[0]
+        return _adamw_class()(groups, lr=first["lr"], betas=first["betas"], eps=first["eps"], **slips)
+    return replace
+
+
+def _weight_decay_everywhere(optimizer, model):
+    decay = max(g["weight_decay"] for g in optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = decay
+    return optimizer
+
+
+# ---- global switches ---------------------------------------------------------------------------------
+
+def _threads(n: int):
+    def configure(device_type):
+        import torch
+
+        torch.set_num_threads(n)
+        return {"threads": str(n)}
+    return configure
+
+
+def _fused_attention(device_type):
+    import torch
+    from timm.layers import set_fused_attn
+
+    set_fused_attn(True)
+    if hasattr(torch.backends.cuda, "enable_flash_sdp"):
+        torch.backends.cuda.enable_flash_sdp(True)
+        torch.backends.cuda.enable_mem_efficient_sdp(True)
+    return {"fused_attn": "True"}
+
+
+def _nondeterministic(device_type):
+    from cait.determinism import configure_numerics
+
+    return configure_numerics(device_type, False)
+
+
+def _tf32(device_type):
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    return {"tf32": "True", "float32_matmul_precision": "high"}
+
+
+VARIANTS: dict[str, Entry] = {e.name: e for e in [
+    Entry("threads_1", "variant", "one CPU thread (other reduction splits)", configure=_threads(1)),
+    Entry("threads_2", "variant", "two CPU threads", configure=_threads(2)),
+    Entry("fused_attention", "variant", "fused scaled-dot-product attention where timm has it (class attention)",
+          configure=_fused_attention),
+    Entry("nondeterministic", "variant", "deterministic algorithms off, fused attention on, TF32 and autotuning "
+          "where the device has them", configure=_nondeterministic),
+    Entry("tf32", "variant", "fp32 matmuls and convolutions in TF32", configure=_tf32, devices=("cuda",)),
+    Entry("weights_ulp", "variant", "every initial weight moved one ulp up or down (keyed coin)",
+          model=lambda model, seed: _ulp_nudge(model, seed, key=0)),
+    Entry("weights_ulp_other", "variant", "as weights_ulp with other coins (a probe outside the envelope)",
+          model=lambda model, seed: _ulp_nudge(model, seed, key=1)),
+    Entry("adamw_by_hand", "variant", "AdamW written out step by step (another optimizer kernel, same math)",
+          optimizer=_hand_adamw()),
+]}
+
+# The variants the baseline command records beside the reference run, per device type (those whose
+# `devices` include it). weights_ulp_other and adamw_by_hand are kept out: the power
+# benchmark uses them as legitimate runs the envelope never saw.
+ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "tf32", "weights_ulp")
+
+BUGS: dict[str, Entry] = {e.name: e for e in [
+    Entry("softmax_bf16", "bug", "attention softmax computed in bf16", model=_softmax_bf16),
+    Entry("layernorm_bf16", "bug", "every LayerNorm computed in bf16", model=_layernorm_bf16),
+    Entry("layernorm_eps", "bug", "LayerNorm eps 1e-5 instead of CaiT's 1e-6", model=_layernorm_eps),
+    Entry("gelu_tanh", "bug", "GELU with the tanh approximation", model=_gelu_tanh),
+    Entry("talking_heads_skipped", "bug", "talking-heads projections (proj_l, proj_w) skipped",
+          model=_talking_heads_skipped),
+    Entry("attention_scale", "bug", "attention scaled by dim^-0.5 instead of head_dim^-0.5",
+          model=_attention_scale_embed_dim),
+    Entry("layerscale_init", "bug", "LayerScale gammas initialised to 1e-6 instead of 1e-5", model=_layerscale_init),
+    Entry("adamw_no_bias_correction", "bug", "AdamW without bias correction",
+          optimizer=_hand_adamw(bias_correction=False)),
+    Entry("adamw_eps_in_sqrt", "bug", "AdamW with eps inside the square root",
+          optimizer=_hand_adamw(eps_inside_sqrt=True)),
+    Entry("weight_decay_on_norms", "bug", "weight decay also on norms, biases, pos_embed, cls_token, gammas",
+          optimizer=_weight_decay_everywhere),
+    Entry("lr_one_step_late", "bug", "the lr schedule one step late", lr=lambda step, schedule: schedule(step - 1)),
+    Entry("grad_half_class_blocks", "bug", "class-attention blocks' gradients halved (broken all-reduce average)",
+          model=_grad_half_class_blocks),
+]}
+
+
+def envelope_variants(device_type: str) -> list[str]:
+    """The numerics variants the baseline command records on this kind of device."""
+    return [n for n in ENVELOPE_VARIANTS if device_type in VARIANTS[n].devices]
+
+
+def describe(name: str) -> str:
+    entry = VARIANTS.get(name) or BUGS.get(name)
+    return entry.description if entry else ""
