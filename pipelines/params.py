@@ -16,10 +16,10 @@ from pydantic import Field, ValidationError, model_validator
 
 from cait.config import RUN_ONLY_TRAIN_KEYS, DataConfig, DeviceConfig, ModelConfig, Section, TrainConfig
 from cait.errors import ConfigError
+from pipelines.verdict import RULE_NAMES  # the one list of rule names
 
 DEFAULT_PARAMS = Path("params.yaml")
-RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope")
-RuleName = Literal["modelzoo", "strict", "band", "trend", "envelope"]
+RuleName = Literal[RULE_NAMES]
 
 
 class ModelZooRuleConfig(Section):
@@ -73,12 +73,28 @@ class DivergenceConfig(Section):
     consecutive_steps: int = Field(3, gt=0)
 
 
+class ThroughputRuleConfig(Section):
+    """The candidate's mean samples/s over the baseline's within [min_ratio, max_ratio]: a second verdict
+    (a correct port that is 10x slower is news too). A product target, not a measured tolerance: it
+    informs by default, and a device of another class (a CPU against a GPU baseline) is flagged, not failed."""
+
+    min_ratio: float = Field(0.8, gt=0)
+    max_ratio: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio: {self.min_ratio} is above max_ratio {self.max_ratio}")
+        return self
+
+
 class RulesConfig(Section):
     modelzoo: ModelZooRuleConfig = ModelZooRuleConfig()
     strict: StrictRuleConfig = StrictRuleConfig()
     band: BandRuleConfig = BandRuleConfig()
     trend: TrendRuleConfig = TrendRuleConfig()
     envelope: EnvelopeRuleConfig = EnvelopeRuleConfig()
+    throughput: ThroughputRuleConfig = ThroughputRuleConfig()
 
 
 def _check_policy(policy):
@@ -117,7 +133,7 @@ class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
     gate: list[RuleName] = ["envelope", "modelzoo"]  # rules that decide the verdict
-    inform: list[RuleName] = ["strict", "band", "trend"]  # rules computed and reported that do not decide
+    inform: list[RuleName] = ["strict", "band", "trend", "throughput"]  # computed and reported, do not decide
     alignment: Literal["steps", "interpolate"] = "steps"  # how curves logged at other steps are paired
     allow_negative_loss: bool = False  # below 0 is corrupt (cross-entropy never is)
     divergence: DivergenceConfig = DivergenceConfig()

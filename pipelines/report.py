@@ -206,11 +206,16 @@ def _speed(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) and np.isfinite(value) else "not recorded"
 
 
-def throughput_rows(baseline_ips, candidate_ips) -> list[list[str]]:
-    """Mean samples/s of both sides and their ratio (a port that is correct but 10x slower is news too)."""
-    ratio = (f"{candidate_ips / baseline_ips:.2f}x" if all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0
+def throughput_rows(baseline_ips, candidate_ips, rule: dict | None = None) -> list[list[str]]:
+    """Mean samples/s of both sides, their ratio, and whether the throughput rule flags it (a port that is
+    correct but 10x slower is news too)."""
+    ratio = (f"{candidate_ips / baseline_ips:.3g}x" if all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0
                                                             for v in (baseline_ips, candidate_ips)) else "-")
-    return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio]]
+    flag = ""
+    if rule and rule.get("applicable", True):
+        low, high = rule["thresholds"]["min_ratio"], rule["thresholds"]["max_ratio"]
+        flag = f"within [{low:g}, {high:g}]" if rule["passed"] else f"FLAGGED: outside [{low:g}, {high:g}]"
+    return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio, flag]]
 
 
 def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
@@ -299,7 +304,8 @@ tolerance dotted. {band_note}</p>
 <h2>Rules</h2>{_table(['rule', 'role', 'result', 'numbers', 'thresholds', 'summary'], rule_rows, rule_classes, 'rules')}
 <h2>ModelZoo output</h2><pre>{html.escape(chr(10).join(verdict.get('modelzoo_lines', [])))}</pre>
 <h2>Numbers</h2>{_table(['quantity', 'value'], numbers, table_id='numbers')}
-<h2>Throughput</h2>{_table(['', 'baseline', 'candidate', 'candidate / baseline'], throughput, table_id='throughput')}
+<h2>Throughput</h2>{_table(['', 'baseline', 'candidate', 'candidate / baseline', 'throughput rule'], throughput,
+                             ['bad' if row[-1].startswith('FLAGGED') else '' for row in throughput], 'throughput')}
 <h2>Environments</h2><p>Rows that differ are highlighted.</p>
 {_table(['', 'baseline', 'candidate', ''], env_rows, env_classes, 'environments')}
 <h2>Tracking</h2>{tracking_html(record, ui_url)}
@@ -425,7 +431,7 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     environments = environment_table(baseline, record) if baseline is not None and record else []
     environments += _source_rows(verdict)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s") if baseline is not None else None,
-                                 (record or {}).get("mean_samples_per_s"))
+                                 (record or {}).get("mean_samples_per_s"), verdict.get("rules", {}).get("throughput"))
     render_html(paths["html"], verdict, environments, record, paths["overlay"], throughput, zoom_png=zoom,
                 band_shown=band is not None, envelope_shown=envelope is not None, verdict_sha256=verdict_sha256,
                 ui_url=ui_url)

@@ -32,7 +32,7 @@ from pipelines.envelope import describe as describe_envelope
 from pipelines.envelope import envelope_check
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope")
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput")
 TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
 
 
@@ -272,6 +272,24 @@ def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative
                       numbers, thresholds)
 
 
+def throughput_rule(candidate_ips, baseline_ips, min_ratio=0.8, max_ratio=100.0, gating=False) -> RuleResult:
+    """The candidate's mean samples/s over the baseline's within [min_ratio, max_ratio]; not applicable when
+    either side has no throughput (a log without one, an old record)."""
+    thresholds = {"min_ratio": min_ratio, "max_ratio": max_ratio}
+    values = [v for v in (candidate_ips, baseline_ips) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(values) < 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        return RuleResult("throughput", False, gating, "no throughput on one side (samples/s unknown)",
+                          {}, thresholds, applicable=False)
+    ratio = candidate_ips / baseline_ips
+    passed = min_ratio <= ratio <= max_ratio
+    where = "within" if passed else ("below" if ratio < min_ratio else "above")
+    summary = (f"candidate {candidate_ips:.4g} samples/s, baseline {baseline_ips:.4g}: {ratio:.3g}x, {where} "
+               f"[{min_ratio:g}, {max_ratio:g}]")
+    return RuleResult("throughput", passed, gating, summary,
+                      {"ratio": ratio, "candidate_samples_per_s": float(candidate_ips),
+                       "baseline_samples_per_s": float(baseline_ips)}, thresholds)
+
+
 def first_divergence(steps, candidate, baseline, max_relative_error=0.02, max_abs_error=0.0,
                      consecutive_steps=3) -> int | None:
     """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
@@ -301,7 +319,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            refusals: list[str] | None = None, inform: list[str] = (), band: dict | None = None,
            trend: dict | None = None, divergence: dict | None = None, alignment: str = "steps",
            band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict | None = None,
-           envelope_width: np.ndarray | None = None, envelope_missing: str = "") -> Verdict:
+           envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict | None = None,
+           samples_per_s: tuple | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `band_stats` is a multi-run baseline's per-step {"mean", "std", "runs"} on `baseline_steps`; without
@@ -310,6 +329,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     under other conditions: `refusals`) makes the verdict inconclusive, never pass.
     `envelope_width` is the baseline's per-step envelope on `baseline_steps`; without it the envelope rule
     cannot run (inconclusive if it gates; `envelope_missing` says why and what to do).
+    `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule.
     """
     configs = {"modelzoo": modelzoo or {}, "strict": strict or {}, "band": band or {}, "trend": trend or {}}
     divergence = {"max_relative_error": 0.02, "max_abs_error": 0.0, "consecutive_steps": 3, **(divergence or {})}
@@ -383,6 +403,9 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                 rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,
                                           runs=int(band_stats.get("runs", 0)), gating="band" in gate,
                                           **configs["band"])
+    if "throughput" in active:
+        rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
+                                              **(throughput or {}))
     if "band" in active and band_stats is None:
         if "band" in gate:
             reasons.append("the band rule gates but the baseline has a single run; record a multi-run baseline "

@@ -93,7 +93,8 @@ def test_envelope_runs_are_the_reference_seed_under_another_numerics():
 def test_foreign_logs_are_gated_by_the_foreign_rules_and_the_verdict_says_why():
     cfg = Params().compare
     chain = policy_for(cfg, True)
-    assert (chain["name"], chain["gate"], chain["inform"]) == ("chain", ["envelope", "modelzoo"], ["strict", "band", "trend"])
+    assert (chain["name"], chain["gate"], chain["inform"]) == ("chain", ["envelope", "modelzoo"],
+                                                                  ["strict", "band", "trend", "throughput"])
     foreign = policy_for(cfg, False)
     assert foreign["name"] == "foreign" and foreign["gate"] == ["modelzoo"]
     assert "envelope" not in foreign["gate"] + foreign["inform"]

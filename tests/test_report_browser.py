@@ -110,7 +110,7 @@ def test_report_renders_in_chromium(project, tmp_path):
     assert seen["device_row"] == "rgb(255, 248, 197)"
     assert seen["python_row"] == "rgba(0, 0, 0, 0)"
     # throughput of both sides and the MLflow run it came from
-    assert re.search(r"mean samples/s\s+400\.0\s+210\.0\s+0\.53x", text), text
+    assert re.search(r"mean samples/s\s+400\.0\s+210\.0\s+0\.525x\s+FLAGGED: outside \[0\.8, 100\]", text), text
     assert f"MLflow run {RUN_ID}" in text
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -149,3 +149,58 @@ def test_dvc_plots_overlay_renders_offline(project, tmp_path):
     assert 'class="marks"' in dumped.stdout, dumped.stderr[-2000:]
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy2(out / "loss_overlay.png", ARTIFACTS / "dvc_loss_overlay.png")
+
+
+def orange_pixels(png: Path) -> int:
+    """Pixels of the baseline's colour (pipelines.report.BASELINE_COLOUR, antialiasing allowed) in a PNG."""
+    from PIL import Image
+
+    from pipelines.report import BASELINE_COLOUR
+
+    target = np.array([int(BASELINE_COLOUR[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.int32)
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=np.int32)
+    return int(np.sum(np.abs(pixels - target).sum(axis=2) < 60))
+
+
+def test_a_pass_report_shows_the_baseline_above_the_candidate_and_no_band_below_zero(tmp_path, monkeypatch):
+    """On a pass the two curves coincide: the baseline, drawn last in its own colour, must still be seen; the
+    seed band of a wide multi-run baseline would reach below zero and is clamped there."""
+    import matplotlib.axes
+
+    from pipelines.baselines import Baseline, BaselineRun
+    from pipelines.curves import Curve
+    from pipelines.params import Params
+    from pipelines.report import write_report
+    from pipelines.verdict import decide
+
+    steps = np.arange(60)
+    reference = reference_loss(60)
+    runs = [BaselineRun(0, reference), BaselineRun(1, reference * 0.2), BaselineRun(2, reference * 1.8)]
+    prov = {"device": "cuda", "device_name": "NVIDIA A100", "seed": 0, "mean_samples_per_s": 400.0}
+    baseline = Baseline("default", "cait_XXS24_224", steps, reference, prov, runs=runs)
+    stats = baseline.stats()
+    verdict = decide(steps, reference, steps, reference, gate=["modelzoo"], inform=["band"], min_steps=10,
+                     band_stats={"mean": stats["mean"], "std": stats["std"], "runs": 3}).to_dict()
+    verdict.update(profile="default", baseline="baselines/default/baseline.json", candidate="curve.csv")
+    assert verdict["status"] == "pass"
+
+    lower_edges = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def recording(self, x, y1, *args, **kwargs):
+        lower_edges.append(np.asarray(y1, dtype=float))
+        return original(self, x, y1, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", recording)
+    paths = write_report(tmp_path, verdict, Curve(steps, reference), Curve(steps, reference), baseline=baseline,
+                         rules=Params().compare.rules)
+    assert (stats["mean"] - 3 * stats["std"]).min() < 0  # the unclamped band would go below zero
+    assert lower_edges and min(edge.min() for edge in lower_edges) >= 0.0
+    assert orange_pixels(paths["overlay"]) > 300  # the dashed baseline is visible on top of the candidate
+    assert "seed band" in paths["html"].read_text()
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: the overlay's pixels were checked, not the page in a browser")
+    shot = tmp_path / "pass.png"
+    chromium([f"--screenshot={shot}", "--window-size=1200,1400", paths["html"].as_uri()], tmp_path / "profile")
+    assert orange_pixels(shot) > 100, "the baseline line is not visible in the rendered report"

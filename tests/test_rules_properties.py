@@ -26,6 +26,7 @@ def every_rule(candidate, baseline, band_runs=None, **kwargs):
     runs = np.stack(band_runs if band_runs is not None else [baseline] * 3)
     stats = {"mean": runs.mean(axis=0), "std": runs.std(axis=0, ddof=1), "runs": len(runs)}
     kwargs.setdefault("envelope_width", np.zeros(len(baseline)))  # a zero-width envelope: the floor alone
+    kwargs.setdefault("samples_per_s", (100.0, 100.0))  # equal throughput: the throughput rule holds
     return decide(steps, candidate, np.arange(len(baseline)), baseline, gate=list(RULE_NAMES),
                   min_steps=MIN_STEPS, band_stats=stats, **kwargs)
 

@@ -223,7 +223,11 @@ def test_compare_stage_against_the_stored_multi_run_baseline(project, capsys, mo
     assert compare.main([]) == 0
     verdict = json.loads((project / "reports/default/verdict.json").read_text())
     assert verdict["status"] == FAIL, verdict["reasons"]
-    assert [name for name, r in verdict["rules"].items() if not r["passed"]] == ["envelope"]
+    assert [name for name, r in verdict["rules"].items() if not r["passed"] and name != "throughput"] == ["envelope"]
+    # the fake run's 1 sample/s against the baseline's ~100: the throughput rule flags it, and only informs
+    throughput = verdict["rules"]["throughput"]
+    assert not throughput["passed"] and not throughput["gating"] and throughput["numbers"]["ratio"] < 0.8
+    assert any(r.startswith("informative rule throughput fails") for r in verdict["reasons"])
     assert verdict["rules"]["strict"]["numbers"]["mean_abs_relative_error"] == pytest.approx(0.001, rel=1e-6)
     # the same seed's run itself, as a port that reproduces it would give
     _fake_run(project, seed1.copy(), seed=1)
@@ -259,3 +263,17 @@ def test_compare_stage_refuses_a_baseline_for_other_params(project):
     verdict = json.loads((project / "reports/default/verdict.json").read_text())
     assert verdict["status"] == INCONCLUSIVE
     assert any("other params: train.lr" in r for r in verdict["reasons"])
+
+
+def test_the_throughput_rule_flags_a_ratio_outside_its_range_and_needs_both_sides():
+    from pipelines.verdict import throughput_rule
+
+    assert throughput_rule(90.0, 100.0).passed and throughput_rule(90.0, 100.0).numbers["ratio"] == pytest.approx(0.9)
+    slow = throughput_rule(8.0, 100.0)
+    assert not slow.passed and "below [0.8, 100]" in slow.summary
+    assert not throughput_rule(100.0, 0.5, max_ratio=100.0).passed  # 200x: above the range
+    for missing in ((None, 100.0), (100.0, float("nan")), (0.0, 100.0)):
+        assert throughput_rule(*missing).applicable is False
+    gated = judge(BASE, gate=["modelzoo", "throughput"], samples_per_s=(5.0, 100.0))
+    assert gated.status == FAIL and any(r.startswith("throughput:") for r in gated.reasons)
+    assert judge(BASE, gate=["modelzoo", "throughput"]).status == INCONCLUSIVE  # it gates but cannot run

@@ -57,7 +57,8 @@ def policy_for(cfg, own_runs: bool) -> dict:
 
 
 def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
-          refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None):
+          refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None,
+          samples_per_s: tuple | None = None):
     """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
     the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
     leaves one numerics variant out of the envelope (a held-out legitimate run)."""
@@ -73,6 +74,7 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
                   band=rules.band.model_dump(), trend=rules.trend.model_dump(),
                   band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
                               if stats is not None else None),
+                  throughput=rules.throughput.model_dump(), samples_per_s=samples_per_s,
                   refusals=list(refusals), notes=list(notes))
 
 
@@ -157,8 +159,10 @@ def main(argv=None) -> int:
     policy = policy_for(cfg, record is not None and baseline_obj is not None)
     notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
                  + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
+    samples_per_s = ((record or {}).get("mean_samples_per_s"),
+                     baseline_obj.provenance.get("mean_samples_per_s") if baseline_obj is not None else None)
     verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=policy["inform"],
-                    refusals=refused, notes=notes)
+                    refusals=refused, notes=notes, samples_per_s=samples_per_s)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
