@@ -242,20 +242,12 @@ class DeviceConfig(Section):
     numerics_variant: Optional[str] = None
     port_bug: Optional[str] = None
 
-    @field_validator("numerics_variant")
+    @field_validator("numerics_variant", "port_bug")
     @classmethod
-    def _known_variant(cls, name):
-        from cait.portbugs import VARIANTS
+    def _in_the_zoo(cls, name, info):
+        from cait.portbugs import BUGS, VARIANTS
 
-        if name is not None and name not in VARIANTS:
-            raise ValueError(f"unknown numerics variant {name!r}; valid: {', '.join(VARIANTS)}")
-        return name
-
-    @field_validator("port_bug")
-    @classmethod
-    def _known_bug(cls, name):
-        from cait.portbugs import BUGS
-
-        if name is not None and name not in BUGS:
-            raise ValueError(f"unknown port bug {name!r}; valid: {', '.join(BUGS)}")
+        known, what = (VARIANTS, "numerics variant") if info.field_name == "numerics_variant" else (BUGS, "port bug")
+        if name is not None and name not in known:
+            raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(known)}")
         return name

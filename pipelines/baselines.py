@@ -355,6 +355,19 @@ def baseline_from_run(curve: Curve, record: dict, profile: str, source: str) -> 
     return baseline_from_runs([(curve, record, source)], profile)
 
 
+def _check_same_conditions(reference: tuple, run: tuple, one_device: str) -> None:
+    """A run joins a baseline only if it saw the reference run's data, on its device, at its step numbers."""
+    ref_curve, ref_record, ref_source = reference
+    curve, record, source = run
+    if record["data_manifest_hash"] != ref_record["data_manifest_hash"]:
+        raise BaselineError(f"{source}: made from other data than {ref_source} (data manifest hash differs)")
+    if record["environment"]["device_name"] != ref_record["environment"]["device_name"]:
+        raise BaselineError(f"{source}: ran on {record['environment']['device_name']}, {ref_source} on "
+                            f"{ref_record['environment']['device_name']}; {one_device}")
+    if not np.array_equal(curve.steps, ref_curve.steps):
+        raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+
+
 def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
                        envelope_runs: list[tuple[Curve, dict, str]] = ()) -> Baseline:
     """One baseline from K runs of the same params (but perhaps the seed) on the same device and data.
@@ -387,13 +400,7 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
             keys = [k for k in _diff_keys(ref_record["curve_params"], record["curve_params"]) if k != "train.seed"]
             raise BaselineError(f"{source}: made with other params than {ref_source} ({', '.join(keys)}); "
                                 f"the runs of one baseline differ only in their seed")
-        if record["data_manifest_hash"] != ref_record["data_manifest_hash"]:
-            raise BaselineError(f"{source}: made from other data than {ref_source} (data manifest hash differs)")
-        if record["environment"]["device_name"] != ref_record["environment"]["device_name"]:
-            raise BaselineError(f"{source}: ran on {record['environment']['device_name']}, {ref_source} on "
-                                f"{ref_record['environment']['device_name']}; a baseline comes from one device")
-        if not np.array_equal(curve.steps, ref_curve.steps):
-            raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+        _check_same_conditions(runs[0], (curve, record, source), "a baseline comes from one device")
     variants = []
     for curve, record, source in envelope_runs:
         name = record.get("numerics_variant")
@@ -406,13 +413,7 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
             keys = _diff_keys(ref_record["curve_params"], record["curve_params"])
             raise BaselineError(f"{source}: made with other params than the reference run ({', '.join(keys)}); "
                                 f"an envelope run differs from it only in its numerics")
-        if record["data_manifest_hash"] != ref_record["data_manifest_hash"]:
-            raise BaselineError(f"{source}: made from other data than {ref_source} (data manifest hash differs)")
-        if record["environment"]["device_name"] != ref_record["environment"]["device_name"]:
-            raise BaselineError(f"{source}: ran on {record['environment']['device_name']}, {ref_source} on "
-                                f"{ref_record['environment']['device_name']}; the envelope is measured on one device")
-        if not np.array_equal(curve.steps, ref_curve.steps):
-            raise BaselineError(f"{source}: logged other step numbers than {ref_source}")
+        _check_same_conditions(runs[0], (curve, record, source), "the envelope is measured on one device")
         from cait.portbugs import describe
 
         variants.append(EnvelopeRun(name, np.asarray(curve.loss, dtype=np.float64), describe(name), source,
