@@ -67,7 +67,9 @@ def cost(n: int, compare_cfg, work: Path) -> dict:
                      inform=list(compare_cfg.inform), min_steps=compare_cfg.min_steps, alignment=compare_cfg.alignment,
                      divergence=compare_cfg.divergence.model_dump(), modelzoo=rules.modelzoo.model_dump(),
                      strict=rules.strict.model_dump(), band=rules.band.model_dump(), trend=rules.trend.model_dump(),
-                     band_stats={"mean": mean, "std": std, "runs": 3})
+                     band_stats={"mean": mean, "std": std, "runs": 3}, envelope=rules.envelope.model_dump(),
+                     envelope_width=np.maximum.accumulate(std * 1e-3),  # every gating rule runs, the envelope too
+                     throughput=rules.throughput.model_dump(), samples_per_s=(100.0, 100.0))
     result = write_verdict(work / f"verdict-{n}.json", verdict, profile="bench", candidate=str(csv_path),
                            baseline="synthetic", compare_params=compare_cfg.model_dump(), baseline_device="cpu",
                            inputs={"candidate": input_entry(csv_path), "baseline": input_entry("synthetic")})
