@@ -312,6 +312,7 @@ class RunLogger:
         self._metrics_lock = threading.Lock()  # the system-metrics thread queues metrics too
         self._queue: queue.Queue = queue.Queue()
         self._offline = False
+        self._offline_lock = threading.Lock()  # the sender thread and the caller may both find the store down
         self._worker: threading.Thread | None = None
         self._system: threading.Thread | None = None
         self._stop_system = threading.Event()
@@ -324,12 +325,15 @@ class RunLogger:
 
     # -- sending -----------------------------------------------------------------------------
     def _go_offline(self, exc: BaseException | None) -> None:
-        if not self._offline:
-            why = f" ({_first_line(exc)})" if exc else ""
-            _warn(f"MLflow tracking store {self.uri} is unreachable{why}; the run continues and its records are "
-                  f"kept in {self._spool.folder}/ until it answers again (any later stage, or "
-                  f"`python -m pipelines.tracking sync`, uploads them)")
-        self._offline = True
+        """Switch to the spool, with one warning however many threads find the store down at once."""
+        with self._offline_lock:
+            if self._offline:
+                return
+            self._offline = True
+        why = f" ({_first_line(exc)})" if exc else ""
+        _warn(f"MLflow tracking store {self.uri} is unreachable{why}; the run continues and its records are "
+              f"kept in {self._spool.folder}/ until it answers again (any later stage, or "
+              f"`python -m pipelines.tracking sync`, uploads them)")
 
     def _try_now(self, op: dict):
         """Execute `op` against the store unless offline; (True, result) if it went through, else
@@ -426,7 +430,10 @@ class RunLogger:
 
         Only while the store answers: offline it returns "" and the next stage that runs online
         creates it (the key makes that idempotent), so an outage never makes two of them."""
-        if not self.enabled or self._offline:
+        if not self.enabled:
+            return ""
+        self.drain()  # what was queued goes first: the store's state is then known, and nothing races the sender
+        if self._offline:
             return ""
         try:
             experiment = self._client.get_experiment_by_name(self.cfg.experiment)

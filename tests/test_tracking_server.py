@@ -189,3 +189,24 @@ def test_a_stage_completes_while_the_store_is_down(project, monkeypatch):
     tags = {k: v for op in spooled for k, v in op.get("tags", {}).items()}
     assert tags["verdict"] == "pass" and tags["rule.modelzoo"] == "pass"
     assert any(op["op"] == "log_artifact" and op["path"].endswith("verdict.json") for op in spooled)
+
+
+def test_one_warning_when_threads_find_the_store_down_at_once(tmp_path, capsys):
+    """The sender thread and the caller (e.g. compare making the baseline run) can both hit a dead store."""
+    import threading
+
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path / "spool"),
+                         system_metrics_every_s=0)
+    logger = RunLogger(cfg)
+    start = threading.Barrier(8)
+
+    def fail():
+        start.wait()
+        logger._go_offline(ConnectionError("refused"))
+
+    threads = [threading.Thread(target=fail) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert capsys.readouterr().err.count("warning: MLflow tracking store") == 1
