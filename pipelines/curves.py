@@ -136,7 +136,7 @@ def _columns_at_once(header: list[str], raw: bytes, wanted: list[str]) -> dict[s
                                                                   include_columns=wanted,
                                                                   strings_can_be_null=False,
                                                                   quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+    except pa.ArrowException as exc:  # any refusal (a bad cell, a header pyarrow reads otherwise): name the line
         raise ValueError(str(exc)) from None
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in wanted}
 

@@ -174,7 +174,7 @@ class Scan:
                                                     strings_can_be_null=False))
             if table.num_rows == len(rows):
                 return {n: table.column(n).to_numpy(zero_copy_only=False) for n in self.numeric}
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except pa.ArrowException:  # any value pyarrow refuses: the per-value path below names it
             pass
         # a value pyarrow does not take (or a capture holding a separator): float() each, naming the bad one
         out = {n: np.empty(len(rows)) for n in self.numeric}

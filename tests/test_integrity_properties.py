@@ -14,6 +14,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -141,3 +142,14 @@ def test_a_corrupted_baseline_is_refused_or_reads_the_same_numbers(tmp_path_fact
         return
     event("read: the same numbers")
     assert numbers_of(read) == numbers_of(baseline)
+
+
+def test_a_vertical_tab_in_the_header_is_refused_not_a_crash():
+    """Found by the property test above: Python splits lines at \\x0b, pyarrow does not; the two readings of
+    the header disagreed and pyarrow's KeyError escaped as a traceback."""
+    from pipelines.curves import parse_curve_csv
+
+    raw = (b"step,loss\x0blr,samples_per_s,elapsed_s,batch_hash\r\n0,1.0,0.001,100.0,0.0,0000000000000000\r\n"
+           b"1,1.0,0.001,101.0,0.1,0000000000000001\r\n")
+    with pytest.raises(CurveError):
+        parse_curve_csv(raw, "curve.csv")
