@@ -6,6 +6,8 @@
   python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
   python -m benchmarks --only power     # the gate's power: one training per port bug and legit variant
                                         # (~15 runs of the default profile; not in the default set)
+  python -m benchmarks --only localize --json out.json   # localize on the same zoo: {entry: {expected, named}}
+  python -m benchmarks --only power --only localize --power-runs-dir /tmp/zoo   # both, one training each
 
 Rows that share a measurement take it from the same run (the CPU efficiency and the tracking cost use
 the trainer benchmark's step rates; the loader and memory benchmarks use the pipeline benchmark's
@@ -29,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import (bench_efficiency, bench_logs, bench_pipeline, bench_power, bench_trainer,  # noqa: E402
-                        bench_verdict, tracking_overhead)
+from benchmarks import (bench_efficiency, bench_localize, bench_logs, bench_pipeline, bench_power,  # noqa: E402
+                        bench_trainer, bench_verdict, tracking_overhead)
 
-GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power")
-DEFAULT_GROUPS = GROUPS[:-1]  # power trains ~15 runs: only with --only power
+GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize")
+DEFAULT_GROUPS = GROUPS[:-2]  # power and localize train ~19 runs: only with --only
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -43,11 +45,12 @@ COMPARE_RSS_TARGET_MIB = 512  # compare on 10^6 steps: the arrays are 50 MB; the
 FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
         "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
-        "loader_steps": 5, "log_mb": 200, "power_entries": None}
+        "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None}
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
          "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,
-         "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"]}
+         "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"],
+         "localize_entries": ["lr_one_step_late", "gelu_tanh", "weights_ulp_other"]}
 
 
 @dataclass
@@ -207,9 +210,22 @@ def power_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def localize_rows(ctx: Context) -> list[Row]:
+    runs_dir = Path(ctx.power_runs_dir) if ctx.power_runs_dir else ctx.tmp / "zoo"
+    result = ctx.once("localize", lambda: bench_localize.measure(ctx.params, entries=ctx.sizes["localize_entries"],
+                                                                  runs_dir=runs_dir,
+                                                                  log=lambda line: ctx.log(f"  localize: {line}")))
+    ctx.log("\n" + bench_localize.table(result) + "\n")
+    c = bench_localize.counts(result)
+    met = c["bugs_localized"] >= 0.9 * c["bugs"] and c["legit_clean"] == c["legit"]
+    return [Row("localize", "localize: bugs at their injection site / legit variants clean",
+                ">= 90% of bugs, every legit", f"{c['bugs_localized']} / {c['bugs']} bugs, "
+                f"{c['legit_clean']} / {c['legit']} legit", met, c["bugs_localized"] / max(1, c["bugs"]))]
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
               "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
-              "memory": memory_rows, "power": power_rows}
+              "memory": memory_rows, "power": power_rows, "localize": localize_rows}
 
 
 def table(rows: list[Row]) -> str:
@@ -256,8 +272,11 @@ def main(argv=None) -> int:
     print(table(rows))
     if args.json:
         power = {k: ctx.raw["power"][k] for k in ("bugs", "legit")} if "power" in ctx.raw else {}
-        Path(args.json).write_text(json.dumps({"date": when, "smoke": args.smoke, "rows": [asdict(r) for r in rows],
-                                               **power, "raw": ctx.raw}, indent=1, default=str) + "\n")
+        # localize alone: the file is {entry: {"expected", "named"}} (with the rows and raw figures beside)
+        located = bench_localize.expected_named(ctx.raw["localize"]) if "localize" in ctx.raw else {}
+        Path(args.json).write_text(json.dumps({**located, "date": when, "smoke": args.smoke,
+                                               "rows": [asdict(r) for r in rows], **power, "raw": ctx.raw},
+                                              indent=1, default=str) + "\n")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1
 
 

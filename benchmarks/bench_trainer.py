@@ -38,6 +38,7 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
     from torch.utils.data import DataLoader
 
     from cait.data import CollateBatch, StepBatchSampler
+    from cait.fingerprints import FingerprintRecorder
     from cait.determinism import configure_numerics
     from cait.models import build_model
     from cait.train import param_groups, train
@@ -108,7 +109,11 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
                 logger.log_step(row)
                 stamps.append(time.perf_counter())
 
-            train(model, make_loader, device, run_cfg, steps_per_epoch=images_n // cfg.batch_size, on_step=on_step)
+            # layer fingerprints as the train stage records them, on a warm-up step: the timed steps are steps
+            # without fingerprints, carrying only the recorder's per-step check (the target is about those)
+            recorder = FingerprintRecorder([0], sketch_dim=cfg.fingerprints.sketch_dim)
+            train(model, make_loader, device, run_cfg, steps_per_epoch=images_n // cfg.batch_size, on_step=on_step,
+                  fingerprints=recorder)
             write_curve_csv(Path(tmp) / "curve.csv", rows)
             logger.finish("FINISHED")
         return n / (stamps[-1] - stamps[warmup - 1])

@@ -178,7 +178,17 @@ class AugmentConfig(Section):
 
 
 # Keys of `train` that change how a run is executed but not its curve: left out of the params hash.
-RUN_ONLY_TRAIN_KEYS = ("num_workers", "checkpoint_every")
+RUN_ONLY_TRAIN_KEYS = ("num_workers", "checkpoint_every", "fingerprints")
+
+
+class FingerprintConfig(Section):
+    """Layer fingerprints (cait/fingerprints.py): per-module statistics and sketches at these steps, the
+    input of `localize`. Negative steps count from the end (-1: the last). Not part of the params hash:
+    they observe the run, they do not change it."""
+
+    steps: list[int] = [0, -1]
+    sketch_dim: int = Field(64, ge=8, le=4096)  # CountSketch buckets: relative L2 error estimated to ~sqrt(2/dim)
+    whole_tensors: bool = False  # also keep every tensor whole (small profiles only: ~4 x the activations)
 
 
 class TrainConfig(Section):
@@ -210,6 +220,7 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at epoch ends and on SIGTERM
     num_workers: int = Field(0, ge=0)  # loader processes; the curve does not depend on it
     stop_on_nonfinite: bool = True  # a NaN/inf loss ends the run; the verdict becomes inconclusive
+    fingerprints: FingerprintConfig = FingerprintConfig()  # what localize compares (not part of the params hash)
 
     @property
     def images_per_run(self) -> int | None:

@@ -42,6 +42,8 @@ class Entry:
     optimizer: Callable[[object, object], object] | None = None  # (optimizer, model) -> optimizer
     lr: Callable[[int, Callable[[int], float]], float] | None = None  # (step, schedule) -> lr
     devices: tuple[str, ...] = ("cpu", "cuda", "sdaa")  # where the variant means something
+    site: str = ""  # a bug's injection site: the first module it changes in execution order, or "update"
+                    # (optimizer and schedule bugs); what `localize` must name (benchmarks/bench_localize.py)
 
 
 class RunPatch:
@@ -317,24 +319,30 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
 ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "tf32", "weights_ulp")
 
 BUGS: dict[str, Entry] = {e.name: e for e in [
-    Entry("softmax_bf16", "bug", "attention softmax computed in bf16", model=_softmax_bf16),
-    Entry("layernorm_bf16", "bug", "every LayerNorm computed in bf16", model=_layernorm_bf16),
-    Entry("layernorm_eps", "bug", "LayerNorm eps 1e-5 instead of CaiT's 1e-6", model=_layernorm_eps),
-    Entry("gelu_tanh", "bug", "GELU with the tanh approximation", model=_gelu_tanh),
+    Entry("softmax_bf16", "bug", "attention softmax computed in bf16", model=_softmax_bf16,
+          site="blocks.0.attn"),
+    Entry("layernorm_bf16", "bug", "every LayerNorm computed in bf16", model=_layernorm_bf16,
+          site="blocks.0.norm1"),
+    Entry("layernorm_eps", "bug", "LayerNorm eps 1e-5 instead of CaiT's 1e-6", model=_layernorm_eps,
+          site="blocks.0.norm1"),
+    Entry("gelu_tanh", "bug", "GELU with the tanh approximation", model=_gelu_tanh,
+          site="blocks.0.mlp.act"),
     Entry("talking_heads_skipped", "bug", "talking-heads projections (proj_l, proj_w) skipped",
-          model=_talking_heads_skipped),
+          model=_talking_heads_skipped, site="blocks.0.attn"),
     Entry("attention_scale", "bug", "attention scaled by dim^-0.5 instead of head_dim^-0.5",
-          model=_attention_scale_embed_dim),
-    Entry("layerscale_init", "bug", "LayerScale gammas initialised to 1e-6 instead of 1e-5", model=_layerscale_init),
+          model=_attention_scale_embed_dim, site="blocks.0.attn"),
+    Entry("layerscale_init", "bug", "LayerScale gammas initialised to 1e-6 instead of 1e-5", model=_layerscale_init,
+          site="blocks.0"),
     Entry("adamw_no_bias_correction", "bug", "AdamW without bias correction",
-          optimizer=_hand_adamw(bias_correction=False)),
+          optimizer=_hand_adamw(bias_correction=False), site="update"),
     Entry("adamw_eps_in_sqrt", "bug", "AdamW with eps inside the square root",
-          optimizer=_hand_adamw(eps_inside_sqrt=True)),
+          optimizer=_hand_adamw(eps_inside_sqrt=True), site="update"),
     Entry("weight_decay_on_norms", "bug", "weight decay also on norms, biases, pos_embed, cls_token, gammas",
-          optimizer=_weight_decay_everywhere),
-    Entry("lr_one_step_late", "bug", "the lr schedule one step late", lr=lambda step, schedule: schedule(step - 1)),
+          optimizer=_weight_decay_everywhere, site="update"),
+    Entry("lr_one_step_late", "bug", "the lr schedule one step late", lr=lambda step, schedule: schedule(step - 1),
+          site="update"),
     Entry("grad_half_class_blocks", "bug", "class-attention blocks' gradients halved (broken all-reduce average)",
-          model=_grad_half_class_blocks),
+          model=_grad_half_class_blocks, site="blocks_token_only"),
 ]}
 
 

@@ -202,12 +202,15 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
           ctx: DistContext = DistContext(), checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
           make_eval_loader: Callable[[], object] | None = None,
           on_step: Callable[[dict], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None, patch=None) -> RunSummary:
+          on_epoch: Callable[[dict], None] | None = None, patch=None, fingerprints=None,
+          stop_after: int | None = None) -> RunSummary:
     """Train `model` on the Batches `make_loader(start_step)` yields, one optimizer step per batch.
 
     `resume` is a loaded checkpoint (cait.checkpoint.load_checkpoint): the run continues at its step
     with its weights, optimizer, scaler, EMA and RNG states. Callbacks run on rank 0 only.
     `patch` (cait.portbugs.RunPatch) injects a numerics variant or a port bug: the one seam for them.
+    `fingerprints` (cait.fingerprints.FingerprintRecorder) hooks the model on its steps only. `stop_after`
+    ends the run after that step (a replay up to a step where curves part; the schedule stays the full run's).
     """
     import torch
 
@@ -225,6 +228,8 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                                   eps=cfg.opt_eps)
     if patch is not None:
         optimizer = patch.optimizer(optimizer, model)
+    if fingerprints is not None:
+        fingerprints.attach(model, optimizer)
     scaler = grad_scaler(device, cfg.amp)
     ema = None
     if cfg.ema:
@@ -273,6 +278,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             drop_path_keys.begin_step(step, batch.positions.numpy())
+            fingerprinting = fingerprints is not None and fingerprints.begin(step)
             images = batch.images.to(device, non_blocking=True)
             targets = batch.targets.to(device, non_blocking=True)
 
@@ -296,6 +302,8 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                 if ema is not None:
                     ema.update(model)  # constant decay, as DeiT's ModelEma
                 value = loss.item()  # synchronises: the step is done
+                if fingerprinting:
+                    fingerprints.end(step, value, lr)
                 value, stop_requested, global_hash = step_exchange(value, sigterm.raised, batch, ctx)
             except RuntimeError as exc:
                 if ctx.enabled and _is_peer_failure(exc):
@@ -329,6 +337,9 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
             if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or stop_requested or (
                     epoch_end and cfg.eval_every_epoch):
                 write_checkpoint(LAST, step + 1)
+            if stop_after is not None and step >= stop_after and not stop_requested:
+                summary.stopped = f"replay: stopped after step {step}"
+                break
             if stop_requested:
                 where = f"; checkpoint {checkpoints.folder / LAST}" if checkpoints else " (no checkpoint folder)"
                 raise TrainingStopped(f"stopped by SIGTERM after step {step}{where}; rerun with --resume to continue")

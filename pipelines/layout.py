@@ -19,6 +19,9 @@ def run_dir(profile: str) -> Path:
 CURVE = "curve.csv"
 PARTIAL_CURVE = "curve.partial.csv"  # the steps of a run that failed or was stopped (not a DVC output)
 RECORD = "train.json"
+FINGERPRINTS = "fingerprints.npz"  # train: layer fingerprints at train.fingerprints.steps (cait/fingerprints.py)
+LOCALIZE = "localize.json"  # localize: the first module/phase whose fingerprints leave the tolerance
+STRIP = "localize.png"  # report: per-module error / tolerance by depth, one row per phase
 CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"
 METRICS = "metrics.json"  # compare: the flat verdict numbers `dvc metrics show` / `dvc exp show` list

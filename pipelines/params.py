@@ -143,6 +143,16 @@ class CompareConfig(Section):
     _policy = model_validator(mode="after")(_check_policy)
 
 
+class LocalizeConfig(Section):
+    """localize (pipelines/localize.py): an entry leaves the tolerance when its relative L2 error from the
+    baseline's reference run exceeds k x the largest one of the baseline's envelope runs + floor.
+    Values: params.yaml says where each comes from."""
+
+    baseline_fingerprints: str = Field("baselines/default/fingerprints.npz", min_length=1)
+    k: float = Field(4.0, gt=0)
+    floor: float = Field(1e-6, ge=0)
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repo root
@@ -161,6 +171,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     device: DeviceConfig = DeviceConfig()
     compare: CompareConfig = CompareConfig()
+    localize: LocalizeConfig = LocalizeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

@@ -243,10 +243,74 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
     return f"<p>{' '.join(parts)}</p>"
 
 
+STRIP_PHASES = (("forward", "forward"), ("backward", "backward (outputs)"), ("param_grad", "backward (params)"),
+                ("update", "update"))
+
+
+def render_strip(path: Path, localization: dict) -> bool:
+    """Per-entry error / tolerance by depth, one row per phase, at the step localize judged (log scale;
+    above the line at 1 an entry leaves the tolerance). False when there is nothing to draw."""
+    strip = localization.get("strip") or {}
+    rows = [(phase, label) for phase, label in STRIP_PHASES if strip.get(phase, {}).get("ratio")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.5 * len(rows) + 0.6), squeeze=False)
+    first = localization.get("first") or {}
+    for ax, (phase, label) in zip(axes[:, 0], rows):
+        ratio = np.array([float(r) for r in strip[phase]["ratio"]], dtype=float)
+        shown = np.clip(np.where(np.isfinite(ratio), ratio, 1e6), 1e-4, 1e6)
+        x = np.arange(len(shown))
+        ax.bar(x, shown, width=1.0, color=np.where(ratio > 1, "#cf222e", "#8c959f"), bottom=1e-4)
+        ax.axhline(1.0, color="#1f2328", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylim(1e-4, 1e6)
+        ax.set_xlim(-0.5, len(shown) - 0.5)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if first.get("phase") == phase and first.get("entry") in strip[phase]["names"]:
+            i = strip[phase]["names"].index(first["entry"])
+            ax.annotate(first["entry"], (i, min(shown[i], 1e5)), fontsize=7, color="#cf222e",
+                        xytext=(4, -10), textcoords="offset points")
+    axes[-1, 0].set_xlabel("entry, in execution order (modules; parameters for backward (params) and update)")
+    step = first.get("step", (localization.get("steps") or ["?"])[-1])
+    fig.suptitle(f"relative L2 error / tolerance per entry at step {step} (above 1: outside)", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def localization_html(localization: dict | None, strip_png: Path | None) -> str:
+    """The section that answers "which op?": the first diverging entry, its metrics beside its tolerance."""
+    if not localization:
+        return "<p id=\"localize\">No localisation: the localize stage has not run for this verdict.</p>"
+    message = html.escape(str(localization.get("message", "")))
+    first = localization.get("first")
+    body = f'<p id="localize"><b>{message}</b></p>'
+    if first:
+        row = [first["step"], first["phase"], first["entry"], first["module"] or "(model)", first["kind"],
+               _fmt(first["cosine"]), _fmt(first["rel_l2"]), _fmt(first["max_abs_error"]),
+               _fmt(first["max_rel_error"]), _fmt(first["tolerance"]), _fmt(first["spread"]),
+               "whole tensors" if first.get("exact") else "sketch"]
+        body += _table(["step", "phase", "entry", "module", "kind", "cosine", "rel. L2 error", "max abs error",
+                        "max rel error", "tolerance", "envelope spread", "from"], [row], ["bad"], "localize-first")
+    if localization.get("next"):
+        body += f"<p>Next: {html.escape(localization['next'])}</p>"
+    if strip_png is not None:
+        body += _img(strip_png, "per-entry error over tolerance by depth, per phase")
+    return body
+
+
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict | None,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
                 band_shown: bool = False, envelope_shown: bool = False, verdict_sha256: str = "",
-                ui_url: str | None = None) -> None:
+                ui_url: str | None = None, localization: dict | None = None, strip_png: Path | None = None) -> None:
     """The page an engineer opens after a failed night: verdict and why first, then the evidence.
 
     `verdict_sha256` (of verdict.json's bytes) goes into the page's head, so the gate can tell a report
@@ -277,6 +341,10 @@ def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, st
     if envelope_shown:
         band_note += (" The amber band is the envelope rule's tolerance around the reference (k &times; the "
                       "numerics envelope + a relative floor); the bottom panel shows |d| against it on a log scale.")
+    where = localization_html(localization, strip_png)
+    failing = status != "pass" or (localization or {}).get("status") == "diverged"
+    where_top = f"<h2>Where it parts: layer fingerprints</h2>{where}" if failing else ""
+    where_bottom = "" if failing else f"<h2>Layer fingerprints</h2>{where}"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{report_mark(verdict_sha256) if verdict_sha256 else ''}<title>CaiT acceptance: {html.escape(verdict['profile'])} {status}</title>
 <style>
@@ -293,6 +361,7 @@ img {{ max-width: 100%; }}
 <div class="banner" id="verdict"><h1>Verdict: {status.upper()}</h1>
 <p>profile <b>{html.escape(verdict['profile'])}</b>, baseline <code>{html.escape(str(verdict['baseline']))}</code>
 recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
+{where_top}
 <h2>Why</h2><ul id="reasons">{''.join(f'<li>{html.escape(r)}</li>' for r in verdict['reasons'])}</ul>
 {('<h2>Notes</h2><ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in verdict['notes']) + '</ul>') if verdict.get('notes') else ''}
 <h2>Loss curves and difference</h2>
@@ -308,6 +377,7 @@ tolerance dotted. {band_note}</p>
                              ['bad' if row[-1].startswith('FLAGGED') else '' for row in throughput], 'throughput')}
 <h2>Environments</h2><p>Rows that differ are highlighted.</p>
 {_table(['', 'baseline', 'candidate', ''], env_rows, env_classes, 'environments')}
+{where_bottom}
 <h2>Tracking</h2>{tracking_html(record, ui_url)}
 </body></html>
 """
@@ -385,7 +455,8 @@ def _source_rows(verdict: dict) -> list[tuple[str, str, str]]:
 
 
 def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline=None, record: dict | None = None,
-                 rules=None, verdict_sha256: str = "", ui_url: str | None = None) -> dict[str, Path]:
+                 rules=None, verdict_sha256: str = "", ui_url: str | None = None,
+                 localization: dict | None = None) -> dict[str, Path]:
     """Overlay, zoom (when the curves part), HTML page, JUnit XML and plot table of a verdict, into out_dir.
 
     The one path for the chain (a run record and a stored baseline) and for logs compared by hand (either may
@@ -394,7 +465,7 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     section's rule settings (the seed band's z and the envelope's k and floor drawn on the overlay)."""
     from pipelines.baselines import environment_table
     from pipelines.envelope import tolerance
-    from pipelines.layout import HTML, JUNIT, OVERLAY, PLOTS, ZOOM
+    from pipelines.layout import HTML, JUNIT, OVERLAY, PLOTS, STRIP, ZOOM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -432,9 +503,14 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     environments += _source_rows(verdict)
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s") if baseline is not None else None,
                                  (record or {}).get("mean_samples_per_s"), verdict.get("rules", {}).get("throughput"))
+    strip = None
+    if localization and render_strip(out_dir / STRIP, localization):
+        strip = paths["strip"] = out_dir / STRIP
+    else:
+        (out_dir / STRIP).unlink(missing_ok=True)
     render_html(paths["html"], verdict, environments, record, paths["overlay"], throughput, zoom_png=zoom,
                 band_shown=band is not None, envelope_shown=envelope is not None, verdict_sha256=verdict_sha256,
-                ui_url=ui_url)
+                ui_url=ui_url, localization=localization, strip_png=strip)
     render_junit(paths["junit"], verdict, env.get("device", "") if env else "logs")
     write_plot_table(paths["plots"], candidate, reference)
     return paths

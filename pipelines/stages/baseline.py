@@ -34,7 +34,7 @@ import numpy as np
 from cait.errors import BaselineError, ConfigError
 from pipelines import cli
 from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
-from pipelines.layout import CURVE, RECORD, run_dir
+from pipelines.layout import CURVE, FINGERPRINTS, RECORD, run_dir
 from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params
 from pipelines.provenance import read_record, read_run
@@ -88,10 +88,10 @@ def with_numerics(params: Params, variant: str | None) -> Params:
 
 
 def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: bool = False,
-               out_dir: Path | None = None) -> tuple:
-    """(curve, record, source) of one ordinary train-stage run, in out_dir (kept) or a temporary folder.
-    Variants change process-wide switches (threads, fused attention); the thread count is restored
-    afterwards and the train stage sets the others afresh at the start of every run."""
+               out_dir: Path | None = None, stop_after: int | None = None) -> tuple:
+    """(curve, record, source) of one ordinary train-stage run, in out_dir (kept, with its fingerprints) or a
+    temporary folder. Variants change process-wide switches (threads, fused attention); the thread count is
+    restored afterwards and the train stage sets the others afresh at the start of every run."""
     import torch
 
     from pipelines.layout import PREPARED_DIR
@@ -101,31 +101,57 @@ def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: 
     try:
         with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
             folder = out_dir or Path(tmp)
-            curve_path, record_path = run_training(params, folder, data_dir=data_dir or PREPARED_DIR, quiet=quiet)
+            curve_path, record_path = run_training(params, folder, data_dir=data_dir or PREPARED_DIR, quiet=quiet,
+                                                   stop_after=stop_after)
             curve, record = read_run(curve_path, record_path)
     finally:
         torch.set_num_threads(threads)
     return curve, record, f"baseline record, {label} (MLflow run {record.get('mlflow_run_id') or 'untracked'})"
 
 
-def record_runs(params: Params, seeds: list[int], quiet: bool = False) -> list[tuple]:
-    """Train once per seed with params.yaml otherwise unchanged; each run is tracked in MLflow as usual."""
+def record_runs(params: Params, seeds: list[int], quiet: bool = False, keep_dir: Path | None = None) -> list[tuple]:
+    """Train once per seed with params.yaml otherwise unchanged; each run is tracked in MLflow as usual.
+    With keep_dir each run's folder (its fingerprints) stays in keep_dir/run-<i>."""
     runs = []
     for i, seed in enumerate(seeds):
         run_params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
         print(f"baseline: run {i + 1} of {len(seeds)} (train.seed {seed})", flush=True)
-        runs.append(train_once(run_params, f"seed {seed}", quiet=quiet))
+        runs.append(train_once(run_params, f"seed {seed}", quiet=quiet,
+                               out_dir=keep_dir / f"run-{i}" if keep_dir else None))
     return runs
 
 
-def record_envelope_runs(params: Params, variants: list[str], quiet: bool = False) -> list[tuple]:
+def record_envelope_runs(params: Params, variants: list[str], quiet: bool = False,
+                         keep_dir: Path | None = None) -> list[tuple]:
     """The reference seed once per numerics variant: the legitimate spread the envelope is made of."""
     runs = []
     for i, name in enumerate(variants):
         print(f"baseline: envelope run {i + 1} of {len(variants)} (numerics variant {name}, train.seed "
               f"{params.train.seed})", flush=True)
-        runs.append(train_once(with_numerics(params, name), f"numerics variant {name}", quiet=quiet))
+        runs.append(train_once(with_numerics(params, name), f"numerics variant {name}", quiet=quiet,
+                               out_dir=keep_dir / name if keep_dir else None))
     return runs
+
+
+def save_fingerprints(out: Path, baseline, reference: Path | None, variants: dict[str, Path]) -> Path | None:
+    """The reference run's layer fingerprints with the envelope runs' spread, beside the baseline file and
+    tied to it (its reference loss's digest): what `localize` compares a device under test with."""
+    from cait.fingerprints import load, save
+    from pipelines.localize import loss_digest, with_spread
+
+    if reference is None or not reference.exists():
+        print("baseline: the reference run has no layer fingerprints; localize will not be available", flush=True)
+        return None
+    missing = [name for name, path in variants.items() if not path.exists()]
+    if missing:
+        print(f"baseline: no fingerprints for envelope run(s) {', '.join(missing)}: the tolerance leaves them out",
+              flush=True)
+    prints = with_spread(load(reference), {n: load(p) for n, p in variants.items() if p.exists()})
+    prints.meta["baseline_loss_sha256"] = loss_digest(baseline.loss)
+    path = save(out.with_name(FINGERPRINTS), prints)
+    print(f"baseline: layer fingerprints of the reference run at steps {sorted(prints.steps)}, tolerance from "
+          f"{len(prints.variants)} envelope run(s) -> {path}", flush=True)
+    return path
 
 
 def main(argv=None) -> int:
@@ -160,14 +186,18 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out or params.compare.baseline)
     envelope_runs: list[tuple] = []
+    keep = tempfile.TemporaryDirectory(prefix="baseline-runs-")  # the runs' fingerprints, until they are saved
+    keep_dir = Path(keep.name)
     if args.command == "record":
         if params.device.port_bug or params.device.numerics_variant:
             raise ConfigError(f"{args.params}: device.port_bug / device.numerics_variant must be null to record a "
                               f"baseline (the envelope variants are added by --envelope)")
         variants = envelope_variant_names(params.device.type, args.variants) if args.envelope else []
         started = time.perf_counter()
-        runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds), args.quiet)
-        envelope_runs = record_envelope_runs(params, variants, args.quiet)
+        runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds), args.quiet, keep_dir)
+        envelope_runs = record_envelope_runs(params, variants, args.quiet, keep_dir)
+        reference_prints = keep_dir / "run-0" / FINGERPRINTS  # seeds start at train.seed: run 0 is the reference
+        variant_prints = {name: keep_dir / name / FINGERPRINTS for name in variants}
         print(f"baseline: {len(runs) + len(envelope_runs)} runs trained in {time.perf_counter() - started:.0f} s",
               flush=True)
     else:
@@ -185,8 +215,13 @@ def main(argv=None) -> int:
         envelope_runs = [run for run in runs if run[1].get("numerics_variant")]
         runs = [run for run in runs if not run[1].get("numerics_variant")]
         runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
+        # fingerprints beside each run's curve, when it came from a folder (not from MLflow)
+        reference_prints = Path(runs[0][2]).parent / FINGERPRINTS
+        variant_prints = {run[1]["numerics_variant"]: Path(run[2]).parent / FINGERPRINTS for run in envelope_runs}
     baseline = baseline_from_runs(runs, params.profile, envelope_runs)
     save_baseline(out, baseline)
+    save_fingerprints(out, baseline, reference_prints, variant_prints)
+    keep.cleanup()
     prov = baseline.provenance
     print(f"baseline: {baseline.kind}, {len(baseline.loss)} steps, seeds {baseline.seeds} "
           f"({prov['device']}: {prov['device_name']}) -> {out}")

@@ -14,17 +14,27 @@ verdict.json and report.html stay behind). A missing, old or malformed verdict i
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 from cait.errors import EXIT_PASS
 from pipelines import cli
-from pipelines.layout import HTML, VERDICT, run_dir
+from pipelines.layout import HTML, LOCALIZE, VERDICT, run_dir
 from pipelines.params import load_params
 from pipelines.verdict_file import EXIT_BY_STATUS, read_verdict, require_fresh, require_report_of, unchecked_inputs
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
+
+
+def localization_line(path: Path) -> str:
+    """localize's one line (which module or phase parts first), when the localize stage wrote one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("message", "")) if data.get("status") in ("diverged", "clean") else ""
 
 
 def main(argv=None) -> int:
@@ -43,6 +53,9 @@ def main(argv=None) -> int:
     print(f"gate: {verdict.status.upper()} for profile {verdict.profile} ({where})", file=stream)
     for reason in verdict.reasons:
         print(f"  - {reason}", file=stream)
+    where = localization_line(verdict.path.parent / LOCALIZE) if code != EXIT_PASS else ""
+    if where:
+        print(f"  where: {where}", file=stream)
     for name in unchecked_inputs(verdict):
         print(f"  note: {name} is not a file; the gate could not recheck it", file=stream)
     experiment = os.environ.get(EXPERIMENT_ENV)

@@ -14,15 +14,16 @@ reads them again the same way. Rendering is pipelines.report.write_report, which
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from cait.files import check_writable
 from pipelines import cli
 from pipelines.baselines import load_baseline
-from pipelines.layout import CURVE, HTML, JUNIT, OVERLAY, RECORD, VERDICT, run_dir
+from pipelines.layout import CURVE, FINGERPRINTS, HTML, JUNIT, LOCALIZE, OVERLAY, RECORD, VERDICT, run_dir
 from pipelines.params import load_params
-from pipelines.provenance import file_id, read_run
+from pipelines.provenance import file_id, file_sha256, read_run
 from pipelines.report import write_report
 from pipelines.tracking import RunLogger
 from pipelines.verdict_file import VerdictFile, read_verdict, require_fresh
@@ -54,6 +55,21 @@ def report_logs(verdict: VerdictFile, out_dir: Path, params) -> dict[str, Path]:
                         rules=params.compare.rules, verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
 
 
+def read_localization(folder: Path) -> dict | None:
+    """localize.json of this run, if it judged the fingerprints on disk now (else None: not shown)."""
+    path = folder / LOCALIZE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    judged = (data.get("inputs") or {}).get("candidate", {}).get("sha256")
+    now = folder / FINGERPRINTS
+    if judged and now.exists() and file_sha256(now) != judged:
+        print(f"report: {path} judged other fingerprints than {now}; not shown (run the localize stage)")
+        return None
+    return data
+
+
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--verdict", type=Path, help=f"verdict to report on; the report is written beside it "
@@ -75,14 +91,15 @@ def main(argv=None) -> int:
     reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])  # the run compare paired with
     logger = RunLogger(params.tracking)  # opened before any file is written: a corrupt store stops the stage first
     paths = write_report(out, verdict.data, candidate, reference, baseline=baseline, record=record,
-                         rules=params.compare.rules, verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url)
+                         rules=params.compare.rules, verdict_sha256=verdict.sha256, ui_url=params.tracking.ui_url,
+                         localization=read_localization(out))
     zoom = paths.get("zoom")
     print(f"report: {out / HTML} ({verdict.status}); figures {out / OVERLAY}"
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
     logger.set_tags({"dvc_lock_hash": dvc_lock_hash(), "report": str(out / HTML)})
-    for artifact in (out / OVERLAY, zoom, out / HTML, out / JUNIT):
+    for artifact in (out / OVERLAY, zoom, paths.get("strip"), out / HTML, out / JUNIT):
         if artifact is not None:
             logger.log_artifact(artifact, "report")
     logger.close()

@@ -20,7 +20,8 @@ from cait.errors import ConfigError, HarnessError
 from cait.files import check_writable
 from pipelines import cli
 from pipelines.curves import write_curve_csv
-from pipelines.layout import CHECKPOINTS, CURVE, PARTIAL_CURVE, PREPARED_DIR, RECORD, SHARDS_DIR, run_dir
+from pipelines.layout import (CHECKPOINTS, CURVE, FINGERPRINTS, PARTIAL_CURVE, PREPARED_DIR, RECORD, SHARDS_DIR,
+                              run_dir)
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
@@ -30,13 +31,14 @@ from pipelines.tracking import RunLogger
 
 
 def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR,
-                 resume: bool = False, quiet: bool = False) -> tuple[Path, Path]:
+                 resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> tuple[Path, Path]:
     """Train and write curve.csv, train.json and checkpoints/ into out_dir; returns the first two paths.
 
     Works as one process or as one rank of a torchrun/SLURM job (rank 0 alone writes files and MLflow).
     `resume` continues from out_dir/checkpoints/last.pt, which must come from a run with the same params.
     On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every few
-    seconds; `quiet` leaves only the closing summary.
+    seconds; `quiet` leaves only the closing summary. Layer fingerprints (train.fingerprints) go to
+    fingerprints.npz beside the curve. `stop_after` ends the run after that step (localize's replay).
     """
     import torch
 
@@ -46,6 +48,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     from cait.determinism import configure_numerics
     from cait.devices import describe_device, resolve_device
     from cait.distributed import init_distributed, shutdown
+    from cait.fingerprints import FingerprintRecorder, resolve_steps
+    from cait.fingerprints import save as save_fingerprints
     from cait.models import build_model
     from cait.portbugs import RunPatch
     from cait.train import CheckpointPlan, train
@@ -138,10 +142,14 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
 
         curve_path, record_path, partial_path = out_dir / CURVE, out_dir / RECORD, out_dir / PARTIAL_CURVE
         plan = CheckpointPlan(checkpoint_dir, params.curve_hash(), meta)
+        recorder = FingerprintRecorder(resolve_steps(cfg.fingerprints.steps, total_steps),
+                                       sketch_dim=cfg.fingerprints.sketch_dim,
+                                       whole_tensors=cfg.fingerprints.whole_tensors)
         try:
             summary = train(model, make_loader, device, cfg, steps_per_epoch=steps_per_epoch, ctx=ctx,
                             checkpoints=plan, resume=resume_state, make_eval_loader=make_eval_loader,
-                            on_step=on_step, on_epoch=on_epoch, patch=patch)
+                            on_step=on_step, on_epoch=on_epoch, patch=patch, fingerprints=recorder,
+                            stop_after=stop_after)
         except BaseException:
             progress.close()
             if ctx.is_main and rows:
@@ -164,6 +172,13 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             return curve_path, record_path
         write_curve_csv(curve_path, rows)
         partial_path.unlink(missing_ok=True)
+        fingerprint_path = out_dir / FINGERPRINTS
+        save_fingerprints(fingerprint_path, recorder.fingerprints({
+            "profile": params.profile, "model": params.model.name, "params_hash": params.curve_hash(),
+            "curve_params": params.curve_defining(), "world_size": ctx.world_size, "global_batch": global_batch,
+            "device": device.type, "device_name": environment.get("device_name", ""),
+            "torch": environment.get("torch", ""), "numerics_variant": params.device.numerics_variant,
+            "port_bug": params.device.port_bug, "resumed_from_step": summary.resumed_from}))
         record = {
             "profile": params.profile,
             "mlflow_run_id": logger.run_id,
@@ -199,6 +214,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             logger.log_metrics({"best_top1": summary.best_top1})
         logger.log_artifact(curve_path)
         logger.log_artifact(record_path)
+        logger.log_artifact(fingerprint_path)
         logger.finish("FINISHED")
         done = f"stopped early: {summary.stopped}" if summary.stopped else "done"
         print(f"train: {summary.steps_done} steps on {environment['device_name']} x{ctx.world_size} in "

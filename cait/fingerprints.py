@@ -1,0 +1,324 @@
+"""Layer fingerprints: what every module computed at chosen steps, small enough to ship between machines.
+
+At a fingerprint step the recorder hooks the model and its optimizer for that one step and keeps, per
+tensor, a few summary statistics and a sketch:
+
+  weights     every parameter before the step (named_parameters order)
+  forward     every module's output, in the order the modules finished (execution order)
+  backward    the gradient of every module's output, in the order backward reached it
+  param_grad  every parameter's gradient as the optimizer sees it (unscaled)
+  update      every parameter's change made by the optimizer step (after - before)
+
+The sketch is a CountSketch with equal buckets: the elements in a fixed random order, each with a fixed
+random sign, summed in `sketch_dim` groups. It is linear, so sketch(a) - sketch(b) = sketch(a - b), and
+E|sketch(x)|^2 = |x|^2: two machines that never see each other estimate the relative L2 error and the
+cosine of their tensors from the sketches alone (pipelines/localize.py). The order and signs come from a
+numpy generator keyed by the tensor's size, the sums are plain dense reductions (no atomics): the same on
+every device, deterministic on each. `whole_tensors` also keeps every tensor (small profiles only).
+
+On steps without fingerprints nothing is hooked: the recorder costs one set lookup per step.
+The file is an .npz written with fixed zip dates, so the same run gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cait.errors import HarnessError
+
+SCHEMA = 1
+PHASES = ("weights", "forward", "backward", "param_grad", "update")
+STATS = ("mean", "std", "max_abs", "l2", "q01", "q25", "q50", "q75", "q99", "nonfinite")
+QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
+QUANTILE_SAMPLE = 1 << 16  # quantiles from this many elements, drawn by the sketch's own order
+SKETCH_KEY = 20210331  # CaiT's arXiv date: the order and signs every device draws
+PASS_THROUGH = ("Identity", "Dropout", "DropPath", "KeyedDropPath")  # skipped when they drop nothing
+
+
+class FingerprintError(HarnessError):
+    """A fingerprint file that is missing, corrupt, or of another model/profile/params."""
+
+    exit_code = 2
+
+
+@dataclass
+class PhasePrints:
+    """One phase of one step: entry names (in order), their shapes, stats (n x STATS), sketches (n x dim)."""
+
+    names: list[str]
+    shapes: list[list[int]]
+    stats: np.ndarray
+    sketch: np.ndarray
+    whole: list[np.ndarray] | None = None
+
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+@dataclass
+class Fingerprints:
+    """A run's fingerprints: meta (what run made them) and {step: {phase: PhasePrints}}; a baseline's file also
+    carries `spread` {step: {phase: V x n}}: each envelope variant's relative error from the reference."""
+
+    meta: dict
+    steps: dict[int, dict[str, PhasePrints]] = field(default_factory=dict)
+    spread: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.meta.get("envelope_variants", []))
+
+
+# ---- recording (torch) -------------------------------------------------------------------------------
+
+def resolve_steps(steps, total: int) -> list[int]:
+    """Fingerprint steps with negatives counted from the end (-1: the last step), inside [0, total)."""
+    out = sorted({s if s >= 0 else total + s for s in steps})
+    return [s for s in out if 0 <= s < total]
+
+
+class _Sketcher:
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._plans: dict = {}
+
+    def plan(self, n: int, device):
+        key = (n, str(device))
+        if key not in self._plans:
+            import torch
+
+            rng = np.random.default_rng([SKETCH_KEY, n])
+            order = torch.from_numpy(rng.permutation(n)).to(device)
+            sign = torch.from_numpy((rng.integers(0, 2, size=n) * 2 - 1).astype(np.float32)).to(device)
+            self._plans[key] = (order, sign)
+        return self._plans[key]
+
+    def __call__(self, x):
+        """(stats vector, sketch vector) of tensor x, both float32 on x's device, nothing synchronised."""
+        import torch
+
+        flat = x.detach().reshape(-1).float()
+        n = flat.numel()
+        if n == 0:
+            return torch.zeros(len(STATS), device=flat.device), torch.zeros(self.dim, device=flat.device)
+        order, sign = self.plan(n, flat.device)
+        shuffled = flat[order] * sign
+        width = -(-n // self.dim)
+        if width * self.dim > n:
+            shuffled = torch.cat([shuffled, shuffled.new_zeros(width * self.dim - n)])
+        sketch = shuffled.view(self.dim, width).sum(1)
+        sample = flat[order[:QUANTILE_SAMPLE]]
+        q = torch.quantile(sample, torch.tensor(QUANTILES, device=flat.device, dtype=sample.dtype))
+        stats = torch.cat([torch.stack([flat.mean(), flat.std(unbiased=False) if n > 1 else flat.new_zeros(()),
+                                        flat.abs().max(), flat.norm()]), q,
+                           (~torch.isfinite(flat)).sum().float().view(1)])
+        return stats, sketch
+
+
+class _PhaseBuffer:
+    def __init__(self):
+        self.names: list[str] = []
+        self.shapes: list[list[int]] = []
+        self.stats: list = []
+        self.sketch: list = []
+        self.whole: list = []
+
+    def add(self, name: str, tensor, sketcher: _Sketcher, whole: bool) -> None:
+        stats, sketch = sketcher(tensor)
+        self.names.append(name)
+        self.shapes.append(list(tensor.shape))
+        self.stats.append(stats)
+        self.sketch.append(sketch)
+        if whole:
+            self.whole.append(tensor.detach().float().cpu().numpy().copy())
+
+    def done(self, whole: bool) -> PhasePrints:
+        import torch
+
+        dim = self.sketch[0].numel() if self.sketch else 0
+        stats = torch.stack(self.stats).double().cpu().numpy() if self.stats else np.zeros((0, len(STATS)))
+        sketch = torch.stack(self.sketch).double().cpu().numpy() if self.sketch else np.zeros((0, dim))
+        return PhasePrints(self.names, self.shapes, stats, sketch, self.whole if whole else None)
+
+
+def _first_tensor(output):
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def _passes_through(module) -> bool:
+    name = type(module).__name__
+    if name not in PASS_THROUGH:
+        return False
+    return float(getattr(module, "p", getattr(module, "drop_prob", 0.0)) or 0.0) == 0.0
+
+
+class FingerprintRecorder:
+    """Hooks a model and its optimizer on the chosen steps only; `save` writes what was recorded.
+
+    The training loop calls `attach(model, optimizer)` once, `begin(step)` before the forward pass and
+    `end(step, loss, lr)` after the optimizer step (cait/train.py)."""
+
+    def __init__(self, steps, *, sketch_dim: int = 64, whole_tensors: bool = False):
+        self.wanted = set(int(s) for s in steps)
+        self.sketcher = _Sketcher(sketch_dim)
+        self.sketch_dim = sketch_dim
+        self.whole = whole_tensors
+        self.recorded: dict[int, dict[str, PhasePrints]] = {}
+        self.step_info: dict[int, dict] = {}
+        self._handles: list = []
+        self._buffers: dict[str, _PhaseBuffer] = {}
+        self._calls: dict[str, int] = {}
+        self._before: dict = {}
+        self.model = self.optimizer = None
+
+    def attach(self, model, optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def set_steps(self, steps) -> None:
+        self.wanted = set(int(s) for s in steps)
+
+    def begin(self, step: int) -> bool:
+        if step not in self.wanted or self.model is None:
+            return False
+        self._buffers = {p: _PhaseBuffer() for p in PHASES}
+        self._calls = {}
+        for name, module in self.model.named_modules():
+            if name and not _passes_through(module):
+                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
+        self._handles.append(self.optimizer.register_step_post_hook(self._after_update))
+        return True
+
+    def _forward_hook(self, name: str):
+        def hook(module, inputs, output):
+            tensor = _first_tensor(output)
+            if tensor is None or not tensor.is_floating_point():
+                return
+            calls = self._calls.get(name, 0)
+            self._calls[name] = calls + 1
+            key = name if calls == 0 else f"{name}#{calls}"
+            self._buffers["forward"].add(key, tensor, self.sketcher, self.whole)
+            if tensor.requires_grad:
+                tensor.register_hook(lambda grad: self._buffers["backward"].add(key, grad, self.sketcher, self.whole))
+        return hook
+
+    def _before_update(self, optimizer, args, kwargs) -> None:
+        for name, p in self.model.named_parameters():
+            self._buffers["weights"].add(name, p, self.sketcher, self.whole)
+            if p.grad is not None:
+                self._buffers["param_grad"].add(name, p.grad, self.sketcher, self.whole)
+        self._before = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+
+    def _after_update(self, optimizer, args, kwargs) -> None:
+        for name, p in self.model.named_parameters():
+            if name in self._before:
+                self._buffers["update"].add(name, p.detach() - self._before[name], self.sketcher, self.whole)
+        self._before = {}
+
+    def end(self, step: int, loss: float, lr: float) -> None:
+        if not self._buffers:
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.recorded[step] = {p: b.done(self.whole) for p, b in self._buffers.items() if b.names}
+        self.step_info[step] = {"loss": float(loss), "lr": float(lr)}
+        self._buffers = {}
+
+    def fingerprints(self, meta: dict) -> Fingerprints:
+        meta = {**meta, "schema": SCHEMA, "sketch_dim": self.sketch_dim, "stats": list(STATS),
+                "quantiles": list(QUANTILES), "whole_tensors": self.whole,
+                "step_info": {str(s): i for s, i in sorted(self.step_info.items())}}
+        return Fingerprints(meta, dict(sorted(self.recorded.items())))
+
+
+# ---- the file -----------------------------------------------------------------------------------------
+
+def _key(step: int, phase: str, what: str) -> str:
+    return f"s{step}.{phase}.{what}"
+
+
+def to_bytes(prints: Fingerprints) -> bytes:
+    """The .npz bytes: arrays per step and phase, names/shapes in the JSON meta; fixed zip dates."""
+    layout: dict = {}
+    arrays: dict[str, np.ndarray] = {}
+    for step, phases in prints.steps.items():
+        layout[str(step)] = {}
+        for phase, pp in phases.items():
+            layout[str(step)][phase] = {"names": pp.names, "shapes": pp.shapes, "whole": pp.whole is not None}
+            arrays[_key(step, phase, "stats")] = np.asarray(pp.stats, dtype=np.float64)
+            arrays[_key(step, phase, "sketch")] = np.asarray(pp.sketch, dtype=np.float64)
+            for i, tensor in enumerate(pp.whole or []):
+                arrays[_key(step, phase, f"whole{i}")] = np.asarray(tensor, dtype=np.float32)
+    for step, phases in prints.spread.items():
+        for phase, values in phases.items():
+            arrays[_key(step, phase, "spread")] = np.asarray(values, dtype=np.float64)
+    meta = {**prints.meta, "layout": layout}
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, arrays[key], allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save(path: Path | str, prints: Fingerprints) -> Path:
+    from cait.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, to_bytes(prints))
+
+
+def load(path: Path | str) -> Fingerprints:
+    """Read a fingerprint file; anything unreadable or inconsistent is a FingerprintError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FingerprintError(f"{path}: not found; the train stage writes it (train.fingerprints), the baseline "
+                               f"command writes a baseline's")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        meta = json.loads(bytes(data.pop("meta")).decode())
+        if meta.get("schema") != SCHEMA:
+            raise FingerprintError(f"{path}: fingerprint schema {meta.get('schema')!r}, this code reads {SCHEMA}; "
+                                   f"record it again with this code")
+        prints = Fingerprints(meta)
+        for step_text, phases in meta["layout"].items():
+            step = int(step_text)
+            prints.steps[step] = {}
+            for phase, info in phases.items():
+                stats, sketch = data[_key(step, phase, "stats")], data[_key(step, phase, "sketch")]
+                n = len(info["names"])
+                if stats.shape != (n, len(STATS)) or sketch.shape != (n, meta["sketch_dim"]):
+                    raise FingerprintError(f"{path}: step {step} {phase}: arrays do not match the {n} names")
+                whole = [data[_key(step, phase, f"whole{i}")] for i in range(n)] if info.get("whole") else None
+                prints.steps[step][phase] = PhasePrints(list(info["names"]), [list(s) for s in info["shapes"]],
+                                                        stats, sketch, whole)
+                spread = data.get(_key(step, phase, "spread"))
+                if spread is not None:
+                    if spread.ndim != 2 or spread.shape[1] != n or spread.shape[0] != len(prints.variants):
+                        raise FingerprintError(f"{path}: step {step} {phase}: spread is not one row per envelope "
+                                               f"variant and one column per entry")
+                    prints.spread.setdefault(step, {})[phase] = spread
+        return prints
+    except FingerprintError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+        raise FingerprintError(f"{path}: not a readable fingerprint file ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); record it again") from None

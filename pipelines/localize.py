@@ -1,0 +1,301 @@
+"""Localize: from a failing curve to the first module (or phase) whose fingerprints leave the tolerance.
+
+Pure numpy over two fingerprint files (cait/fingerprints.py): the candidate's and the baseline's. The
+baseline's file also carries, per entry, how far each legitimate numerics variant of the envelope runs
+moved it (`spread`: relative L2 error from the reference run). An entry leaves the tolerance when
+
+    rel_l2(candidate, reference) > k x max over variants(spread) + floor
+
+The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
+the order the step computes them: weights before the step, forward (modules in execution order),
+backward (output gradients in the order backward reaches them, then parameter gradients), the optimizer
+update. A module that ran on one side only, or other shapes, or non-finite values the reference does not
+have, count as leaving it. When an earlier fingerprint step agrees everywhere and a later one does not,
+the divergence accumulated in between: the later step's first entry is not where it started, and the
+result says to replay the step where the curves part (`python -m pipelines.stages.localize replay`).
+
+Metrics, msprobe-style: cosine similarity, relative L2 error, max absolute and max relative error.
+They are computed on the whole tensors when both files kept them (train.fingerprints.whole_tensors) and
+on the sketches otherwise (then max errors are over the sketch's buckets: an estimate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cait.fingerprints import PHASES, FingerprintError, Fingerprints, PhasePrints
+
+PHASE_LABELS = {"weights": "weights before the step", "forward": "forward (module outputs)",
+                "backward": "backward (output gradients)", "param_grad": "backward (parameter gradients)",
+                "update": "optimizer update"}
+PARAMETER_PHASES = ("weights", "param_grad", "update")  # entries are parameters, named module.attribute
+# what must agree for two fingerprint files to be compared, in the order a difference is reported
+COMPATIBLE = ("schema", "model", "profile", "params_hash", "world_size", "global_batch", "sketch_dim")
+# Norms below this are zero: a zero bias nudged by one ulp (1e-45) is not an infinite relative error. Far
+# below any norm that carries information (float32 gradients of a trained model are >= 1e-10 where not zero).
+NORM_FLOOR = 1e-12
+
+
+@dataclass
+class Divergence:
+    """One entry that leaves the tolerance (or does not match structurally)."""
+
+    step: int
+    phase: str
+    entry: str  # the module (forward/backward) or parameter name
+    module: str  # the module it belongs to ("" for a model-level parameter such as cls_token)
+    kind: str  # "tolerance" | "missing" (ran in the reference only) | "extra" | "shape" | "nonfinite"
+    rel_l2: float = float("nan")
+    cosine: float = float("nan")
+    max_abs_error: float = float("nan")
+    max_rel_error: float = float("nan")
+    tolerance: float = float("nan")
+    spread: float = float("nan")  # the envelope variants' largest relative error at this entry
+    exact: bool = False  # metrics from whole tensors (else from sketches)
+
+
+@dataclass
+class Localization:
+    status: str  # "clean" | "diverged" | "unavailable"
+    message: str
+    first: Divergence | None = None
+    accumulated: bool = False  # an earlier fingerprint step agreed everywhere
+    steps: list[int] = field(default_factory=list)  # the fingerprint steps both sides have
+    phase_firsts: dict = field(default_factory=dict)  # {step: {phase: Divergence | None}}
+    strip: dict = field(default_factory=dict)  # {phase: {"names": [...], "ratio": [...]}} at the named step
+    k: float = 0.0
+    floor: float = 0.0
+    exclude: str | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["phase_firsts"] = {str(s): {p: (asdict(d) if d else None) for p, d in phases.items()}
+                               for s, phases in self.phase_firsts.items()}
+        return _finite(out)
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as strings the reader turns back (json's own would be invalid JSON)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def module_of(phase: str, entry: str) -> str:
+    """The module an entry belongs to: a parameter's owner, a module output's own name (call suffix dropped)."""
+    if phase in PARAMETER_PHASES:
+        return entry.rpartition(".")[0]
+    return entry.partition("#")[0]
+
+
+# ---- compatibility --------------------------------------------------------------------------------------
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate_source: str,
+                     reference_source: str) -> None:
+    """Refuse fingerprints of another model, profile, params, world size or sketch, naming what differs."""
+    for key in COMPATIBLE:
+        mine, theirs = candidate.meta.get(key), reference.meta.get(key)
+        if mine == theirs:
+            continue
+        if key == "params_hash":
+            keys = _diff_keys(candidate.meta.get("curve_params"), reference.meta.get("curve_params"))
+            shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+            raise FingerprintError(f"{candidate_source}: made with other params than {reference_source} "
+                                   f"({shown or 'params hash'} differ); record both with the same params")
+        raise FingerprintError(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
+                               f"fingerprints compare only runs of the same {key}")
+
+
+# ---- metrics --------------------------------------------------------------------------------------------
+
+def _metrics(cand: PhasePrints, ref: PhasePrints, i: int, j: int) -> tuple[float, float, float, float, bool]:
+    """(rel_l2, cosine, max_abs_error, max_rel_error, exact) of candidate entry i against reference entry j."""
+    if cand.whole is not None and ref.whole is not None:
+        a, b, exact = cand.whole[i].astype(np.float64).ravel(), ref.whole[j].astype(np.float64).ravel(), True
+    else:
+        a, b, exact = cand.sketch[i], ref.sketch[j], False
+    diff = a - b
+    norm_b, norm_a, norm_d = float(np.linalg.norm(b)), float(np.linalg.norm(a)), float(np.linalg.norm(diff))
+    if not np.isfinite(norm_a):
+        return float("inf"), float("nan"), float("inf"), float("inf"), exact
+    rel = norm_d / max(norm_b, NORM_FLOOR)
+    cosine = float(a @ b) / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else (1.0 if norm_d == 0 else 0.0)
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    max_rel = max_abs / max(float(np.abs(b).max()) if b.size else 0.0, NORM_FLOOR)
+    return rel, cosine, max_abs, max_rel, exact
+
+
+def relative_errors(cand: PhasePrints, ref: PhasePrints) -> np.ndarray:
+    """rel_l2 of every reference entry (NaN where the candidate lacks it or has another shape)."""
+    index = cand.index()
+    out = np.full(len(ref.names), np.nan)
+    for j, name in enumerate(ref.names):
+        i = index.get(name)
+        if i is not None and cand.shapes[i] == ref.shapes[j]:
+            out[j] = _metrics(cand, ref, i, j)[0]
+    return out
+
+
+# ---- the baseline's tolerance ------------------------------------------------------------------------------
+
+def with_spread(reference: Fingerprints, variants: dict[str, Fingerprints]) -> Fingerprints:
+    """The reference run's fingerprints with each envelope variant's relative error per entry attached."""
+    names = list(variants)
+    for name, prints in variants.items():
+        check_compatible(prints, reference, f"envelope run {name}", "the reference run")
+    spread: dict[int, dict[str, np.ndarray]] = {}
+    for step, phases in reference.steps.items():
+        for phase, ref in phases.items():
+            rows = []
+            for name in names:
+                other = variants[name].steps.get(step, {}).get(phase)
+                rows.append(relative_errors(other, ref) if other is not None else np.full(len(ref.names), np.nan))
+            spread.setdefault(step, {})[phase] = np.array(rows).reshape(len(names), len(ref.names))
+    meta = {**reference.meta, "envelope_variants": names}
+    return Fingerprints(meta, reference.steps, spread)
+
+
+def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: float,
+              exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tolerance, spread) per reference entry: k x the largest variant error + floor. `exclude` leaves one
+    variant out (a legit run judged held out); no variants: the floor alone."""
+    n = len(baseline.steps[step][phase].names)
+    rows = baseline.spread.get(step, {}).get(phase)
+    if rows is None or rows.shape[0] == 0:
+        spread = np.zeros(n)
+    else:
+        keep = [i for i, name in enumerate(baseline.variants) if name != exclude]
+        chosen = rows[keep] if keep else np.zeros((1, n))
+        with np.errstate(all="ignore"):
+            spread = np.where(np.all(np.isnan(chosen), axis=0), 0.0, np.nanmax(np.where(np.isnan(chosen), -np.inf,
+                                                                                           chosen), axis=0))
+    return k * spread + floor, spread
+
+
+# ---- localize -------------------------------------------------------------------------------------------
+
+def _phase_divergences(step: int, phase: str, cand: PhasePrints, ref: PhasePrints, tol: np.ndarray,
+                       spread: np.ndarray) -> tuple[list[Divergence], np.ndarray]:
+    """Every divergence of one phase in the reference's order (candidate-only entries after), and the
+    per-entry ratio rel_l2 / tolerance (inf where structural)."""
+    index = cand.index()
+    out: list[Divergence] = []
+    ratio = np.zeros(len(ref.names))
+    nonfinite_col = -1  # STATS' last column: count of non-finite values
+    for j, name in enumerate(ref.names):
+        base = dict(step=step, phase=phase, entry=name, module=module_of(phase, name),
+                    tolerance=float(tol[j]), spread=float(spread[j]))
+        i = index.get(name)
+        if i is None:
+            out.append(Divergence(kind="missing", **base))
+            ratio[j] = np.inf
+            continue
+        if cand.shapes[i] != ref.shapes[j]:
+            out.append(Divergence(kind="shape", **base))
+            ratio[j] = np.inf
+            continue
+        rel, cosine, max_abs, max_rel, exact = _metrics(cand, ref, i, j)
+        new_nonfinite = cand.stats[i, nonfinite_col] > ref.stats[j, nonfinite_col]
+        ratio[j] = rel / tol[j] if 0 < tol[j] < np.inf else (0.0 if rel == 0 or tol[j] == np.inf else np.inf)
+        if new_nonfinite or not rel <= tol[j]:
+            out.append(Divergence(kind="nonfinite" if new_nonfinite else "tolerance", rel_l2=rel, cosine=cosine,
+                                  max_abs_error=max_abs, max_rel_error=max_rel, exact=exact, **base))
+    known = set(ref.names)
+    for name in cand.names:
+        if name not in known:
+            out.append(Divergence(step=step, phase=phase, entry=name, module=module_of(phase, name), kind="extra"))
+    return out, ratio
+
+
+def localize(candidate: Fingerprints, baseline: Fingerprints, *, k: float, floor: float,
+             exclude: str | None = None, candidate_source: str = "candidate fingerprints",
+             baseline_source: str = "baseline fingerprints") -> Localization:
+    """Compare phase by phase, step by step; name the first entry that leaves the tolerance."""
+    check_compatible(candidate, baseline, candidate_source, baseline_source)
+    steps = sorted(set(candidate.steps) & set(baseline.steps))
+    result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude)
+    if not steps:
+        result.message = (f"no fingerprint step in common: {candidate_source} has {sorted(candidate.steps)}, "
+                          f"{baseline_source} {sorted(baseline.steps)}; record the same train.fingerprints.steps")
+        return result
+    clean_steps: list[int] = []
+    for step in steps:
+        firsts: dict[str, Divergence | None] = {}
+        strip: dict = {}
+        for phase in PHASES:
+            ref = baseline.steps[step].get(phase)
+            cand = candidate.steps[step].get(phase)
+            if ref is None or cand is None:
+                continue
+            tol, spread = tolerance(baseline, step, phase, k, floor, exclude)
+            divergences, ratio = _phase_divergences(step, phase, cand, ref, tol, spread)
+            firsts[phase] = divergences[0] if divergences else None
+            strip[phase] = {"names": list(ref.names), "ratio": [float(r) for r in ratio]}
+        result.phase_firsts[step] = firsts
+        first = next((d for d in firsts.values() if d is not None), None)
+        if first is None:
+            clean_steps.append(step)
+            if step == steps[-1] and result.first is None:
+                result.strip = strip
+            continue
+        result.status, result.first, result.strip = "diverged", first, strip
+        result.accumulated = bool(clean_steps)
+        break
+    if result.first is None:
+        result.status = "clean"
+    result.message = describe(result)
+    return result
+
+
+def _where(d: Divergence) -> str:
+    what = "parameter" if d.phase in PARAMETER_PHASES else "module"
+    return f"{what} {d.entry}"
+
+
+def describe(result: Localization) -> str:
+    """One line: where the fingerprints part, or that they agree."""
+    if result.status == "unavailable":
+        return result.message
+    steps = ", ".join(str(s) for s in result.steps)
+    if result.first is None:
+        return f"fingerprints agree within the envelope at step(s) {steps} in every phase"
+    d = result.first
+    if d.kind == "tolerance":
+        how = (f"relative L2 error {d.rel_l2:.3g} against {d.tolerance:.3g} allowed (k x envelope {d.spread:.3g} + "
+               f"floor), cosine {d.cosine:.6f}")
+    elif d.kind == "nonfinite":
+        how = "non-finite values the reference does not have"
+    else:
+        how = {"missing": "ran in the reference run only", "extra": "ran in the candidate only",
+               "shape": "has another shape than in the reference run"}[d.kind]
+    earlier = [p for p in PHASES if p in result.phase_firsts.get(d.step, {}) and PHASES.index(p) < PHASES.index(d.phase)]
+    agree = f" ({', '.join(earlier)} agree)" if earlier else ""
+    line = f"step {d.step}, {PHASE_LABELS[d.phase]}{agree}: {_where(d)} leaves the tolerance first: {how}"
+    if d.phase == "update":
+        line += "; weights, forward and backward agree, so look at the optimizer and the lr schedule"
+    if result.accumulated:
+        line += (f"; every phase agreed at step(s) {', '.join(str(s) for s in result.steps if s < d.step)}, so "
+                 f"the divergence accumulated in between: replay the step where the curves part to find where "
+                 f"it starts")
+    return line
+
+
+def loss_digest(loss: np.ndarray) -> str:
+    """SHA-256 of a baseline's reference loss (float64 bytes): ties a fingerprint file to its baseline."""
+    return hashlib.sha256(np.ascontiguousarray(loss, dtype=np.float64).tobytes()).hexdigest()

@@ -1,0 +1,212 @@
+"""Layer fingerprints and localize: the pure comparison on made-up fingerprints, the file's integrity,
+and the whole path on the tiny profile (a port bug injected, the gate fails, localize names the module;
+runs in other processes with other thread counts compare clean)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from cait.fingerprints import STATS, FingerprintError, Fingerprints, PhasePrints, load, save, to_bytes
+from pipelines.localize import check_compatible, localize, with_spread
+
+META = {"schema": 1, "model": "cait_XXS24_224", "profile": "default", "params_hash": "h", "world_size": 1,
+        "global_batch": 32, "sketch_dim": 8, "curve_params": {"train": {"lr": 0.001}}}
+
+
+def phase(names, sketch, nonfinite=None):
+    sketch = np.asarray(sketch, dtype=float)
+    stats = np.zeros((len(names), len(STATS)))
+    if nonfinite is not None:
+        stats[:, -1] = nonfinite
+    return PhasePrints(list(names), [[8]] * len(names), stats, sketch)
+
+
+def prints(forward, update=None, meta=None, names=("a", "b", "c")):
+    phases = {"forward": phase(names, forward)}
+    if update is not None:
+        phases["update"] = phase(["a.weight", "b.weight"], update)
+    return Fingerprints(dict(meta or META), {0: phases})
+
+
+RNG = np.random.default_rng(0)
+REF_F = RNG.normal(size=(3, 8))
+REF_U = RNG.normal(size=(2, 8))
+
+
+def test_identical_fingerprints_are_clean():
+    base = with_spread(prints(REF_F, REF_U), {})
+    result = localize(prints(REF_F, REF_U), base, k=4, floor=1e-6)
+    assert result.status == "clean" and result.first is None
+    assert "agree" in result.message
+
+
+def test_first_module_beyond_tolerance_is_named_in_execution_order():
+    cand = REF_F.copy()
+    cand[1] *= 1.001  # module b off by 1e-3; c downstream off too
+    cand[2] *= 1.01
+    result = localize(prints(cand, REF_U), with_spread(prints(REF_F, REF_U), {}), k=4, floor=1e-6)
+    assert result.status == "diverged"
+    assert (result.first.phase, result.first.entry, result.first.kind) == ("forward", "b", "tolerance")
+    assert result.first.rel_l2 == pytest.approx(1e-3, rel=1e-6)
+    assert "module b" in result.message
+
+
+def test_the_envelope_spread_sets_each_entry_tolerance():
+    """A variant that moves module b by 1e-3 makes 1e-3 legitimate there (k x spread), not elsewhere."""
+    variant = REF_F.copy()
+    variant[1] *= 1.001
+    base = with_spread(prints(REF_F, REF_U), {"v": prints(variant, REF_U)})
+    cand = REF_F.copy()
+    cand[1] *= 1.003  # inside 4 x 1e-3
+    assert localize(prints(cand, REF_U), base, k=4, floor=1e-6).status == "clean"
+    cand[0] *= 1.0001  # module a had no spread: the floor alone
+    assert localize(prints(cand, REF_U), base, k=4, floor=1e-6).first.entry == "a"
+    # held out: judged without its own variant, the same candidate leaves the tolerance at b
+    assert localize(prints(variant, REF_U), base, k=4, floor=1e-6, exclude="v").first.entry == "b"
+
+
+def test_an_update_only_difference_points_at_the_optimizer():
+    cand_u = REF_U.copy()
+    cand_u[0] *= 0.5
+    result = localize(prints(REF_F, cand_u), with_spread(prints(REF_F, REF_U), {}), k=4, floor=1e-6)
+    assert (result.first.phase, result.first.entry, result.first.module) == ("update", "a.weight", "a")
+    assert "optimizer" in result.message
+
+
+def test_structure_and_nonfinite_differences_count():
+    base = with_spread(prints(REF_F, REF_U), {})
+    missing = prints(REF_F[[0, 2]], REF_U, names=("a", "c"))
+    assert localize(missing, base, k=4, floor=1e-6).first.kind == "missing"
+    with_nan = prints(REF_F, REF_U)
+    with_nan.steps[0]["forward"].stats[2, -1] = 5
+    assert localize(with_nan, base, k=4, floor=1e-6).first.kind == "nonfinite"
+
+
+def test_other_model_or_params_are_refused_naming_what_differs():
+    base = prints(REF_F, REF_U)
+    with pytest.raises(FingerprintError, match="model 'cait_S24_224'"):
+        check_compatible(prints(REF_F, meta={**META, "model": "cait_S24_224"}), base, "cand.npz", "base.npz")
+    other = {**META, "params_hash": "x", "curve_params": {"train": {"lr": 0.002}}}
+    with pytest.raises(FingerprintError, match=r"cand\.npz: made with other params .*train\.lr"):
+        check_compatible(prints(REF_F, meta=other), base, "cand.npz", "base.npz")
+    with pytest.raises(FingerprintError, match="profile 'tiny'"):
+        check_compatible(prints(REF_F, meta={**META, "profile": "tiny"}), base, "cand.npz", "base.npz")
+
+
+def test_file_round_trip_is_byte_stable_and_corruption_is_refused(tmp_path):
+    original = with_spread(prints(REF_F, REF_U), {"v": prints(REF_F * 1.001, REF_U)})
+    path = save(tmp_path / "fp.npz", original)
+    assert to_bytes(original) == path.read_bytes()  # fixed zip dates: the same run gives the same bytes
+    back = load(path)
+    assert np.array_equal(back.steps[0]["forward"].sketch, REF_F)
+    assert back.variants == ["v"] and back.spread[0]["forward"].shape == (1, 3)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(FingerprintError, match=r"bad\.npz"):
+        load(tmp_path / "bad.npz")
+    with pytest.raises(FingerprintError, match=r"missing\.npz: not found"):
+        load(tmp_path / "missing.npz")
+
+
+# ---- the whole path on the tiny profile -------------------------------------------------------------------
+
+def _run(args, project, check=True):
+    from conftest import stage_env
+
+    done = subprocess.run([sys.executable, "-m", *args], cwd=project, capture_output=True, text=True,
+                          env=stage_env(project))
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _params_with(project, name, tracking=False, **device):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["device"].update(device)
+    params["tracking"]["enabled"] = tracking
+    path = project / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path.name
+
+
+@pytest.fixture(scope="module")
+def tiny_with_baseline(tmp_path_factory):
+    """A tiny project with a baseline (one seed, envelope of weights_ulp and fused_attention) and its fingerprints."""
+    from conftest import TINY, copy_project, merge, write_params
+
+    project = copy_project(tmp_path_factory.mktemp("localize") / "project")
+    write_params(project, merge(TINY, {"tracking": {"enabled": False}}))
+    _run(["pipelines.stages.prepare", "-q"], project)
+    _run(["pipelines.stages.baseline", "-q", "record", "--runs", "1", "--envelope", "--variants",
+          "weights_ulp,fused_attention"], project)
+    assert (project / "baselines/default/fingerprints.npz").exists()
+    return project
+
+
+@pytest.mark.slow
+def test_injected_bug_fails_the_gate_and_localize_names_the_module(tiny_with_baseline):
+    project = tiny_with_baseline
+    params = _params_with(project, "bug", tracking=True, port_bug="softmax_bf16")
+    _run(["pipelines.stages.train", "-q", "--params", params], project)
+    _run(["pipelines.stages.compare", "-q", "--params", params], project)
+    _run(["pipelines.stages.localize", "-q", "--params", params], project)
+    _run(["pipelines.stages.report", "-q", "--params", params], project)
+    gate = _run(["pipelines.stages.gate", "--params", params], project, check=False)
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    found = json.loads((project / "reports/default/localize.json").read_text())
+    assert found["status"] == "diverged"
+    assert (found["first"]["step"], found["first"]["phase"]) == (0, "forward")
+    assert found["first"]["module"].startswith("blocks.0.attn"), found["message"]  # softmax_bf16: every attention
+    page = (project / "reports/default/report.html").read_text()
+    assert "Where it parts" in page and found["first"]["entry"] in page
+    assert page.index("Where it parts") < page.index("<h2>Why</h2>")  # at the top of a failing report
+    assert (project / "reports/default/localize.png").exists()
+    # MLflow: the fingerprints are an artifact of the train run, the localisation its tags
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((project / "reports/default/train.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.data.tags["localize.status"] == "diverged"
+    assert run.data.tags["localize.module"] == found["first"]["module"]
+    assert run.data.tags["localize.phase"] == "forward"
+    assert "fingerprints.npz" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+@pytest.mark.slow
+def test_runs_with_other_thread_counts_in_other_processes_compare_clean(tiny_with_baseline):
+    project = tiny_with_baseline
+    for threads in (1, 2):
+        params = _params_with(project, f"threads{threads}", threads=threads)
+        _run(["pipelines.stages.train", "-q", "--params", params, "--out-dir", f"runs/t{threads}"], project)
+    for threads in (1, 2):
+        done = _run(["pipelines.stages.localize", "--candidate", f"runs/t{threads}/fingerprints.npz",
+                     "--out", f"runs/t{threads}/localize.json"], project)
+        found = json.loads((project / f"runs/t{threads}/localize.json").read_text())
+        assert found["status"] == "clean", done.stdout
+    # and the two runs against each other, with the baseline's tolerance: the same steps, the same entries
+    one, two = load(project / "runs/t1/fingerprints.npz"), load(project / "runs/t2/fingerprints.npz")
+    base = load(project / "baselines/default/fingerprints.npz")
+    two_as_reference = Fingerprints(two.meta, two.steps, base.spread)
+    two_as_reference.meta["envelope_variants"] = base.variants
+    assert localize(one, two_as_reference, k=4, floor=1e-6).status == "clean"
+
+
+@pytest.mark.slow
+def test_a_file_of_another_profile_is_refused(tiny_with_baseline):
+    project = tiny_with_baseline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profile"] = "other"
+    params["train"]["lr"] = 0.002
+    (project / "other.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["pipelines.stages.train", "-q", "--params", "other.yaml"], project)
+    done = _run(["pipelines.stages.localize", "--candidate", "reports/other/fingerprints.npz"], project, check=False)
+    assert done.returncode == 2
+    assert "profile 'other'" in done.stderr and "fingerprints.npz" in done.stderr
