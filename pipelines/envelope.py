@@ -42,8 +42,8 @@ def tolerance(reference, width, k: float, floor_relative: float) -> np.ndarray:
     return k * np.asarray(width, dtype=np.float64) + floor_relative * np.abs(np.asarray(reference, dtype=np.float64))
 
 
-def envelope_check(candidate, reference, width, steps=None, k: float = 4.0, floor_relative: float = 1e-6,
-                   max_outside_fraction: float = 0.0) -> dict:
+def envelope_check(candidate, reference, width, steps=None, *, k: float, floor_relative: float,
+                   max_outside_fraction: float) -> dict:
     """The numbers of the envelope rule: which steps leave the tolerance, the first one and by how much.
 
     A non-finite candidate value counts as outside (never inside by accident of a NaN comparison)."""

@@ -34,7 +34,7 @@ class StrictRuleConfig(Section):
     Relative only (no absolute bound), so it does not depend on the loss's scale."""
 
     max_mean_abs_relative_error: float = Field(0.02, ge=0)
-    warmup_steps: int = Field(0, ge=0)  # steps numbered below this are not judged
+    judge_from_step: int = Field(0, ge=0)  # steps numbered below this are not judged
     outlier_fraction: float = Field(0.0, ge=0, lt=1)  # this fraction of the worst steps is left out of each mean
 
 
@@ -44,7 +44,7 @@ class BandRuleConfig(Section):
     z: float = Field(3.0, gt=0)
     max_outside_fraction: float = Field(0.05, ge=0, le=1)
     min_halfwidth_relative: float = Field(0.001, ge=0)  # floor of the band where the runs agree exactly
-    warmup_steps: int = Field(0, ge=0)
+    judge_from_step: int = Field(0, ge=0)  # steps numbered below this are not judged
 
 
 class TrendRuleConfig(Section):
@@ -52,7 +52,7 @@ class TrendRuleConfig(Section):
 
     alpha: float = Field(0.01, gt=0, lt=1)
     max_drift_relative: float = Field(0.01, ge=0)  # Theil-Sen drift over the span / mean baseline loss
-    warmup_steps: int = Field(0, ge=0)
+    judge_from_step: int = Field(0, ge=0)  # steps numbered below this are not judged
 
 
 class EnvelopeRuleConfig(Section):

@@ -4,8 +4,8 @@
   length (by position), signed means, pass iff MRE <= 0.05 or MAE <= 0.0002. Because it is signed and
   an "or", a port whose loss sits consistently lower, or swings around the baseline, passes; the rule
   says so in its summary when that is the only reason it holds.
-- `strict_rule` bounds the mean per-step |d|/min(|c|,|b|) (unsigned, symmetric, scale-free), after an
-  optional warm-up, allowing a configured fraction of outlier steps.
+- `strict_rule` bounds the mean per-step |d|/min(|c|,|b|) (unsigned, symmetric, scale-free), from an
+  optional first judged step on, allowing a configured fraction of outlier steps.
 - `band_rule` needs a multi-run baseline: the candidate must stay within mean +- z*sigma per step.
 - `trend_rule` tests the per-step differences for a slow drift that a mean hides (Kendall's tau,
   Theil-Sen slope as the effect size).
@@ -17,6 +17,9 @@
 `decide` aligns the curves on their step numbers (pipelines/align.py), applies the rules the policy
 names (`gate`: decide; `inform`: reported only) and returns a verdict: pass, fail or inconclusive,
 with its reasons. Anything that makes the numbers meaningless makes it inconclusive, never pass.
+
+The rules' thresholds have no defaults here: they are keyword arguments named as in params.yaml's
+`compare.rules` and `compare.divergence`, whose one set of defaults is pipelines/params.py.
 """
 
 from __future__ import annotations
@@ -104,8 +107,10 @@ def absolute_errors(candidate: np.ndarray, baseline: np.ndarray) -> dict[str, fl
                 "max_abs_error": float(np.max(diff))}
 
 
-def modelzoo_lines(mre: float, mae: float, max_mre: float = 0.05, max_mae: float = 0.0002) -> list[str]:
+def modelzoo_lines(mre: float, mae: float, *, max_mean_relative_error: float,
+                   max_mean_absolute_error: float) -> list[str]:
     """The result lines ModelZoo's script prints, so users recognise them."""
+    max_mre, max_mae = max_mean_relative_error, max_mean_absolute_error
     rule = f"Rule,mean_relative_error {mre}" if mre <= mae else f"Rule,mean_absolute_error {mae}"
     outcome = "pass" if (mre <= max_mre or mae <= max_mae) else "fail"
     return [
@@ -116,7 +121,7 @@ def modelzoo_lines(mre: float, mae: float, max_mre: float = 0.05, max_mae: float
     ]
 
 
-def modelzoo_rule(candidate, baseline, max_mean_relative_error=0.05, max_mean_absolute_error=0.0002,
+def modelzoo_rule(candidate, baseline, *, max_mean_relative_error, max_mean_absolute_error,
                   gating=True) -> RuleResult:
     mre, mae = modelzoo_errors(candidate, baseline)
     passed = mre <= max_mean_relative_error or mae <= max_mean_absolute_error
@@ -137,9 +142,9 @@ def modelzoo_rule(candidate, baseline, max_mean_relative_error=0.05, max_mean_ab
     )
 
 
-def after_warmup(steps: np.ndarray, warmup_steps: int) -> np.ndarray:
-    """Mask of the steps a rule looks at: those numbered warmup_steps or later."""
-    return np.asarray(steps) >= warmup_steps
+def judged_steps(steps: np.ndarray, judge_from_step: int) -> np.ndarray:
+    """Mask of the steps a rule looks at: those numbered judge_from_step or later (the ones before are not judged)."""
+    return np.asarray(steps) >= judge_from_step
 
 
 def _mean_without_worst(values: np.ndarray, k: int) -> float:
@@ -150,28 +155,28 @@ def _mean_without_worst(values: np.ndarray, k: int) -> float:
     return float(np.mean(np.sort(values)[:len(values) - k]))
 
 
-def strict_rule(candidate, baseline, steps=None, max_mean_abs_relative_error=0.02, warmup_steps=0,
-                outlier_fraction=0.0, gating=True) -> RuleResult:
-    """The mean of the per-step |d|/min(|c|,|b|) bounded, over the steps after the warm-up, with the worst
+def strict_rule(candidate, baseline, steps=None, *, max_mean_abs_relative_error, judge_from_step,
+                outlier_fraction, gating=True) -> RuleResult:
+    """The mean of the per-step |d|/min(|c|,|b|) bounded, over the steps from judge_from_step on, with the worst
     floor(outlier_fraction * n) steps left out. Relative only, so the same port passes or fails whatever the
     loss's scale (an absolute bound would fail a loss of ~7 that sits 0.8% from its baseline); mean |d| is
     reported beside it."""
     c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     steps = np.arange(len(c)) if steps is None else np.asarray(steps)
-    keep = after_warmup(steps, warmup_steps)
+    keep = judged_steps(steps, judge_from_step)
     diff, rel = per_step_errors(c[keep], b[keep])
     n = len(diff)
-    thresholds = {"max_mean_abs_relative_error": max_mean_abs_relative_error, "warmup_steps": warmup_steps,
+    thresholds = {"max_mean_abs_relative_error": max_mean_abs_relative_error, "judge_from_step": judge_from_step,
                   "outlier_fraction": outlier_fraction}
     if n == 0:
-        return RuleResult("strict", False, gating, f"no steps left after a warm-up of {warmup_steps} steps",
+        return RuleResult("strict", False, gating, f"no steps to judge: steps before {judge_from_step} are not judged",
                           {"steps_used": 0}, thresholds, applicable=False)
     k = int(math.floor(outlier_fraction * n))
     numbers = {"mean_abs_relative_error": _mean_without_worst(rel, k), "mean_abs_error": _mean_without_worst(diff, k),
                "max_abs_relative_error": float(np.max(rel)), "max_abs_error": float(np.max(diff)),
-               "steps_used": n, "outliers_allowed": k, "warmup_skipped": int(np.sum(~keep))}
+               "steps_used": n, "outliers_allowed": k, "steps_not_judged": int(np.sum(~keep))}
     passed = numbers["mean_abs_relative_error"] <= max_mean_abs_relative_error
-    parts = [f"steps >= {warmup_steps}"] if warmup_steps else []
+    parts = [f"steps >= {judge_from_step}"] if judge_from_step else []
     parts += [f"worst {k} of {n} steps left out"] if k else []
     scope = f" ({', '.join(parts)})" if parts else ""
     summary = (f"mean |d|/min(|c|,|b|) {numbers['mean_abs_relative_error']:.6g} "
@@ -188,16 +193,16 @@ def band_limits(mean, std, z: float, min_halfwidth_relative: float = 0.0) -> tup
     return mean - half, mean + half
 
 
-def band_rule(candidate, mean, std, steps=None, runs: int = 0, z=3.0, max_outside_fraction=0.05,
-              min_halfwidth_relative=0.001, warmup_steps=0, gating=True) -> RuleResult:
+def band_rule(candidate, mean, std, steps=None, runs: int = 0, *, z, max_outside_fraction, min_halfwidth_relative,
+              judge_from_step, gating=True) -> RuleResult:
     c = np.asarray(candidate, dtype=np.float64)
     steps = np.arange(len(c)) if steps is None else np.asarray(steps)
-    keep = after_warmup(steps, warmup_steps)
+    keep = judged_steps(steps, judge_from_step)
     c, mean, std, steps = c[keep], np.asarray(mean)[keep], np.asarray(std)[keep], steps[keep]
     thresholds = {"z": z, "max_outside_fraction": max_outside_fraction,
-                  "min_halfwidth_relative": min_halfwidth_relative, "warmup_steps": warmup_steps}
+                  "min_halfwidth_relative": min_halfwidth_relative, "judge_from_step": judge_from_step}
     if not len(c):
-        return RuleResult("band", False, gating, f"no steps left after a warm-up of {warmup_steps} steps",
+        return RuleResult("band", False, gating, f"no steps to judge: steps before {judge_from_step} are not judged",
                           {"steps_used": 0}, thresholds, applicable=False)
     lower, upper = band_limits(mean, std, z, min_halfwidth_relative)
     outside = ~((c >= lower) & (c <= upper))  # NaN counts as outside
@@ -219,7 +224,7 @@ def band_rule(candidate, mean, std, steps=None, runs: int = 0, z=3.0, max_outsid
     return RuleResult("band", passed, gating, summary, numbers, thresholds)
 
 
-def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0.01, warmup_steps=0,
+def trend_rule(candidate, baseline, steps=None, *, alpha, max_drift_relative, judge_from_step,
                gating=True) -> RuleResult:
     """Kendall's tau of the differences d = c - b against the step number (a monotonic drift), with the
     Theil-Sen slope over the compared span, relative to the mean baseline loss, as its effect size.
@@ -228,12 +233,13 @@ def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0
 
     c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     steps = np.arange(len(c)) if steps is None else np.asarray(steps)
-    keep = after_warmup(steps, warmup_steps)
+    keep = judged_steps(steps, judge_from_step)
     c, b, steps = c[keep], b[keep], steps[keep].astype(np.float64)
     d = c - b
-    thresholds = {"alpha": alpha, "max_drift_relative": max_drift_relative, "warmup_steps": warmup_steps}
+    thresholds = {"alpha": alpha, "max_drift_relative": max_drift_relative, "judge_from_step": judge_from_step}
     if len(d) < 3:
-        return RuleResult("trend", False, gating, f"{len(d)} step(s) after the warm-up: too few for a trend test",
+        return RuleResult("trend", False, gating,
+                          f"{len(d)} step(s) from step {judge_from_step} on: too few for a trend test",
                           {"steps_used": len(d)}, thresholds, applicable=False)
     if np.ptp(d) == 0:  # the same difference at every step: no trend (a constant offset is strict's job)
         tau, p, slope = 0.0, 1.0, 0.0
@@ -261,11 +267,12 @@ def trend_rule(candidate, baseline, steps=None, alpha=0.01, max_drift_relative=0
     return RuleResult("trend", passed, gating, summary, numbers, thresholds)
 
 
-def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative=1e-6, max_outside_fraction=0.0,
+def envelope_rule(candidate, reference, width, steps=None, *, k, floor_relative, max_outside_fraction,
                   gating=True) -> RuleResult:
     """|c - r| <= k x envelope(t) + floor_relative x |r| at all but max_outside_fraction of the steps; names
     the first step outside and by how much (pipelines/envelope.py)."""
-    numbers = envelope_check(candidate, reference, width, steps, k, floor_relative, max_outside_fraction)
+    numbers = envelope_check(candidate, reference, width, steps, k=k, floor_relative=floor_relative,
+                             max_outside_fraction=max_outside_fraction)
     passed = numbers.pop("passed")
     thresholds = {"k": k, "floor_relative": floor_relative, "max_outside_fraction": max_outside_fraction}
     if numbers["steps_used"] == 0:
@@ -274,7 +281,7 @@ def envelope_rule(candidate, reference, width, steps=None, k=4.0, floor_relative
                       numbers, thresholds)
 
 
-def throughput_rule(candidate_ips, baseline_ips, min_ratio=0.8, max_ratio=100.0, gating=False) -> RuleResult:
+def throughput_rule(candidate_ips, baseline_ips, *, min_ratio, max_ratio, gating=False) -> RuleResult:
     """The candidate's mean samples/s over the baseline's within [min_ratio, max_ratio]; not applicable when
     either side has no throughput (a log without one, an old record)."""
     thresholds = {"min_ratio": min_ratio, "max_ratio": max_ratio}
@@ -292,8 +299,8 @@ def throughput_rule(candidate_ips, baseline_ips, min_ratio=0.8, max_ratio=100.0,
                        "baseline_samples_per_s": float(baseline_ips)}, thresholds)
 
 
-def first_divergence(steps, candidate, baseline, max_relative_error=0.02, max_abs_error=0.0,
-                     consecutive_steps=3) -> int | None:
+def first_divergence(steps, candidate, baseline, *, max_relative_error, max_abs_error,
+                     consecutive_steps) -> int | None:
     """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
     `consecutive_steps` logged steps in a row (one noisy step is not a parting); None if never."""
     c, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
@@ -317,13 +324,17 @@ def _first_nonfinite(values: np.ndarray, steps: np.ndarray) -> str | None:
 
 
 def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: np.ndarray, baseline: np.ndarray,
-           *, gate: list[str], min_steps: int, modelzoo: dict | None = None, strict: dict | None = None,
-           refusals: list[str] | None = None, inform: list[str] = (), band: dict | None = None,
-           trend: dict | None = None, divergence: dict | None = None, alignment: str = "steps",
-           band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict | None = None,
-           envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict | None = None,
+           *, gate: list[str], min_steps: int, modelzoo: dict, strict: dict,
+           refusals: list[str] | None = None, inform: list[str] = (), band: dict,
+           trend: dict, divergence: dict, alignment: str = "steps",
+           band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict,
+           envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict,
            samples_per_s: tuple | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
+
+    `modelzoo`, `strict`, `band`, `trend`, `envelope`, `throughput` and `divergence` are every rule's settings
+    as keyword dicts (compare.rules.<name> and compare.divergence, e.g. `.model_dump()` of their config
+    models in pipelines/params.py); they are required, whether or not the policy applies the rule.
 
     `band_stats` is a multi-run baseline's per-step {"mean", "std", "runs"} on `baseline_steps`; without
     it the band rule cannot run (inconclusive if it gates). Anything that makes the numbers meaningless
@@ -333,8 +344,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     cannot run (inconclusive if it gates; `envelope_missing` says why and what to do).
     `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule.
     """
-    configs = {"modelzoo": modelzoo or {}, "strict": strict or {}, "band": band or {}, "trend": trend or {}}
-    divergence = {"max_relative_error": 0.02, "max_abs_error": 0.0, "consecutive_steps": 3, **(divergence or {})}
+    divergence = dict(divergence)
     candidate = np.asarray(candidate, dtype=np.float64)
     baseline = np.asarray(baseline, dtype=np.float64)
     candidate_steps, baseline_steps = np.asarray(candidate_steps), np.asarray(baseline_steps)
@@ -385,29 +395,29 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     first_split = None
     with np.errstate(divide="ignore", invalid="ignore"):
         if n_pos:
-            mz = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **configs["modelzoo"])
+            mz = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **modelzoo)
             if "modelzoo" in active:
                 rules["modelzoo"] = mz
             lines = modelzoo_lines(mz.numbers["mean_relative_error"], mz.numbers["mean_absolute_error"],
-                                   mz.thresholds["max_mean_relative_error"], mz.thresholds["max_mean_absolute_error"])
+                                   **modelzoo)
         if n:
             s, c, b = aligned.steps, aligned.candidate, aligned.baseline
             absolute = absolute_errors(c, b)
             first_split = first_divergence(s, c, b, **divergence)
             if "strict" in active:
-                rules["strict"] = strict_rule(c, b, s, gating="strict" in gate, **configs["strict"])
+                rules["strict"] = strict_rule(c, b, s, gating="strict" in gate, **strict)
             if "trend" in active:
-                rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **configs["trend"])
+                rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **trend)
             if "envelope" in active and envelope_width is not None:
                 rules["envelope"] = envelope_rule(c, b, aligned.baseline_extra["envelope"], s,
-                                                  gating="envelope" in gate, **(envelope or {}))
+                                                  gating="envelope" in gate, **envelope)
             if "band" in active and band_stats is not None:
                 rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,
                                           runs=int(band_stats.get("runs", 0)), gating="band" in gate,
-                                          **configs["band"])
+                                          **band)
     if "throughput" in active:
         rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
-                                              **(throughput or {}))
+                                              **throughput)
     if "band" in active and band_stats is None:
         if "band" in gate:
             reasons.append("the band rule gates but the baseline has a single run; record a multi-run baseline "

@@ -11,7 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipelines.envelope import envelope_check, envelope_width, leave_one_out, tolerance
+from pipelines.params import EnvelopeRuleConfig
 from pipelines.verdict import FAIL, INCONCLUSIVE, PASS, decide, envelope_rule
+from rule_settings import rule_settings
 
 MIN_STEPS = 5
 losses = st.floats(min_value=1e-2, max_value=20.0, allow_nan=False, allow_infinity=False)
@@ -59,9 +61,9 @@ def test_a_nan_never_passes(reference, data, bad):
     width = widths_for(reference, data) + 1.0  # a huge envelope: only the NaN can fail it
     candidate = reference.copy()
     candidate[data.draw(st.integers(0, len(candidate) - 1))] = bad
-    assert not envelope_rule(candidate, reference, width).passed
+    assert not envelope_rule(candidate, reference, width, **EnvelopeRuleConfig().model_dump()).passed
     verdict = decide(np.arange(len(candidate)), candidate, np.arange(len(reference)), reference, gate=["envelope"],
-                     min_steps=MIN_STEPS, envelope_width=width)
+                     min_steps=MIN_STEPS, envelope_width=width, **rule_settings())
     assert verdict.status == INCONCLUSIVE
 
 
@@ -69,7 +71,7 @@ def test_a_nan_never_passes(reference, data, bad):
 def test_a_curve_shorter_than_min_steps_is_inconclusive(n):
     reference = np.linspace(2.3, 1.3, 50)
     verdict = decide(np.arange(n), reference[:n].copy(), np.arange(50), reference, gate=["envelope"],
-                     min_steps=MIN_STEPS, envelope_width=np.full(50, 1.0))
+                     min_steps=MIN_STEPS, envelope_width=np.full(50, 1.0), **rule_settings())
     assert verdict.status == INCONCLUSIVE
     assert any("min_steps" in r for r in verdict.reasons)
 
@@ -78,11 +80,11 @@ def test_a_baseline_without_envelope_is_inconclusive_not_pass():
     reference = np.linspace(2.3, 1.3, 60)
     why = "the baseline has no envelope runs (schema v2); record a new baseline with envelope runs: `make baseline`"
     gating = decide(np.arange(60), reference.copy(), np.arange(60), reference, gate=["envelope"], min_steps=MIN_STEPS,
-                    envelope_width=None, envelope_missing=why)
+                    envelope_width=None, envelope_missing=why, **rule_settings())
     assert gating.status == INCONCLUSIVE
     assert gating.reasons == [f"the envelope rule gates but cannot run: {why}"]
     informing = decide(np.arange(60), reference.copy(), np.arange(60), reference, gate=["modelzoo"],
-                       inform=["envelope"], min_steps=MIN_STEPS, envelope_missing=why)
+                       inform=["envelope"], min_steps=MIN_STEPS, envelope_missing=why, **rule_settings())
     assert informing.status == PASS and f"envelope rule not applied: {why}" in informing.notes
 
 
@@ -91,14 +93,15 @@ def test_names_the_first_step_outside_and_by_how_much():
     width = np.full(60, 1e-4)
     candidate = reference.copy()
     candidate[17:] += 1e-3  # a 0.05% port bug from step 17 on
-    rule = envelope_rule(candidate, reference, width, np.arange(100, 160), k=4.0, floor_relative=1e-5)
+    rule = envelope_rule(candidate, reference, width, np.arange(100, 160),
+                         **EnvelopeRuleConfig(k=4.0, floor_relative=1e-5).model_dump())
     assert not rule.passed
     assert rule.numbers["first_outside_step"] == 117
     tol = 4.0 * 1e-4 + 1e-5 * 2.0
     assert rule.numbers["first_outside_ratio"] == pytest.approx(1e-3 / tol)
     assert "at step 117" in rule.summary and "43 of 60 steps outside" in rule.summary
     verdict = decide(np.arange(60), candidate, np.arange(60), reference, gate=["envelope"], min_steps=MIN_STEPS,
-                     envelope={"k": 4.0, "floor_relative": 1e-5}, envelope_width=width)
+                     envelope_width=width, **rule_settings(envelope={"k": 4.0, "floor_relative": 1e-5}))
     assert verdict.status == FAIL and verdict.gate == ["envelope"]
     assert verdict.reasons[0].startswith("envelope: leaves 4 x envelope + 1e-05 x |reference| at step 17")
 
@@ -108,8 +111,9 @@ def test_a_fraction_of_steps_may_be_outside_when_configured():
     candidate = reference.copy()
     candidate[[10, 50, 90]] += 1.0
     width = np.zeros(100)
-    assert not envelope_rule(candidate, reference, width, max_outside_fraction=0.02).passed
-    assert envelope_rule(candidate, reference, width, max_outside_fraction=0.03).passed
+    two, three = (EnvelopeRuleConfig(max_outside_fraction=f).model_dump() for f in (0.02, 0.03))
+    assert not envelope_rule(candidate, reference, width, **two).passed
+    assert envelope_rule(candidate, reference, width, **three).passed
 
 
 @settings(deadline=None)
@@ -120,7 +124,7 @@ def test_envelope_width_is_a_running_max_that_holds_every_variant(reference, var
     width = envelope_width(reference, variants)
     assert np.all(np.diff(width) >= 0)
     for v in variants:  # each variant is inside its own envelope with k = 1 and no floor
-        assert envelope_check(v, reference, width, k=1.0, floor_relative=0.0)["passed"]
+        assert envelope_check(v, reference, width, k=1.0, floor_relative=0.0, max_outside_fraction=0.0)["passed"]
     assert np.array_equal(envelope_width(reference, [reference.copy()]), np.zeros(n))
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.params import ModelZooRuleConfig, StrictRuleConfig
 from pipelines.verdict import (FAIL, INCONCLUSIVE, PASS, absolute_errors, decide, modelzoo_errors,
                                modelzoo_lines, modelzoo_rule, strict_rule)
+from rule_settings import rule_settings
+
+SHIPPED = ModelZooRuleConfig().model_dump()  # the model card's thresholds, as params.py defaults them
 
 BASE = np.linspace(6.9, 4.0, 101)
 STEPS = np.arange(101)
@@ -14,7 +18,7 @@ STEPS = np.arange(101)
 
 def judge(candidate, baseline=BASE, min_steps=10, gate=("modelzoo", "strict"), **kw):
     return decide(np.arange(len(candidate)), candidate, np.arange(len(baseline)), baseline,
-                  gate=list(gate), min_steps=min_steps, **kw)
+                  gate=list(gate), min_steps=min_steps, **{**rule_settings(), **kw})
 
 
 def test_identical_curves_pass_with_zero_errors():
@@ -33,14 +37,14 @@ def test_modelzoo_numbers_are_signed_means_over_the_shorter_curve():
 
 
 def test_model_card_lines_are_reproduced():
-    lines = modelzoo_lines(0.001251484563571443, 0.008302797185312403)
+    lines = modelzoo_lines(0.001251484563571443, 0.008302797185312403, **SHIPPED)
     assert lines == [
         "MeanRelativeError: 0.001251484563571443",
         "MeanAbsoluteError: 0.008302797185312403",
         "Rule,mean_relative_error 0.001251484563571443",
         "pass mean_relative_error=0.001251484563571443 <= 0.05 or mean_absolute_error=0.008302797185312403 <= 0.0002",
     ]
-    assert modelzoo_lines(0.2, 0.1)[2:] == ["Rule,mean_absolute_error 0.1",
+    assert modelzoo_lines(0.2, 0.1, **SHIPPED)[2:] == ["Rule,mean_absolute_error 0.1",
                                             "fail mean_relative_error=0.2 <= 0.05 or mean_absolute_error=0.1 <= 0.0002"]
 
 
@@ -49,8 +53,8 @@ def test_exact_thresholds_pass():
     # the shipped MRE threshold: (21 - 20) / 20 == 0.05 exactly in float64, MAE 1.0 far above 0.0002
     base, cand = np.full(2, 20.0), np.full(2, 21.0)  # two equal terms: the mean is exact too
     assert modelzoo_errors(cand, base) == (0.05, 1.0)
-    assert modelzoo_rule(cand, base).passed
-    assert not modelzoo_rule(cand, base, max_mean_relative_error=np.nextafter(0.05, 0)).passed
+    assert modelzoo_rule(cand, base, **SHIPPED).passed
+    assert not modelzoo_rule(cand, base, **{**SHIPPED, "max_mean_relative_error": np.nextafter(0.05, 0)}).passed
     # the MAE branch alone decides: MRE threshold 0, MAE exactly at its threshold
     cand, base = np.linspace(1.0, 2.0, 20) + 0.0002, np.linspace(1.0, 2.0, 20)
     mre, mae = modelzoo_errors(cand, base)
@@ -125,8 +129,9 @@ def test_refusals_make_it_inconclusive_even_when_equal():
 
 def test_strict_rule_bounds_the_mean_relative_error():
     base = np.full(10, 2.0)
-    assert strict_rule(base + 0.03, base, max_mean_abs_relative_error=0.02).passed  # 0.03 / 2.0 = 1.5%
-    failed = strict_rule(base + 0.06, base, max_mean_abs_relative_error=0.02)  # 3%
+    config = StrictRuleConfig(max_mean_abs_relative_error=0.02).model_dump()
+    assert strict_rule(base + 0.03, base, **config).passed  # 0.03 / 2.0 = 1.5%
+    failed = strict_rule(base + 0.06, base, **config)  # 3%
     assert not failed.passed and "0.03 > 0.02" in failed.summary
     assert failed.numbers["mean_abs_error"] == pytest.approx(0.06)  # reported, not judged
 
@@ -135,7 +140,8 @@ def test_strict_rule_bounds_the_mean_relative_error():
 def test_strict_rule_does_not_depend_on_the_scale_of_the_loss(scale):
     """A curve 0.8% from its baseline passes at every scale (an absolute bound of 0.05 failed it at loss ~7)."""
     base = BASE * scale
-    assert strict_rule(base * 1.008, base).passed
-    assert not strict_rule(base * 1.03, base).passed
+    config = StrictRuleConfig().model_dump()
+    assert strict_rule(base * 1.008, base, **config).passed
+    assert not strict_rule(base * 1.03, base, **config).passed
     numbers = absolute_errors(np.array([1.0, 3.0]), np.array([2.0, 2.0]))
     assert numbers == {"mean_abs_relative_error": 0.5, "mean_abs_error": 1.0, "max_abs_error": 1.0}

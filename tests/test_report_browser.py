@@ -172,6 +172,7 @@ def pass_report(tmp_path, monkeypatch) -> dict:
     from pipelines.params import Params
     from pipelines.report import write_report
     from pipelines.verdict import decide
+    from rule_settings import rule_settings
 
     steps = np.arange(60)
     reference = reference_loss(60)
@@ -180,7 +181,7 @@ def pass_report(tmp_path, monkeypatch) -> dict:
     baseline = Baseline("default", "cait_XXS24_224", steps, reference, prov, runs=runs)
     stats = baseline.stats()
     verdict = decide(steps, reference, steps, reference, gate=["modelzoo"], inform=["band"], min_steps=10,
-                     band_stats={"mean": stats["mean"], "std": stats["std"], "runs": 3}).to_dict()
+                     band_stats={"mean": stats["mean"], "std": stats["std"], "runs": 3}, **rule_settings()).to_dict()
     verdict.update(profile="default", baseline="baselines/default/baseline.json", candidate="curve.csv")
     assert verdict["status"] == "pass"
 

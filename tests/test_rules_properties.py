@@ -10,25 +10,26 @@ from hypothesis import strategies as st
 
 from pipelines.verdict import (FAIL, INCONCLUSIVE, PASS, RULE_NAMES, decide, modelzoo_errors, per_step_errors,
                                strict_rule)
+from rule_settings import rule_settings
 
 MIN_STEPS = 5
 losses = st.floats(min_value=1e-3, max_value=20.0, allow_nan=False, allow_infinity=False)
 curves = st.lists(losses, min_size=MIN_STEPS, max_size=150).map(np.array)
 strict_configs = st.fixed_dictionaries({
     "max_mean_abs_relative_error": st.floats(0.0, 0.5),
-    "warmup_steps": st.integers(0, 3),
+    "judge_from_step": st.integers(0, 3),
     "outlier_fraction": st.floats(0.0, 0.5),
 })
 
 
-def every_rule(candidate, baseline, band_runs=None, **kwargs):
+def every_rule(candidate, baseline, band_runs=None, band=None, **kwargs):
     steps = np.arange(len(candidate))
     runs = np.stack(band_runs if band_runs is not None else [baseline] * 3)
     stats = {"mean": runs.mean(axis=0), "std": runs.std(axis=0, ddof=1), "runs": len(runs)}
     kwargs.setdefault("envelope_width", np.zeros(len(baseline)))  # a zero-width envelope: the floor alone
     kwargs.setdefault("samples_per_s", (100.0, 100.0))  # equal throughput: the throughput rule holds
     return decide(steps, candidate, np.arange(len(baseline)), baseline, gate=list(RULE_NAMES),
-                  min_steps=MIN_STEPS, band_stats=stats, **kwargs)
+                  min_steps=MIN_STEPS, band_stats=stats, **rule_settings(band=band or {}), **kwargs)
 
 
 @settings(deadline=None)  # the first example pays for importing scipy
@@ -49,10 +50,10 @@ def test_constant_offset_beyond_tolerance_fails_strict(curve, config, factor, do
     candidate = curve / (1 + ratio) if downward else curve * (1 + ratio)
     _, rel = per_step_errors(candidate, curve)
     assume(np.all(rel > config["max_mean_abs_relative_error"]))  # float rounding of the ratio
-    config["warmup_steps"] = min(config["warmup_steps"], len(curve) - 1)
+    config["judge_from_step"] = min(config["judge_from_step"], len(curve) - 1)
     assert not strict_rule(candidate, curve, **config).passed
     verdict = decide(np.arange(len(curve)), candidate, np.arange(len(curve)), curve, gate=["strict"],
-                     min_steps=MIN_STEPS, strict=config)
+                     min_steps=MIN_STEPS, **rule_settings(strict=config))
     assert verdict.status == FAIL
 
 
@@ -66,7 +67,7 @@ def test_any_nan_makes_the_verdict_inconclusive(curve, data, bad, in_candidate):
     spoiled[data.draw(st.integers(0, len(spoiled) - 1))] = bad
     candidate, baseline = (spoiled, curve) if in_candidate else (other, spoiled)
     verdict = decide(np.arange(len(candidate)), candidate, np.arange(len(baseline)), baseline,
-                     gate=["modelzoo", "strict"], inform=["trend"], min_steps=MIN_STEPS)
+                     gate=["modelzoo", "strict"], inform=["trend"], min_steps=MIN_STEPS, **rule_settings())
     assert verdict.status == INCONCLUSIVE
     assert any("not finite" in r for r in verdict.reasons)
 

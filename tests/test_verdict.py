@@ -9,9 +9,11 @@ import pytest
 
 from cait.errors import BaselineError, ConfigError
 from pipelines.align import align
-from pipelines.params import parse_params
+from pipelines.params import (BandRuleConfig, DivergenceConfig, ModelZooRuleConfig, StrictRuleConfig,
+                              ThroughputRuleConfig, TrendRuleConfig, parse_params)
 from pipelines.verdict import (FAIL, INCONCLUSIVE, PASS, band_rule, decide, first_divergence, modelzoo_rule,
                                strict_rule, trend_rule)
+from rule_settings import rule_settings
 
 STEPS = np.arange(100)
 BASE = 2.3 * np.exp(-STEPS / 30) + 1.0
@@ -21,61 +23,65 @@ def judge(candidate, baseline=BASE, cand_steps=None, base_steps=None, **kwargs):
     kwargs.setdefault("gate", ["modelzoo", "strict"])
     kwargs.setdefault("min_steps", 10)
     return decide(STEPS if cand_steps is None else cand_steps, candidate,
-                  STEPS if base_steps is None else base_steps, baseline, **kwargs)
+                  STEPS if base_steps is None else base_steps, baseline, **{**rule_settings(), **kwargs})
 
 
 def test_modelzoo_says_when_it_passes_only_because_signed_errors_cancel():
     swinging = BASE * (1 + 0.2 * np.where(STEPS % 2, 1, -1))  # +-20% every other step: signed MRE 0
-    rule = modelzoo_rule(swinging, BASE)
+    rule = modelzoo_rule(swinging, BASE, **ModelZooRuleConfig().model_dump())
     assert rule.passed and "only because the signed errors cancel" in rule.summary
     lower = BASE * 0.8  # consistently 20% lower: signed MRE -0.2 passes
-    assert modelzoo_rule(lower, BASE).passed
+    assert modelzoo_rule(lower, BASE, **ModelZooRuleConfig().model_dump()).passed
     verdict = judge(lower)
     assert verdict.status == FAIL and verdict.rules["modelzoo"].passed and not verdict.rules["strict"].passed
 
 
-def test_strict_warmup_skip():
+def test_strict_judges_from_a_step_on():
     candidate = BASE.copy()
     candidate[:5] *= 1.5  # early steps differ (e.g. another kernel's first iterations), then agree
-    assert not strict_rule(candidate, BASE, STEPS).passed
-    rule = strict_rule(candidate, BASE, STEPS, warmup_steps=5)
-    assert rule.passed and rule.numbers["warmup_skipped"] == 5 and "steps >= 5" in rule.summary
+    assert not strict_rule(candidate, BASE, STEPS, **StrictRuleConfig().model_dump()).passed
+    rule = strict_rule(candidate, BASE, STEPS, **StrictRuleConfig(judge_from_step=5).model_dump())
+    assert rule.passed and rule.numbers["steps_not_judged"] == 5 and "steps >= 5" in rule.summary
 
 
 def test_strict_outlier_fraction():
     candidate = BASE.copy()
     candidate[[30, 60, 90]] *= 3.0  # three spikes
-    assert not strict_rule(candidate, BASE, STEPS).passed
-    assert not strict_rule(candidate, BASE, STEPS, outlier_fraction=0.02).passed  # 2 of 100 left out: not enough
-    rule = strict_rule(candidate, BASE, STEPS, outlier_fraction=0.03)
+    assert not strict_rule(candidate, BASE, STEPS, **StrictRuleConfig().model_dump()).passed
+    # 2 of 100 left out: not enough
+    assert not strict_rule(candidate, BASE, STEPS, **StrictRuleConfig(outlier_fraction=0.02).model_dump()).passed
+    rule = strict_rule(candidate, BASE, STEPS, **StrictRuleConfig(outlier_fraction=0.03).model_dump())
     assert rule.passed and rule.numbers["outliers_allowed"] == 3
     assert rule.numbers["max_abs_relative_error"] == pytest.approx(2.0)  # the worst step is still reported
 
 
 def test_strict_is_symmetric():
     candidate = BASE * 1.03
-    forward, backward = strict_rule(candidate, BASE), strict_rule(BASE, candidate)
+    config = StrictRuleConfig().model_dump()
+    forward, backward = strict_rule(candidate, BASE, **config), strict_rule(BASE, candidate, **config)
     assert forward.numbers == backward.numbers
 
 
 def test_band_rule_counts_steps_outside_mean_plus_minus_z_sigma():
     std = np.full_like(BASE, 0.01)
     inside = BASE + 0.02
-    assert band_rule(inside, BASE, std, STEPS, runs=3, z=3).passed
+    assert band_rule(inside, BASE, std, STEPS, runs=3, **BandRuleConfig(z=3).model_dump()).passed
     outside = BASE.copy()
     outside[50:] += 0.05  # 50% of steps beyond 3 sigma
-    rule = band_rule(outside, BASE, std, STEPS, runs=3, z=3, max_outside_fraction=0.05)
+    strict_band, loose_band = (BandRuleConfig(z=3, max_outside_fraction=f).model_dump() for f in (0.05, 0.5))
+    rule = band_rule(outside, BASE, std, STEPS, runs=3, **strict_band)
     assert not rule.passed
     assert rule.numbers["outside_steps"] == 50 and rule.numbers["first_outside_step"] == 50
-    assert band_rule(outside, BASE, std, STEPS, runs=3, z=3, max_outside_fraction=0.5).passed
+    assert band_rule(outside, BASE, std, STEPS, runs=3, **loose_band).passed
 
 
 def test_band_rule_with_zero_spread_uses_the_floor():
     zero = np.zeros_like(BASE)
-    assert band_rule(BASE, BASE, zero, STEPS, runs=3, min_halfwidth_relative=0.0).passed
+    no_floor, floor = (BandRuleConfig(min_halfwidth_relative=f).model_dump() for f in (0.0, 0.001))
+    assert band_rule(BASE, BASE, zero, STEPS, runs=3, **no_floor).passed
     near = BASE * 1.0005
-    assert not band_rule(near, BASE, zero, STEPS, runs=3, min_halfwidth_relative=0.0).passed
-    rule = band_rule(near, BASE, zero, STEPS, runs=3, min_halfwidth_relative=0.001)
+    assert not band_rule(near, BASE, zero, STEPS, runs=3, **no_floor).passed
+    rule = band_rule(near, BASE, zero, STEPS, runs=3, **floor)
     assert rule.passed and rule.numbers["zero_spread_steps"] == 100 and "agree exactly" in rule.summary
 
 
@@ -91,17 +97,19 @@ def test_trend_catches_a_slow_drift_a_mean_hides():
     assert verdict.status == PASS  # trend only informs here, but the pass says so
     assert any(r.startswith("informative rule trend fails") for r in verdict.reasons)
     assert judge(drifting, gate=["modelzoo", "strict", "trend"]).status == FAIL
-    assert trend_rule(BASE + noise, BASE, STEPS).passed  # noise alone is no trend
-    assert trend_rule(BASE + 0.3, BASE, STEPS).passed  # nor is a constant offset (strict's job)
+    config = TrendRuleConfig().model_dump()
+    assert trend_rule(BASE + noise, BASE, STEPS, **config).passed  # noise alone is no trend
+    assert trend_rule(BASE + 0.3, BASE, STEPS, **config).passed  # nor is a constant offset (strict's job)
 
 
 def test_first_divergence_step():
     candidate = BASE.copy()
     candidate[40] *= 1.1  # one noisy step is not a parting
     candidate[70:] *= 1.05
-    assert first_divergence(STEPS, candidate, BASE, max_relative_error=0.02, consecutive_steps=3) == 70
-    assert first_divergence(STEPS, candidate, BASE, max_relative_error=0.02, consecutive_steps=1) == 40
-    assert first_divergence(STEPS, BASE, BASE) is None
+    part = {"max_relative_error": 0.02, "max_abs_error": 0.0}
+    assert first_divergence(STEPS, candidate, BASE, **part, consecutive_steps=3) == 70
+    assert first_divergence(STEPS, candidate, BASE, **part, consecutive_steps=1) == 40
+    assert first_divergence(STEPS, BASE, BASE, **DivergenceConfig().model_dump()) is None
     verdict = judge(candidate)
     assert verdict.first_divergence_step == 70
     assert any("curves part at step 70" in r for r in verdict.reasons)
@@ -268,12 +276,14 @@ def test_compare_stage_refuses_a_baseline_for_other_params(project):
 def test_the_throughput_rule_flags_a_ratio_outside_its_range_and_needs_both_sides():
     from pipelines.verdict import throughput_rule
 
-    assert throughput_rule(90.0, 100.0).passed and throughput_rule(90.0, 100.0).numbers["ratio"] == pytest.approx(0.9)
-    slow = throughput_rule(8.0, 100.0)
+    config = ThroughputRuleConfig().model_dump()
+    assert throughput_rule(90.0, 100.0, **config).passed
+    assert throughput_rule(90.0, 100.0, **config).numbers["ratio"] == pytest.approx(0.9)
+    slow = throughput_rule(8.0, 100.0, **config)
     assert not slow.passed and "below [0.8, 100]" in slow.summary
-    assert not throughput_rule(100.0, 0.5, max_ratio=100.0).passed  # 200x: above the range
+    assert not throughput_rule(100.0, 0.5, **ThroughputRuleConfig(max_ratio=100.0).model_dump()).passed  # 200x: above
     for missing in ((None, 100.0), (100.0, float("nan")), (0.0, 100.0)):
-        assert throughput_rule(*missing).applicable is False
+        assert throughput_rule(*missing, **config).applicable is False
     gated = judge(BASE, gate=["modelzoo", "throughput"], samples_per_s=(5.0, 100.0))
     assert gated.status == FAIL and any(r.startswith("throughput:") for r in gated.reasons)
     assert judge(BASE, gate=["modelzoo", "throughput"]).status == INCONCLUSIVE  # it gates but cannot run
