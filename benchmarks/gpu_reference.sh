@@ -254,7 +254,7 @@ if wants nightly; then
   export PROFILE=default CAIT_EXECUTION_ID=nightly-device-check-1 MLFLOW_TRACKING_URI=
   echo "nightly: step 'uses: actions/checkout@v4' skipped (the tree is here); upload/download-artifact emulated by copies"
   # 'Set up the environment': the job's command, with pip kept off the network (none here) and on the wheels
-  PIP_NO_INDEX=1 PIP_FIND_LINKS=$ROOT/$WHEELS run nightly-setup 90 make setup PYTHON="${CAIT_PYTHON:-$PY}"
+  PIP_NO_INDEX=1 PIP_FIND_LINKS=$(cd "$WHEELS" 2>/dev/null && pwd) run nightly-setup 90 make setup PYTHON="${CAIT_PYTHON:-$PY}"
   echo "nightly: whatever 'make setup' did, the steps below run with $PY (+ the carried wheels) as the venv's python"
   mkdir -p "$WORK/bin"
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$WORK/bin/python"; chmod +x "$WORK/bin/python"
