@@ -26,6 +26,9 @@
 # BENCH_WORKERS (8). The kit copy in .gpukit/ (with overlay/) also lays this branch's changed files over an
 # unchanged tree first, so it runs on a checkout that does not have them yet.
 #
+# Back on a CPU machine, the CPU chain's own run (reports/default, after `make repro`) against the returned GPU
+# baseline: STEPS=cpu_vs_gpu DEVICE=cpu PYTHON=python CPU_RUN=reports/default bash benchmarks/gpu_reference.sh
+#
 # Making the kit for a checkout that is sent to the machine (here, not there):
 #   bash benchmarks/gpu_reference.sh --kit /path/to/checkout [CPU_CHAIN_DIR]
 # writes CHECKOUT/.gpukit/: this script, overlay/ + overlay.sha256 (the files this branch changed since its
@@ -133,7 +136,7 @@ if [[ -f .gpukit/overlay.sha256 ]]; then  # this branch's changed files, laid on
 fi
 if wants env; then
   if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    run wheels 180 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    run wheels 180 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$SITE" "$WHEELS"/*.whl
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
     export PATH=$SITE/bin:$PATH
@@ -223,7 +226,7 @@ fi
 if wants cpu_vs_gpu; then
   if [[ -f $CPU_RUN/curve.csv && -f $CPU_RUN/train.json && -f baselines/default-cuda/baseline.json ]]; then
     mkdir -p reports/default
-    cp "$CPU_RUN/curve.csv" "$CPU_RUN/train.json" reports/default/
+    [[ $(realpath "$CPU_RUN") == $(realpath reports/default) ]] || cp "$CPU_RUN/curve.csv" "$CPU_RUN/train.json" reports/default/
     judge cpu-vs-cuda "$P_REF" reports/cpu-vs-cuda
   else
     echo "=== [cpu-vs-cuda] SKIPPED: needs $CPU_RUN/{curve.csv,train.json} and baselines/default-cuda/baseline.json"
@@ -251,7 +254,8 @@ fi
 
 # ---- nightly: .github/workflows/nightly.yml, job `acceptance` (device $DEVICE, profile default), then `summary`
 if wants nightly; then
-  export PROFILE=default CAIT_EXECUTION_ID=nightly-device-check-1 MLFLOW_TRACKING_URI=
+  # the job's env (the MLFLOW_TRACKING_URI secret unset: empty); DVC_NO_ANALYTICS: no network here to send to
+  export PROFILE=default CAIT_EXECUTION_ID=nightly-device-check-1 MLFLOW_TRACKING_URI= DVC_NO_ANALYTICS=1
   echo "nightly: step 'uses: actions/checkout@v4' skipped (the tree is here); upload/download-artifact emulated by copies"
   # 'Set up the environment': the job's command, with pip kept off the network (none here) and on the wheels
   PIP_NO_INDEX=1 PIP_FIND_LINKS=$(cd "$WHEELS" 2>/dev/null && pwd) run nightly-setup 90 make setup PYTHON="${CAIT_PYTHON:-$PY}"
