@@ -14,6 +14,7 @@
 #               variants (cait/portbugs.py: on CUDA tf32, fused_attention, nondeterministic, weights_ulp, threads)
 #   candidate   one train run on $DEVICE judged against the CPU baseline (reports/default-cuda-run/verdict.json)
 #               and against the new GPU baseline (vs-cuda-baseline/verdict.json there: run-to-run repeatability)
+#               (each judged pair also localized from the layer fingerprints where both sides have them)
 #   cpu_vs_gpu  the CPU curve of the profile (.gpukit/cpu-run/{curve.csv,train.json}, copied from a CPU chain's
 #               reports/default/) judged against the new GPU baseline (reports/cpu-vs-cuda/verdict.json)
 #   bench       python benchmarks/bench_trainer.py: trainer / bare timm loop, cait_S24_224 at 224 px, batch 64,
@@ -32,7 +33,8 @@
 # Making the kit for a checkout that is sent to the machine (here, not there):
 #   bash benchmarks/gpu_reference.sh --kit /path/to/checkout [CPU_CHAIN_DIR]
 # writes CHECKOUT/.gpukit/: this script, overlay/ + overlay.sha256 (the files this branch changed since its
-# merge base with main) and cpu-run/ (curve.csv + train.json of CPU_CHAIN_DIR, default CHECKOUT/reports/default).
+# merge base with main) and cpu-run/ (curve.csv, train.json, fingerprints.npz of CPU_CHAIN_DIR, default
+# CHECKOUT/reports/default).
 # Then: bash .gpukit/gpu_reference.sh there (carry .whl and .gpukit).
 set -u
 if [[ ${1:-} == --kit ]]; then
@@ -47,6 +49,7 @@ if [[ ${1:-} == --kit ]]; then
       | cut -d' ' -f1) $path" >> "$dest/.gpukit/overlay.sha256"
   done
   cp "$chain/curve.csv" "$chain/train.json" "$dest/.gpukit/cpu-run/" || echo "kit: no CPU chain run in $chain"
+  cp "$chain/fingerprints.npz" "$dest/.gpukit/cpu-run/" 2>/dev/null || echo "kit: no layer fingerprints in $chain"
   echo "kit: $dest/.gpukit:"; (cd "$dest/.gpukit" && find . -type f | sort && cat overlay.sha256)
   exit 0
 fi
@@ -169,6 +172,7 @@ fi
 P_REF=$RES/params/reference.yaml      # the GPU reference: params.yaml on $DEVICE, tracking off
 P_X=$RES/params/vs-cpu-baseline.yaml  # the same, judged against the CPU baseline
 mkparams "$P_REF" "device.type=$DEVICE" tracking.enabled=false compare.baseline=baselines/default-cuda/baseline.json \
+  localize.baseline_fingerprints=baselines/default-cuda/fingerprints.npz \
   "${TINY[@]}" || echo "params: could not write $P_REF"
 mkparams "$P_X" "device.type=$DEVICE" tracking.enabled=false compare.baseline=baselines/default/baseline.json \
   "${TINY[@]}" || echo "params: could not write $P_X"
@@ -208,6 +212,15 @@ judge() {
   [[ -f $folder/verdict.json ]] && run "$name-report" 60 "$PY" -m pipelines.stages.report --params "$params" \
     --verdict "$folder/verdict.json"
   [[ -f $folder/verdict.json ]] && "$PY" -m pipelines.stages.summary "$folder"
+  # which layer parts first, from the layer fingerprints of the run and of the baseline (beside its file)
+  local prints; prints=$(dirname "$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['compare']['baseline'])" "$params")")/fingerprints.npz
+  if [[ -f reports/default/fingerprints.npz && -f $prints ]]; then
+    cp reports/default/fingerprints.npz "$folder/"
+    run "$name-localize" 60 "$PY" -m pipelines.stages.localize --params "$params" --candidate "$folder/fingerprints.npz" \
+      --baseline "$prints" --out "$folder/localize.json"
+  else
+    echo "=== [$name-localize] SKIPPED: no reports/default/fingerprints.npz or no $prints"
+  fi
 }
 
 # ---- candidate: the GPU curve against the CPU baseline -----------------------------------------------------
@@ -226,7 +239,11 @@ fi
 if wants cpu_vs_gpu; then
   if [[ -f $CPU_RUN/curve.csv && -f $CPU_RUN/train.json && -f baselines/default-cuda/baseline.json ]]; then
     mkdir -p reports/default
-    [[ $(realpath "$CPU_RUN") == $(realpath reports/default) ]] || cp "$CPU_RUN/curve.csv" "$CPU_RUN/train.json" reports/default/
+    if [[ $(realpath "$CPU_RUN") != $(realpath reports/default) ]]; then
+      rm -f reports/default/fingerprints.npz  # the GPU run's: never localized as the CPU's
+      cp "$CPU_RUN/curve.csv" "$CPU_RUN/train.json" reports/default/
+      [[ -f $CPU_RUN/fingerprints.npz ]] && cp "$CPU_RUN/fingerprints.npz" reports/default/
+    fi
     judge cpu-vs-cuda "$P_REF" reports/cpu-vs-cuda
   else
     echo "=== [cpu-vs-cuda] SKIPPED: needs $CPU_RUN/{curve.csv,train.json} and baselines/default-cuda/baseline.json"
