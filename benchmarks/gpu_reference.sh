@@ -125,7 +125,7 @@ TINY=()
 if [[ $DRY == 1 ]]; then  # tests/conftest.py's TINY profile
   TINY=(data.synthetic.train_per_class=16 data.synthetic.val_per_class=4 data.synthetic.pattern.num_classes=4
         data.synthetic.pattern.image_size=32 model.img_size=32 train.steps=6 train.batch_size=8 train.warmup_steps=2
-        compare.min_steps=3)
+        compare.min_steps=3 device.threads=1)  # one thread: two spin against each other on a busy 2-core machine
 fi
 
 # ---- env ---------------------------------------------------------------------------------------------------
