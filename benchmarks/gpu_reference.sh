@@ -281,6 +281,8 @@ if wants nightly; then
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$WORK/bin/python"; chmod +x "$WORK/bin/python"
   export PATH=$WORK/bin:$PATH
   DVC=(dvc); command -v dvc > /dev/null || DVC=("$PY" -m dvc)
+  # a checkout holds none of the chain's outputs: the earlier steps' (already packed) go
+  find "reports/${PROFILE}" -mindepth 1 ! -name .gitignore -exec rm -rf {} + 2>/dev/null
   if [[ ! -d .git ]]; then  # the tree came without git: one commit of it, as a checkout would be
     printf '/.whl/\n/.gpukit/\n/gpu-out/\n' > "$WORK/exclude"
     if command -v git > /dev/null; then
