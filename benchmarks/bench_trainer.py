@@ -9,7 +9,13 @@ SQLite store, params.yaml's tracking settings, system metrics included) as the t
 curve CSV is written after the run, outside the timed steps (the default profile writes no
 checkpoints: train.checkpoint_every 0). Only the JPEG decoding is left out of both.
 
+The params file's device (device.type: cpu or cuda), precision (train.amp) and loader processes
+(train.num_workers, with pinned memory on CUDA as the train stage) apply to both loops: the images sit
+in CPU memory and each step's batch is copied to the device, by the bare loop directly, by the trainer
+through its loader.
+
   python benchmarks/bench_trainer.py [--steps 20] [--rounds 3] [--params params.yaml] [--img-size 224 --batch-size 8]
+                                     [--json out.json]
 
 Target (issue 7): trainer >= 0.98 x the bare loop's steps/s.
 """
@@ -40,8 +46,9 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
     from cait.data import CollateBatch, StepBatchSampler
     from cait.fingerprints import FingerprintRecorder
     from cait.determinism import configure_numerics
+    from cait.devices import resolve_device, synchronize
     from cait.models import build_model
-    from cait.train import param_groups, train
+    from cait.train import autocast, param_groups, train
     from pipelines.curves import write_curve_csv
     from pipelines.tracking import RunLogger
 
@@ -56,7 +63,7 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(images_n, 3, img_size, img_size, generator=generator)
     labels = torch.randint(0, num_classes, (images_n,), generator=generator)
-    device = torch.device("cpu")
+    device = resolve_device(params.device.type, params.device.index)
 
     def fresh_model():
         torch.manual_seed(cfg.seed)
@@ -71,7 +78,7 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
             return pixels[key.index], int(labels[key.index]), key.step, key.position
 
     def bare_loop(n: int) -> float:
-        model = fresh_model().train()
+        model = fresh_model().to(device).train()
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.opt_eps)
         order = torch.randperm(images_n, generator=torch.Generator().manual_seed(1))
         start = None
@@ -79,11 +86,14 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
             if step == warmup:
                 start = time.perf_counter()
             idx = order[(step * cfg.batch_size) % (images_n - cfg.batch_size + 1):][:cfg.batch_size]
-            loss = F.cross_entropy(model(pixels[idx]), labels[idx])
+            images, targets = pixels[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+            with autocast(device, cfg.amp):
+                loss = F.cross_entropy(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss.item()
+        synchronize(device)
         return n / (time.perf_counter() - start)
 
     def trainer(n: int) -> float:
@@ -94,7 +104,8 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
 
         def make_loader(start_step):
             sampler = StepBatchSampler(images_n, cfg.batch_size, total, cfg.seed, start_step=start_step)
-            return DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=0)
+            return DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=cfg.num_workers,
+                              pin_memory=device.type == "cuda")
 
         rows: list[dict] = []
         with tempfile.TemporaryDirectory() as tmp:  # the train stage's per-step work: keep the row, log it to MLflow
@@ -120,15 +131,23 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
 
     bare, ours, loose = [], [], []
     for r in range(rounds):
-        configure_numerics("cpu", params.device.deterministic)
+        configure_numerics(device.type, params.device.deterministic)
         bare.append(bare_loop(steps))
         ours.append(trainer(steps))
-        configure_numerics("cpu", False)  # for information: what the deterministic settings cost
-        loose.append(bare_loop(steps))
+        if params.device.deterministic:  # for information: what the deterministic settings cost
+            configure_numerics(device.type, False)
+            loose.append(bare_loop(steps))
+        else:  # the bare loop already ran without them
+            loose.append(bare[-1])
         log(f"round {r}: bare {bare[-1]:.3f} steps/s, trainer {ours[-1]:.3f} steps/s, ratio {ours[-1] / bare[-1]:.3f}; "
             f"bare without deterministic numerics {loose[-1]:.3f} steps/s")
-    configure_numerics("cpu", params.device.deterministic)
+    configure_numerics(device.type, params.device.deterministic)
     return {"model": params.model.name, "img_size": img_size, "batch_size": cfg.batch_size,
+            "device": device.type, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                   else device.type),
+            "amp": cfg.amp or "fp32", "num_workers": cfg.num_workers, "steps": steps, "warmup": warmup,
+            "rounds": rounds, "images_per_s": statistics.median(ours) * cfg.batch_size,
+            "bare_images_per_s": statistics.median(bare) * cfg.batch_size,
             "threads": torch.get_num_threads(), "deterministic": params.device.deterministic,
             "bare_steps_per_s": statistics.median(bare), "trainer_steps_per_s": statistics.median(ours),
             "loose_steps_per_s": statistics.median(loose),
@@ -146,6 +165,7 @@ def main() -> int:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--img-size", type=int, help="override model.img_size (e.g. 224)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     r = measure(load_params(args.params), args.steps, args.warmup, args.rounds, args.images,
                 img_size=args.img_size, batch_size=args.batch_size, log=lambda line: print(line, flush=True))
@@ -153,6 +173,12 @@ def main() -> int:
           f"deterministic {r['deterministic']}: bare {r['bare_steps_per_s']:.3f} steps/s, trainer "
           f"{r['trainer_steps_per_s']:.3f} steps/s; median ratio {r['ratio']:.3f} (target >= {TARGET}); bare loop "
           f"without deterministic numerics {r['loose_steps_per_s']:.3f} steps/s")
+    print(f"{r['device']} ({r['device_name']}), {r['amp']}, {r['num_workers']} loader process(es): trainer "
+          f"{r['images_per_s']:.1f} images/s, bare loop {r['bare_images_per_s']:.1f} images/s")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
     return 0
 
 

@@ -83,6 +83,31 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _nvidia_driver() -> str:
+    """The NVIDIA driver's version (one per machine): nvidia-smi's, else NVML's (nvidia-ml-py); empty when
+    neither answers."""
+    import subprocess
+
+    try:
+        first = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+        if first:
+            return first
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML library or no permission: the record says "" rather than failing the run
+        return ""
+
+
 def describe_device(device) -> dict:
     """Device name and every version that can change the numbers, recorded with each run."""
     import timm
@@ -105,17 +130,13 @@ def describe_device(device) -> dict:
     if device.type == "cpu":
         info["device_name"] = info["cpu"]
     elif device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
         info["device_name"] = torch.cuda.get_device_name(device)
         info["cudnn"] = str(torch.backends.cudnn.version() or "")
-        try:
-            import subprocess
-
-            info["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10,
-            ).stdout.split("\n")[0].strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+        info["device_capability"] = f"sm_{props.major}{props.minor}"
+        info["device_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["device_sms"] = props.multi_processor_count
+        info["driver"] = _nvidia_driver()
     elif device.type == "sdaa":
         import torch_sdaa
 

@@ -334,7 +334,9 @@ def _provenance(record: dict, source: str) -> dict:
         "device": env["device"],
         "device_name": env["device_name"],
         "driver": env.get("driver", ""),
-        "versions": {k: env.get(k, "") for k in ("torch", "timm", "plugin", "cuda", "python")},
+        "versions": {k: env.get(k, "") for k in ("torch", "timm", "plugin", "cuda", "cudnn", "python")},
+        # a GPU's compute capability, memory and multiprocessors (cait.devices.describe_device); empty elsewhere
+        "device_details": {k: env[k] for k in ("device_capability", "device_memory_gib", "device_sms") if k in env},
         "host": env.get("host", ""),
         "cpu_model": env.get("cpu", ""),  # the host CPU: its arithmetic decides a CPU curve's last bits
         "params_hash": record["params_hash"],
