@@ -210,3 +210,23 @@ def test_a_file_of_another_profile_is_refused(tiny_with_baseline):
     done = _run(["pipelines.stages.localize", "--candidate", "reports/other/fingerprints.npz"], project, check=False)
     assert done.returncode == 2
     assert "profile 'other'" in done.stderr and "fingerprints.npz" in done.stderr
+
+
+@pytest.mark.slow
+def test_replay_and_fingerprints_for_a_stored_baseline(tiny_with_baseline):
+    """`localize replay --step S` stops after S with fingerprints there; `baseline fingerprints` accepts a rerun
+    of the reference run (bitwise its curve) and refuses a run whose curve is not the stored one."""
+    project = tiny_with_baseline
+    _run(["pipelines.stages.localize", "-q", "replay", "--step", "3"], project)
+    replay = load(project / "reports/default/replay-3/fingerprints.npz")
+    assert sorted(replay.steps) == [3] and replay.meta["step_info"]["3"]["lr"] > 0
+    refused = _run(["pipelines.stages.baseline", "-q", "fingerprints", "--run-dir", "reports/default/replay-3"], project,
+                   check=False)
+    assert refused.returncode == 2 and "is not the one" in refused.stderr
+    baseline_prints = project / "baselines/default/fingerprints.npz"
+    before = baseline_prints.read_bytes()
+    params = _params_with(project, "reference")
+    _run(["pipelines.stages.train", "-q", "--params", params, "--out-dir", "runs/reference"], project)
+    _run(["pipelines.stages.baseline", "-q", "fingerprints", "--run-dir", "runs/reference"], project)
+    after = load(baseline_prints)
+    assert after.variants == [] and before != baseline_prints.read_bytes()  # no envelope runs given: none in it

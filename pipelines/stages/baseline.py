@@ -7,6 +7,9 @@
   python -m pipelines.stages.baseline promote                    # reports/<profile>/curve.csv + train.json
   python -m pipelines.stages.baseline promote --run-dir a --run-dir b --mlflow-run <id> ...
   python -m pipelines.stages.baseline show                       # print the stored baseline's provenance
+  python -m pipelines.stages.baseline fingerprints --run-dir ref --run-dir threads_1 ...
+                                # layer fingerprints for a stored baseline, from runs of its reference and envelope
+                                # variants retrained here (each curve must equal the baseline's, bit for bit)
 
 Each recorded run is an ordinary tracked train run: if `record` is interrupted, the finished runs are
 not lost; promote them with `promote --mlflow-run <id> ...`.
@@ -174,6 +177,11 @@ def main(argv=None) -> int:
     rec.add_argument("--variants", help="numerics variants for --envelope, comma-separated "
                                         "(default: every one of the device, cait/portbugs.py ENVELOPE_VARIANTS)")
     sub.add_parser("show", help="print the baseline's provenance")
+    fp = sub.add_parser("fingerprints", help="add layer fingerprints to a stored baseline from retrained runs of it")
+    fp.add_argument("--run-dir", action="append", default=[], required=True,
+                    help="a run folder (curve.csv, train.json, fingerprints.npz) of the reference seed, plain or under "
+                         "one of the baseline's numerics variants; repeat")
+    fp.add_argument("--baseline", help="the baseline file (default: compare.baseline)")
     for s in (pr, rec):
         s.add_argument("--out", help="baseline file to write (default: compare.baseline)")
     args = p.parse_args(argv)
@@ -184,6 +192,9 @@ def main(argv=None) -> int:
                           "steps": len(baseline.loss), "seeds": baseline.seeds,
                           "provenance": {k: v for k, v in baseline.provenance.items() if k != "params"}}, indent=1))
         return 0
+    if args.command == "fingerprints":
+        return fingerprints_for_stored(Path(args.baseline or params.compare.baseline), [Path(d) for d in args.run_dir],
+                                       params)
     out = Path(args.out or params.compare.baseline)
     envelope_runs: list[tuple] = []
     keep = tempfile.TemporaryDirectory(prefix="baseline-runs-")  # the runs' fingerprints, until they are saved
@@ -232,6 +243,41 @@ def main(argv=None) -> int:
               f"({', '.join(r.variant for r in baseline.envelope_runs)}): width {width[0]:.3g} at step "
               f"{baseline.steps[0]}, {width[-1]:.3g} at step {baseline.steps[-1]}"
               + (f"; bitwise equal to the reference: {', '.join(same)}" if same else ""))
+    return 0
+
+
+def fingerprints_for_stored(path: Path, folders: list[Path], params: Params) -> int:
+    """Fingerprints for a baseline recorded before they existed: the same runs trained again with this code (on
+    the baseline's machine), accepted only when each run's curve is bitwise the one the baseline stores for it."""
+    baseline = load_baseline(path, allow_negative_loss=params.compare.allow_negative_loss)
+    stored = {r.variant: r.loss for r in baseline.envelope_runs}
+    reference, variants = None, {}
+    for folder in folders:
+        curve, record, _ = run_from_folder(folder)
+        variant = record.get("numerics_variant")
+        if record.get("port_bug"):
+            raise BaselineError(f"{folder}: trained with the port bug {record['port_bug']!r}: never part of a baseline")
+        if record["curve_params"]["train"]["seed"] != baseline.provenance["seed"]:
+            raise BaselineError(f"{folder}: seed {record['curve_params']['train']['seed']}, the baseline's reference "
+                                f"seed is {baseline.provenance['seed']}")
+        expected = baseline.loss if variant is None else stored.get(variant)
+        if expected is None:
+            raise BaselineError(f"{folder}: numerics variant {variant!r} is not one of {path}'s envelope runs "
+                                f"({', '.join(stored) or 'none'})")
+        if not (len(curve.loss) == len(expected) and np.array_equal(curve.loss, expected)):
+            raise BaselineError(f"{folder}: its curve is not the one {path} stores for "
+                                f"{variant or 'the reference run'} (another machine, code or params?); record a new "
+                                f"baseline instead (make baseline)")
+        if variant is None:
+            reference = folder / FINGERPRINTS
+        else:
+            variants[variant] = folder / FINGERPRINTS
+    if reference is None:
+        raise BaselineError("--run-dir: none is the reference run (no numerics variant); give its folder too")
+    missing = sorted(set(stored) - set(variants))
+    if missing:
+        print(f"baseline: no run for envelope variant(s) {', '.join(missing)}: the tolerance leaves them out")
+    save_fingerprints(path, baseline, reference, variants)
     return 0
 
 
