@@ -11,14 +11,16 @@ REPORTS_DIR = Path("reports")
 
 
 def run_dir(profile: str) -> Path:
-    """reports/<profile>/: curve.csv, train.json (train); verdict.json (compare); overlay.png,
-    zoom.png, report.html, junit.xml, plots.csv (report)."""
+    """reports/<profile>/: curve.csv, train.json, run.json, timing.csv (train); verdict.json (compare);
+    overlay.png, zoom.png, report.html, junit.xml, plots.csv (report)."""
     return REPORTS_DIR / profile
 
 
 CURVE = "curve.csv"
 PARTIAL_CURVE = "curve.partial.csv"  # the steps of a run that failed or was stopped (not a DVC output)
 RECORD = "train.json"
+RUN_INFO = "run.json"  # train: MLflow ids, date, wall time, throughput, git commit, host (volatile: not a DVC output)
+TIMING = "timing.csv"  # train: step, samples_per_s, elapsed_s (volatile: not a DVC output)
 CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"
 METRICS = "metrics.json"  # compare: the flat verdict numbers `dvc metrics show` / `dvc exp show` list
