@@ -1,9 +1,11 @@
 """Per-step training curves: the CSV the train stage writes and every later stage reads.
 
-Columns: step, loss, lr, samples_per_s, elapsed_s, batch_hash. Losses are written with repr() so that a
-curve read back is bit-for-bit the curve that was trained. batch_hash is a 64-bit content hash of the
-step's input batch (images and targets, over all ranks): two runs with equal hashes saw the same data.
-Curves written before that column existed still read.
+Columns: step, loss, lr, batch_hash. Losses are written with repr() so that a curve read back is
+bit-for-bit the curve that was trained. batch_hash is a 64-bit content hash of the step's input batch
+(images and targets, over all ranks): two runs with equal hashes saw the same data. Only what the same
+params give bit for bit on the same machine is in the curve (it is a DVC output, tracked by its hash);
+the wall-clock columns, samples_per_s and elapsed_s, go to timing.csv beside it (`write_timing_csv`).
+Curves written before those changes (with the timing columns, or without batch_hash) still read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from cait.errors import CurveError
 from cait.files import atomic_output
 
-CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s", "batch_hash")
+CURVE_COLUMNS = ("step", "loss", "lr", "batch_hash")
+TIMING_COLUMNS = ("step", "samples_per_s", "elapsed_s")  # timing.csv: measured, different in every run
 TEXT_COLUMNS = ("batch_hash",)  # kept as strings; every other column is a number
 
 
@@ -52,6 +55,16 @@ def write_curve_csv(path: Path | str, rows: list[dict]) -> None:
         for row in rows:
             writer.writerow([int(row["step"])] + [str(row.get(c, "")) if c in TEXT_COLUMNS else format_value(row[c])
                                                   for c in CURVE_COLUMNS[1:]])
+
+
+def write_timing_csv(path: Path | str, rows: list[dict]) -> None:
+    """The steps' wall-clock measurements (samples/s, seconds since the start), atomically: not a DVC output,
+    since no two runs measure the same."""
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TIMING_COLUMNS)
+        for row in rows:
+            writer.writerow([int(row["step"])] + [format_value(row[c]) for c in TIMING_COLUMNS[1:]])
 
 
 def read_curve_csv(path: Path | str) -> Curve:

@@ -11,8 +11,8 @@ REPORTS_DIR = Path("reports")
 
 
 def run_dir(profile: str) -> Path:
-    """reports/<profile>/: curve.csv, train.json (train); verdict.json (compare); overlay.png,
-    zoom.png, report.html, junit.xml, plots.csv (report)."""
+    """reports/<profile>/: curve.csv, train.json, run.json, timing.csv (train); verdict.json (compare);
+    overlay.png, zoom.png, report.html, junit.xml, plots.csv (report)."""
     return REPORTS_DIR / profile
 
 
@@ -22,6 +22,8 @@ RECORD = "train.json"
 FINGERPRINTS = "fingerprints.npz"  # train: layer fingerprints at train.fingerprints.steps (cait/fingerprints.py)
 LOCALIZE = "localize.json"  # localize: the first module/phase whose fingerprints leave the tolerance
 STRIP = "localize.png"  # report: per-module error / tolerance by depth, one row per phase
+RUN_INFO = "run.json"  # train: MLflow ids, date, wall time, throughput, git commit, host (volatile: not a DVC output)
+TIMING = "timing.csv"  # train: step, samples_per_s, elapsed_s (volatile: not a DVC output)
 CHECKPOINTS = "checkpoints"  # train: last.pt (periodic, SIGTERM), best.pt (full training)
 VERDICT = "verdict.json"
 METRICS = "metrics.json"  # compare: the flat verdict numbers `dvc metrics show` / `dvc exp show` list

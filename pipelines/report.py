@@ -226,6 +226,8 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
         return "<p>No MLflow run: this verdict judged logs given to compare (--candidate / --baseline).</p>"
     run_id = record.get("mlflow_run_id") or ""
     uri = record.get("tracking_uri", "")
+    if record.get("run_info_note"):  # run.json missing or of another curve: the run's MLflow id is unknown
+        return f"<p>MLflow run unknown: {html.escape(record['run_info_note'])}.</p>"
     if not run_id:
         return "<p>Tracking was disabled for this run (tracking.enabled: false).</p>"
     link = run_link(mlflow_ui(ui_url, uri), record.get("mlflow_experiment_id", ""), run_id)
@@ -501,14 +503,19 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
         (out_dir / ZOOM).unlink(missing_ok=True)
     environments = environment_table(baseline, record) if baseline is not None and record else []
     environments += _source_rows(verdict)
+    from pipelines.review import timing_rule, with_timing
+
+    # the page shows the informing throughput rule too (measured, so not in verdict.json); JUnit, a DVC
+    # output, only verdict.json's rules
+    shown = with_timing(verdict, timing_rule(verdict, record, baseline, rules))
     throughput = throughput_rows(baseline.provenance.get("mean_samples_per_s") if baseline is not None else None,
-                                 (record or {}).get("mean_samples_per_s"), verdict.get("rules", {}).get("throughput"))
+                                 (record or {}).get("mean_samples_per_s"), shown.get("rules", {}).get("throughput"))
     strip = None
     if localization and render_strip(out_dir / STRIP, localization):
         strip = paths["strip"] = out_dir / STRIP
     else:
         (out_dir / STRIP).unlink(missing_ok=True)
-    render_html(paths["html"], verdict, environments, record, paths["overlay"], throughput, zoom_png=zoom,
+    render_html(paths["html"], shown, environments, record, paths["overlay"], throughput, zoom_png=zoom,
                 band_shown=band is not None, envelope_shown=envelope is not None, verdict_sha256=verdict_sha256,
                 ui_url=ui_url, localization=localization, strip_png=strip)
     render_junit(paths["junit"], verdict, env.get("device", "") if env else "logs")

@@ -15,6 +15,7 @@ Pure functions here build names, tags, texts and series; `log_review` hands them
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 
 import numpy as np
 
@@ -152,6 +153,36 @@ def report_link(tracking_cfg, record: dict) -> str:
     return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")
 
 
+
+
+def timing_rule(verdict: dict, record: dict | None, baseline, rules):
+    """The throughput rule where it only informs: judged from the run's measured samples/s (run.json) against
+    the baseline's, for the report and MLflow. It stays out of verdict.json, a DVC output that holds only what
+    the same curve always gives; where compare.gate names it, the verdict holds it and None is returned.
+    None too for logs (no run record) and a verdict whose policy does not name it."""
+    from pipelines.verdict import throughput_rule
+
+    policy = verdict.get("policy") or {}
+    if record is None or rules is None or "throughput" in verdict.get("rules", {}) \
+            or "throughput" not in policy.get("inform", []):
+        return None
+    baseline_ips = baseline.provenance.get("mean_samples_per_s") if baseline is not None else None
+    return throughput_rule(record.get("mean_samples_per_s"), baseline_ips, gating=False,
+                           **rules.throughput.model_dump())
+
+
+def with_timing(verdict: dict, rule) -> dict:
+    """The verdict as reviewers see it (report page, MLflow tags and description): verdict.json's rules plus
+    the informing throughput rule, its flag among the reasons as `decide` words an informing rule's."""
+    if rule is None:
+        return verdict
+    shown = {**verdict, "rules": {**verdict.get("rules", {}), rule.name: asdict(rule)},
+             "reasons": list(verdict.get("reasons", [])), "notes": list(verdict.get("notes", []))}
+    if not rule.applicable:
+        shown["notes"].append(f"{rule.name} rule not applied: {rule.summary}")
+    elif not rule.passed and shown["status"] != "inconclusive":
+        shown["reasons"].insert(max(0, len(shown["reasons"]) - 1), f"informative rule {rule.name} fails: {rule.summary}")
+    return shown
 
 
 def flat_metrics(verdict: dict) -> dict[str, float | int | str]:

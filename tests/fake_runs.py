@@ -1,4 +1,5 @@
-"""Train-stage outputs (curve.csv, train.json) and a baseline written straight to disk, without torch.
+"""Train-stage outputs (curve.csv, train.json, run.json, timing.csv) and a baseline written straight to disk,
+without torch.
 
 The compare, report, gate and summary stages only read files, so their tests feed them runs with
 chosen loss curves: a port that matches, one that drifts away, one that blows up.
@@ -14,7 +15,7 @@ from pipelines.baselines import baseline_from_runs, save_baseline
 from pipelines.curves import Curve
 from pipelines.curves import write_curve_csv
 from pipelines.params import load_params
-from pipelines.provenance import file_sha256, write_record
+from pipelines.provenance import file_sha256, write_run_record
 
 
 def environment(device: str, device_name: str, torch_version: str = "2.14.1") -> dict:
@@ -42,8 +43,9 @@ def envelope_runs(curve, record: dict) -> list[tuple]:
 def write_run(project: Path, loss, *, profile: str = "default", device: str = "sdaa",
               device_name: str = "Tecorigin T100", samples_per_s: float = 210.0, run_id: str = "",
               baseline_loss=None) -> Path:
-    """Write reports/<profile>/curve.csv and train.json with `loss`, and (given baseline_loss) the
-    profile's baseline recorded on a CUDA device from the same params. Returns the run folder."""
+    """Write reports/<profile>/curve.csv, train.json, run.json and timing.csv with `loss` (as the train stage
+    does), and (given baseline_loss) the profile's baseline recorded on a CUDA device from the same params.
+    Returns the run folder."""
     params = load_params(project / "params.yaml")
     out = project / "reports" / profile
     loss = np.asarray(loss, dtype=float)
@@ -55,7 +57,7 @@ def write_run(project: Path, loss, *, profile: str = "default", device: str = "s
               "date": "2026-11-27T02:00:00+00:00", "params_hash": params.curve_hash(),
               "curve_params": params.curve_defining(), "data_manifest_hash": "f" * 64, "data_source": "synthetic",
               "steps_done": len(loss), "curve_sha256": file_sha256(out / "curve.csv"), "stopped": "", "wall_s": 0.1 * len(loss), "mean_samples_per_s": samples_per_s}
-    write_record(out / "train.json", record)
+    write_run_record(out / "train.json", record, rows)
     if baseline_loss is not None:
         base_rows = [{**r, "loss": float(v), "samples_per_s": 400.0} for r, v in zip(rows, baseline_loss)]
         base_dir = project / "reports" / f".baseline-{profile}"

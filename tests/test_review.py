@@ -64,11 +64,11 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
         logger.log_step({"step": step, "loss": float(value), "lr": 1e-3, "samples_per_s": 200.0})
     logger.finish()
     folder = write_run(project, base * 1.001, baseline_loss=base, run_id=run_id)
-    record_path = folder / "train.json"
-    record = json.loads(record_path.read_text())
-    record.update(mlflow_parent_run_id=logger.parent_run_id, mlflow_experiment_id=logger.experiment_id,
-                  tracking_uri=logger.uri)
-    record_path.write_text(json.dumps(record))
+    info_path = folder / "run.json"  # the MLflow ids are in run.json, beside train.json
+    info = json.loads(info_path.read_text())
+    info.update(mlflow_parent_run_id=logger.parent_run_id, mlflow_experiment_id=logger.experiment_id,
+                tracking_uri=logger.uri)
+    info_path.write_text(json.dumps(info))
 
     assert cli.run(compare.main, ["-q"]) == 0
     assert cli.run(compare.main, ["-q"]) == 0  # a second comparison finds the baseline run again
@@ -80,6 +80,9 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
     assert child.data.tags["verdict.rule"] == deciding_rules(verdict)
     assert child.data.tags["mlflow.note.content"].startswith(f"**Verdict: {verdict['status'].upper()}**")
     assert child.info.run_name.startswith("default · sdaa · ")
+    # the informing throughput rule (210 samples/s against 400) reaches MLflow, though not verdict.json
+    assert child.data.tags["rule.throughput"] == "fail" and "throughput" not in verdict["rules"]
+    assert "| throughput | informs | fail | candidate 210 samples/s" in child.data.tags["mlflow.note.content"]
     assert not [k for k in child.data.metrics if k.startswith("compare.")]  # one-value numbers stay in verdict.json
     baseline_series = client.get_metric_history(run_id, "baseline_loss")
     assert sorted((m.step, m.value) for m in baseline_series) == list(enumerate(base.tolist()))

@@ -37,10 +37,10 @@ import numpy as np
 from cait.errors import BaselineError, ConfigError
 from pipelines import cli
 from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
-from pipelines.layout import CURVE, FINGERPRINTS, RECORD, run_dir
+from pipelines.layout import CURVE, FINGERPRINTS, RECORD, RUN_INFO, run_dir
 from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params
-from pipelines.provenance import read_record, read_run
+from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
 
 
@@ -70,7 +70,12 @@ def run_from_mlflow(run_id: str, params: Params) -> tuple:
             raise BaselineError(f"MLflow run {run_id}: has no {RECORD} artifact (not a train stage run?); "
                                 f"promote its folder with --run-dir instead") from None
         record = read_record(local)
-    return curve, record, f"MLflow run {run_id}"
+        try:  # run.json (MLflow ids, throughput): absent from runs of an older harness, whose train.json held them
+            info, _ = read_run_info(MlflowClient(tracking_uri=uri).download_artifacts(run_id, RUN_INFO, tmp),
+                                    record.get("curve_sha256"))
+        except Exception:
+            info = {}
+    return curve, {"mlflow_run_id": run_id, **with_run_info(record, info)}, f"MLflow run {run_id}"
 
 
 def seeds_for(params: Params, runs: int, repeat: bool, seeds: str | None) -> list[int]:

@@ -28,7 +28,7 @@ from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.report import write_report
-from pipelines.review import flat_metrics, log_review, report_link
+from pipelines.review import flat_metrics, log_review, report_link, timing_rule, with_timing
 from pipelines.tracking import RunLogger, tracking_uri
 from pipelines.verdict import decide
 from pipelines.verdict_file import EXIT_BY_STATUS, input_entry, write_verdict
@@ -159,9 +159,17 @@ def main(argv=None) -> int:
     policy = policy_for(cfg, record is not None and baseline_obj is not None)
     notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
                  + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
-    samples_per_s = ((record or {}).get("mean_samples_per_s"),
-                     baseline_obj.provenance.get("mean_samples_per_s") if baseline_obj is not None else None)
-    verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=policy["inform"],
+    # throughput is measured (run.json), different in every run: it decides only where compare.gate names it;
+    # an informing throughput rule stays out of verdict.json (a DVC output) and is shown in the report and MLflow
+    samples_per_s, inform = None, list(policy["inform"])
+    if "throughput" in policy["gate"]:
+        samples_per_s = ((record or {}).get("mean_samples_per_s"),
+                         baseline_obj.provenance.get("mean_samples_per_s") if baseline_obj is not None else None)
+    elif "throughput" in inform:
+        inform.remove("throughput")
+        notes.append("the throughput rule informs from the measured samples/s (run.json), which differ in every run: "
+                     "it is judged in the report and in MLflow, not in this file")
+    verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=inform,
                     refusals=refused, notes=notes, samples_per_s=samples_per_s)
     for line in verdict.modelzoo_lines:
         print(line)
@@ -173,16 +181,16 @@ def main(argv=None) -> int:
                            inputs=inputs, compare_params=cfg.model_dump(),
                            baseline_device=_describe_device(baseline_obj),
                            baseline_kind=baseline_obj.kind if baseline_obj is not None else "log",
-                           baseline_seeds=baseline_obj.seeds if baseline_obj is not None else [],
-                           mlflow_run_id=(record or {}).get("mlflow_run_id", ""), policy=policy,
+                           baseline_seeds=baseline_obj.seeds if baseline_obj is not None else [], policy=policy,
                            **({"sources": sources} if foreign else {}))
     if not args.out and not foreign:
         write_record(chain_dir / METRICS, flat_metrics(result))
+    shown = with_timing(result, timing_rule(result, record, baseline_obj, cfg.rules))  # + the informing throughput
     print(f"compare: verdict {verdict.status.upper()} over {verdict.compared_steps} steps of {candidate_source} "
           f"against {baseline_source} -> {out}")
-    for reason in verdict.reasons:
+    for reason in shown["reasons"]:
         print(f"  - {reason}")
-    for note in verdict.notes:
+    for note in shown["notes"] + ([record["run_info_note"]] if record and record.get("run_info_note") else []):
         print(f"  note: {note}")
 
     exit_status = EXIT_BY_STATUS[verdict.status] if args.gate else 0
@@ -192,10 +200,10 @@ def main(argv=None) -> int:
         print(f"report: {paths['html']}; figures {paths['overlay']}; JUnit {paths['junit']}")
         return exit_status
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
-    logger.set_tags({"verdict.reasons": json.dumps(verdict.reasons), "baseline": cfg.baseline,
+    logger.set_tags({"verdict.reasons": json.dumps(shown["reasons"]), "baseline": cfg.baseline,
                      "baseline.id": file_id(cfg.baseline),
                      "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else ""})
-    log_review(logger, result, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
+    log_review(logger, shown, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
                reference=baseline_curve, baseline=baseline_obj, baseline_path=cfg.baseline,
                baseline_sha256=file_sha256(cfg.baseline), report=str(chain_dir / HTML),
                report_link=report_link(params.tracking, record))

@@ -4,8 +4,8 @@
   python -m pipelines.stages.summary nightly-artifacts/   # folders the CI jobs uploaded (searched recursively)
   python -m pipelines.stages.summary --format markdown >> "$GITHUB_STEP_SUMMARY"
 
-Reads only verdict.json (through pipelines/verdict_file.py, the one reader) and train.json (no torch,
-so a CI job without it can run it). The inputs a verdict names are not rechecked here: the uploaded
+Reads only verdict.json (through pipelines/verdict_file.py, the one reader), train.json and run.json (the
+measured samples/s; "-" without it) (no torch, so a CI job without it can run it). The inputs a verdict names are not rechecked here: the uploaded
 folders hold no baseline; each job's own gate did that.
 Exit status: the night's worst: 1 if any run failed, else 3 if any was inconclusive, else 0; 2 when a
 folder holds no verdict or a malformed one (a job that died before comparing is not a pass).
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError, VerdictError
 from pipelines import cli
-from pipelines.layout import HTML, RECORD, REPORTS_DIR, VERDICT
+from pipelines.layout import HTML, RECORD, REPORTS_DIR, RUN_INFO, VERDICT
+from pipelines.provenance import read_run_info
 from pipelines.verdict_file import read_verdict
 
 COLUMNS = ("profile", "device", "device name", "verdict", "steps", "MRE (signed)", "MAE (signed)",
@@ -43,15 +44,23 @@ def find_verdicts(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _json_beside(verdict_path: Path, name: str) -> dict:
+    try:
+        data = json.loads((verdict_path.parent / name).read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def summary_row(verdict_path: Path) -> dict:
-    """One night's run as table cells; a missing train.json only blanks the device columns."""
+    """One night's run as table cells; a missing train.json only blanks the device columns, a missing run.json
+    the samples/s (train.json of an older harness held them)."""
     verdict = read_verdict(verdict_path).data
     status = verdict["status"]
-    try:
-        env = json.loads((verdict_path.parent / RECORD).read_text()).get("environment", {})
-        ips = json.loads((verdict_path.parent / RECORD).read_text()).get("mean_samples_per_s")
-    except (FileNotFoundError, json.JSONDecodeError):
-        env, ips = {}, None
+    record = _json_beside(verdict_path, RECORD)
+    env = record.get("environment", {})
+    info, _ = read_run_info(verdict_path.parent / RUN_INFO, record.get("curve_sha256"))  # only the same curve's
+    ips = info.get("mean_samples_per_s", record.get("mean_samples_per_s"))
     rules = verdict.get("rules", {})
     modelzoo = rules.get("modelzoo", {}).get("numbers", {})
     strict = rules.get("strict", {}).get("numbers", {})

@@ -1,8 +1,9 @@
 """train stage: a short CaiT run of train.steps steps on the chosen device, tracked in MLflow.
 
-Outputs: reports/<profile>/curve.csv (step, loss, lr, samples_per_s, elapsed_s, batch_hash),
-reports/<profile>/train.json (MLflow run id, environment, numerics settings, params hash, data manifest
-hash) and reports/<profile>/checkpoints/ (when train.checkpoint_every is set, on SIGTERM, each epoch in
+Outputs: reports/<profile>/curve.csv (step, loss, lr, batch_hash), reports/<profile>/train.json
+(environment, numerics settings, params hash, data manifest hash, the curve's SHA-256), beside them
+run.json and timing.csv (MLflow ids, date, wall time, throughput, git commit, host; per-step samples/s:
+what differs between two runs of the same curve, so not DVC outputs) and reports/<profile>/checkpoints/ (when train.checkpoint_every is set, on SIGTERM, each epoch in
 full training mode). A run that fails or is stopped keeps the steps it trained in curve.partial.csv
 (not a DVC output): curve.csv is only ever a finished run's curve. `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
 Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
@@ -25,7 +26,7 @@ from pipelines.layout import (CHECKPOINTS, CURVE, FINGERPRINTS, PARTIAL_CURVE, P
 from pipelines.logs import dllogger_line
 from pipelines.params import Params, load_params
 from pipelines.progress import Progress
-from pipelines.provenance import file_sha256, git_commit, write_record
+from pipelines.provenance import file_sha256, git_commit, write_run_record
 from pipelines.review import run_name
 from pipelines.tracking import RunLogger
 
@@ -201,6 +202,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             "data_pixels_hash": pixels_hash,  # sha256 of the train shard's pixels: the same on every device
             "steps_done": summary.steps_done,  # the curve's rows; compare refuses a curve of another length
             "curve_sha256": file_sha256(curve_path),  # ties the record to these exact bytes (a cut curve is refused)
+            "fingerprints_sha256": file_sha256(fingerprint_path),  # the layer fingerprints localize reads
             "resumed_from_step": summary.resumed_from,
             "stopped": summary.stopped,
             "wall_s": summary.wall_s,
@@ -208,13 +210,15 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
             "epochs": summary.epochs,
             "best_top1": summary.best_top1,
         }
-        write_record(record_path, record)
+        sidecars = write_run_record(record_path, record, rows)  # timing.csv, run.json, then train.json
         logger.log_metrics({"wall_s": summary.wall_s, "final_loss": rows[-1]["loss"] if rows else float("nan")})
         if summary.best_top1 is not None:
             logger.log_metrics({"best_top1": summary.best_top1})
         logger.log_artifact(curve_path)
         logger.log_artifact(record_path)
         logger.log_artifact(fingerprint_path)
+        for path in sidecars:
+            logger.log_artifact(path)
         logger.finish("FINISHED")
         done = f"stopped early: {summary.stopped}" if summary.stopped else "done"
         print(f"train: {summary.steps_done} steps on {environment['device_name']} x{ctx.world_size} in "
