@@ -11,7 +11,8 @@ floor. A bug counts as found when the named entry's module is the injection site
 module the bug changes in execution order), or, for optimizer and schedule bugs, when the named phase is
 the update. The envelope's own variants are judged held out (tolerance from the other variants), so none
 is judged against itself. For every legitimate run the table also gives the k it would need to stay
-clean (the largest (error - floor) / envelope spread over all entries), the figure k is chosen from.
+clean (the largest (error - floor) / envelope spread over all entries), the figure k is chosen from; for
+a bug the same figure says up to which k it is still named.
 
 Legitimate runs are trained in full (their fingerprints at the last step are the hard case: training has
 amplified their rounding differences for 120 steps). A bug run is trained only up to step 0, with
@@ -67,9 +68,9 @@ def needed_k(candidate, baseline, floor: float, exclude: str | None) -> float:
     return worst
 
 
-def train_to_step0(params, name: str, root: Path, log) -> Path:
+def train_to_step0(params, name: str, root: Path, data_dir: Path, log) -> Path:
     """A bug run up to step 0 with fingerprints there, in root/<name>.step0 (reused when it is there)."""
-    from pipelines.layout import FINGERPRINTS, PREPARED_DIR
+    from pipelines.layout import FINGERPRINTS
     from pipelines.stages.baseline import train_once
 
     folder = root / f"{name}.step0"
@@ -81,12 +82,13 @@ def train_to_step0(params, name: str, root: Path, log) -> Path:
                                            "device": params.device.model_copy(update={"port_bug": name}),
                                            "tracking": params.tracking.model_copy(update={"enabled": False})})
     started = time.perf_counter()
-    train_once(run_params, name, data_dir=REPO / PREPARED_DIR, quiet=True, out_dir=folder, stop_after=0)
+    train_once(run_params, name, data_dir=data_dir, quiet=True, out_dir=folder, stop_after=0)
     log(f"{name} (bug): step 0 with fingerprints in {time.perf_counter() - started:.0f} s")
     return folder
 
 
-def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None = None, log=print) -> dict:
+def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None = None, data_dir: Path | None = None,
+            log=print) -> dict:
     """{"bugs": {name: {"expected", "named", "found", ...}}, "legit": {name: {...}}, "seconds"}."""
     import tempfile
 
@@ -97,6 +99,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     from pipelines.localize import localize
 
     cfg = params.localize
+    data_dir = data_dir or REPO / PREPARED_DIR
     baseline_path = Path(cfg.baseline_fingerprints)
     baseline = load(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
     started = time.perf_counter()
@@ -108,9 +111,9 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
             if kind == "legit" or (folder / FINGERPRINTS).exists():
                 if not (folder / FINGERPRINTS).exists():  # a power-benchmark run of older code: train again
                     (folder / "train.json").unlink(missing_ok=True)
-                run_entry(params, name, kind, root, REPO / PREPARED_DIR, log)
+                run_entry(params, name, kind, root, data_dir, log)
             else:
-                folder = train_to_step0(params, name, root, log)
+                folder = train_to_step0(params, name, root, data_dir, log)
             prints = load(folder / FINGERPRINTS)
             held_out = name if name in baseline.variants else None
             found_at = localize(prints, baseline, k=cfg.k, floor=cfg.floor, exclude=held_out,
@@ -148,7 +151,7 @@ def _named(row: dict) -> str:
 
 def table(result: dict) -> str:
     """Markdown: each zoo entry, where it was injected, what localize named, and the k it would need."""
-    lines = ["| kind | entry | injected at | localize names | ok | k needed |", "|---|---|---|---|---|---|"]
+    lines = ["| kind | entry | injected at | localize names | ok | clean from k |", "|---|---|---|---|---|---|"]
     for group, label in (("bugs", "bug"), ("legit", "legit")):
         for name, row in result[group].items():
             held = " (held out)" if row["held_out"] else ""

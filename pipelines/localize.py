@@ -6,7 +6,8 @@ moved it (`spread`: relative L2 error from the reference run). An entry leaves t
 
     rel_l2(candidate, reference) > k x max over variants(spread) + floor
 
-The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
+(for the update, the spread is at least the update's float32 resolution, EPS32 x (|weights| + |update|) /
+|update|: an update is a difference of two float32 tensors). The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
 the order the step computes them: weights before the step, forward (modules in execution order),
 backward (output gradients in the order backward reaches them, then parameter gradients), the optimizer
 update. A module that ran on one side only, or other shapes, or non-finite values the reference does not
@@ -37,6 +38,12 @@ COMPATIBLE = ("schema", "model", "profile", "params_hash", "world_size", "global
 # Norms below this are zero: a zero bias nudged by one ulp (1e-45) is not an infinite relative error. Far
 # below any norm that carries information (float32 gradients of a trained model are >= 1e-10 where not zero).
 NORM_FLOOR = 1e-12
+# An update is recorded as (weights after) - (weights before), both float32: wherever two runs' steps differ at
+# all, their rounded new weights can differ by an ulp of the new weights, up to EPS32 x |w + update| per element.
+# Relative to the update that is EPS32 x (|w| + |update|) / |update|: the update's own resolution, the least
+# spread it can show.
+EPS32 = float(np.finfo(np.float32).eps)
+STAT_L2 = 3  # the "l2" column of cait.fingerprints.STATS
 
 
 @dataclass
@@ -171,10 +178,28 @@ def with_spread(reference: Fingerprints, variants: dict[str, Fingerprints]) -> F
     return Fingerprints(meta, reference.steps, spread)
 
 
+def update_resolution(baseline: Fingerprints, step: int) -> np.ndarray:
+    """Per update entry: EPS32 x (|weights| + |update|) / |update| of the reference run (see EPS32); 0 where
+    unknown."""
+    update = baseline.steps[step]["update"]
+    weights = baseline.steps[step].get("weights")
+    out = np.zeros(len(update.names))
+    if weights is None:
+        return out
+    index = weights.index()
+    for j, name in enumerate(update.names):
+        i = index.get(name)
+        norm = update.stats[j, STAT_L2]
+        if i is not None and norm > NORM_FLOOR:
+            out[j] = EPS32 * (weights.stats[i, STAT_L2] + norm) / norm
+    return out
+
+
 def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: float,
               exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(tolerance, spread) per reference entry: k x the largest variant error + floor. `exclude` leaves one
-    variant out (a legit run judged held out); no variants: the floor alone."""
+    """(tolerance, spread) per reference entry: k x the largest variant error + floor, where for the update
+    the spread is at least the update's float32 resolution (update_resolution). `exclude` leaves one variant
+    out (a legit run judged held out); no variants: the floor alone (and the update's resolution)."""
     n = len(baseline.steps[step][phase].names)
     rows = baseline.spread.get(step, {}).get(phase)
     if rows is None or rows.shape[0] == 0:
@@ -185,6 +210,8 @@ def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: fl
         with np.errstate(all="ignore"):
             spread = np.where(np.all(np.isnan(chosen), axis=0), 0.0, np.nanmax(np.where(np.isnan(chosen), -np.inf,
                                                                                            chosen), axis=0))
+    if phase == "update":
+        spread = np.maximum(spread, update_resolution(baseline, step))
     return k * spread + floor, spread
 
 

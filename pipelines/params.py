@@ -149,7 +149,7 @@ class LocalizeConfig(Section):
     Values: params.yaml says where each comes from."""
 
     baseline_fingerprints: str = Field("baselines/default/fingerprints.npz", min_length=1)
-    k: float = Field(4.0, gt=0)
+    k: float = Field(16.0, gt=0)
     floor: float = Field(1e-6, ge=0)
 
 

@@ -171,7 +171,7 @@ def test_injected_bug_fails_the_gate_and_localize_names_the_module(tiny_with_bas
     # MLflow: the fingerprints are an artifact of the train run, the localisation its tags
     from mlflow.tracking import MlflowClient
 
-    record = json.loads((project / "reports/default/train.json").read_text())
+    record = json.loads((project / "reports/default/run.json").read_text())  # the MLflow ids (not in train.json)
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(record["mlflow_run_id"])
     assert run.data.tags["localize.status"] == "diverged"
@@ -223,10 +223,29 @@ def test_replay_and_fingerprints_for_a_stored_baseline(tiny_with_baseline):
     refused = _run(["pipelines.stages.baseline", "-q", "fingerprints", "--run-dir", "reports/default/replay-3"], project,
                    check=False)
     assert refused.returncode == 2 and "is not the one" in refused.stderr
-    baseline_prints = project / "baselines/default/fingerprints.npz"
-    before = baseline_prints.read_bytes()
+    copy = project / "baselines/copy"  # the module's other tests keep the original
+    copy.mkdir(exist_ok=True)
+    (copy / "baseline.json").write_bytes((project / "baselines/default/baseline.json").read_bytes())
     params = _params_with(project, "reference")
     _run(["pipelines.stages.train", "-q", "--params", params, "--out-dir", "runs/reference"], project)
-    _run(["pipelines.stages.baseline", "-q", "fingerprints", "--run-dir", "runs/reference"], project)
-    after = load(baseline_prints)
-    assert after.variants == [] and before != baseline_prints.read_bytes()  # no envelope runs given: none in it
+    _run(["pipelines.stages.baseline", "-q", "fingerprints", "--run-dir", "runs/reference", "--baseline",
+          "baselines/copy/baseline.json"], project)
+    after = load(copy / "fingerprints.npz")
+    assert after.variants == [] and sorted(after.steps) == [0, 5]  # no envelope runs given: none in it
+
+
+@pytest.mark.slow
+def test_localize_benchmark_smoke(tiny_with_baseline, tmp_path):
+    """benchmarks/bench_localize.py on the tiny profile: two bugs named at their site, a legit run clean."""
+    from benchmarks import bench_localize
+    from pipelines.params import load_params
+
+    project = tiny_with_baseline
+    params = load_params(project / "params.yaml")
+    params = params.model_copy(update={"localize": params.localize.model_copy(
+        update={"baseline_fingerprints": str(project / "baselines/default/fingerprints.npz")})})
+    result = bench_localize.measure(params, entries=["gelu_tanh", "lr_one_step_late", "weights_ulp_other"],
+                                    runs_dir=tmp_path, data_dir=project / "data/prepared", log=lambda line: None)
+    assert {n: r["found"] for n, r in result["bugs"].items()} == {"gelu_tanh": True, "lr_one_step_late": True}
+    assert result["legit"]["weights_ulp_other"]["named"] is None
+    assert "| bug | `gelu_tanh` | blocks.0.mlp.act |" in bench_localize.table(result)

@@ -28,7 +28,7 @@ from cait.fingerprints import FingerprintError, load
 from cait.files import atomic_write_text
 from pipelines import cli
 from pipelines.baselines import load_baseline
-from pipelines.layout import FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
+from pipelines.layout import CURVE, FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
 from pipelines.localize import Localization, describe, localize, loss_digest, with_spread
 from pipelines.params import Params, load_params
 from pipelines.provenance import file_sha256
@@ -81,14 +81,14 @@ def write_result(out: Path, result: Localization, *, candidate: str, baseline: s
     return data
 
 
-def tag_run(params: Params, record_path: Path, result: Localization, out: Path) -> None:
+def tag_run(params: Params, folder: Path, result: Localization, out: Path) -> None:
     """The localisation as tags of the train run (and localize.json as its artifact)."""
-    if not params.tracking.enabled or not record_path.exists():
+    if not params.tracking.enabled or not (folder / RECORD).exists():
         return
-    from pipelines.provenance import read_record
+    from pipelines.provenance import read_run
     from pipelines.tracking import RunLogger
 
-    record = read_record(record_path)
+    _, record = read_run(folder / CURVE, folder / RECORD)  # with run.json's MLflow ids
     if not record.get("mlflow_run_id"):
         return
     first = result.first
@@ -119,7 +119,7 @@ def run_chain(params: Params, quiet: bool) -> int:
     next_step = advice(result, status, parted_at, params.profile)
     write_result(out, result, candidate=str(candidate_path), baseline=params.localize.baseline_fingerprints,
                  verdict_status=status, parted_at=parted_at, next_step=next_step)
-    tag_run(params, folder / RECORD, result, out)
+    tag_run(params, folder, result, out)
     print(f"localize: {result.message} -> {out}")
     if next_step:
         print(f"  next: {next_step}")
