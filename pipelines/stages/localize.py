@@ -8,9 +8,10 @@
 
 Writes reports/<profile>/localize.json (the first divergence, msprobe-style metrics beside its
 tolerance, the per-phase picture the report draws) and tags the train run in MLflow (localize.*). It
-informs: the gate still decides on the curves. Exit 0 whatever it finds; 2 for unreadable or
-incompatible fingerprint files (another model, profile, params: named). When the baseline has no
-fingerprints, or the candidate none, localize.json says so and why.
+informs: the gate still decides on the curves. In the chain it exits 0 whatever it finds: when the
+baseline has no fingerprints, the candidate none, or they cannot be compared (another baseline, model,
+profile or params: named), localize.json says so and why and the chain goes on to its verdict. Given two
+files (--candidate/--baseline), unreadable or incompatible ones are exit 2.
 
 When every phase agrees at step 0 and the curves part later, the step where they part can be replayed
 on each machine (keyed randomness: the same batches and drop-path masks; the same full-run schedule):
@@ -109,13 +110,19 @@ def run_chain(params: Params, quiet: bool) -> int:
     out = folder / LOCALIZE
     status, parted_at = parting_step(folder / VERDICT)
     candidate_path = folder / FINGERPRINTS
-    reference, where = baseline_fingerprints(params)
-    if reference is None or not candidate_path.exists():
-        why = where if reference is None else f"{candidate_path}: not written by the train stage"
-        result = Localization("unavailable", why)
-    else:
-        result = localize(load(candidate_path), reference, k=params.localize.k, floor=params.localize.floor,
-                          candidate_source=str(candidate_path), baseline_source=where)
+    try:
+        reference, where = baseline_fingerprints(params)
+        if reference is None or not candidate_path.exists():
+            why = where if reference is None else f"{candidate_path}: not written by the train stage"
+            result = Localization("unavailable", why)
+        else:
+            result = localize(load(candidate_path), reference, k=params.localize.k, floor=params.localize.floor,
+                              candidate_source=str(candidate_path), baseline_source=where)
+    except FingerprintError as exc:
+        # in the chain localize informs: fingerprints it cannot compare (another baseline, other params: the
+        # verdict says so too) leave the verdict, the report and the gate to run, and say why here
+        result = Localization("unavailable", f"not compared: {exc}")
+        print(f"localize: warning: {result.message}", file=sys.stderr)
     next_step = advice(result, status, parted_at, params.profile)
     write_result(out, result, candidate=str(candidate_path), baseline=params.localize.baseline_fingerprints,
                  verdict_status=status, parted_at=parted_at, next_step=next_step)
