@@ -183,8 +183,12 @@ def train_untracked(args, configs: dict, out_dir: Path, data_dir: Path) -> None:
               f"acc5 {metrics['top5']:.2f} ({metrics['val_images']} images)", flush=True)
 
     rank_zero = process_env()[0] == 0
-    # what a resumed checkpoint must have been written with (the harness hashes its curve-defining params instead)
-    hash_of = json.dumps({k: configs[k].model_dump(mode="json") for k in ("model", "train")}, sort_keys=True)
+    # what a resumed checkpoint must have been written with: the model and the recipe (the harness hashes
+    # its curve-defining params instead)
+    from cait.config import RUN_ONLY_TRAIN_KEYS
+
+    train = {k: v for k, v in configs["train"].model_dump(mode="json").items() if k not in RUN_ONLY_TRAIN_KEYS}
+    hash_of = json.dumps({"model": configs["model"].model_dump(mode="json"), "train": train}, sort_keys=True)
     result = run_session(configs["data"], configs["model"], configs["train"], configs["device"], data_dir=data_dir,
                          out_dir=out_dir, params_hash=hashlib.sha256(hash_of.encode()).hexdigest(),
                          callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch), resume=args.resume)

@@ -21,3 +21,12 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_session_writes_where_the_layout_says():
+    """cait.session cannot import pipelines.layout, so it names its folders itself: the same names."""
+    from cait import session
+    from pipelines import layout
+
+    assert session.CHECKPOINTS == layout.CHECKPOINTS and session.FINGERPRINTS == layout.FINGERPRINTS
+    assert layout.SHARDS_DIR == layout.PREPARED_DIR / session.SHARDS
