@@ -1,4 +1,4 @@
-"""The model card's command line: full CaiT training, one card or several nodes of several cards.
+"""The model card's command line without the harness: full CaiT training, one card or several nodes.
 
   python -m cait.run --model cait_S24_224 --data-path /data/imagenet --device sdaa --epochs 100 --ngpus 1 --nodes 1
   python -m cait.run ... --ngpus 8 --nodes 2 --node-rank 0 --master-addr 10.0.0.1   # on each node
@@ -6,30 +6,34 @@
 Starts from the full DeiT/CaiT recipe (recipes/cait_deit.yaml); flags override it. With ngpus x nodes
 > 1 it launches itself once per card through torchrun's launcher (torch.distributed.elastic); under
 torchrun or srun it is one rank. --data-path is a prepared folder holding manifest.json (the synthetic
-data of `dvc repro prepare`: data/prepared) or an ImageNet root with train/ and val/. Writes curve.csv,
-train.json, checkpoints/{last,best}.pt into --output-dir and one MLflow run (tracking section of
---params when that file exists).
+data of `dvc repro prepare`: data/prepared) or an ImageNet root with train/ and val/. Trains through
+cait's session (cait/session.py): checkpoints/{last,best}.pt and fingerprints.npz into --output-dir,
+one line per step. `python -m pipelines.modelcard` (same flags, + --params) is the same command with the
+harness: curve.csv, train.json and an MLflow run; it reuses this module's parser, launcher and data
+folder (`run_command`).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from cait.distributed import RankFailure, process_env
-from cait.errors import ConfigError
+from cait.errors import ConfigError, HarnessError
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cait_deit.yaml"
 
 
-def build_parser():
-    from pipelines import cli
-
-    p = cli.parser(__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model card's flags (shared with pipelines/modelcard.py)."""
     p.add_argument("--model", required=True, help="DeiT name of the CaiT variant, e.g. cait_S24_224")
     p.add_argument("--data-path", required=True, help="prepared folder with manifest.json, or an ImageNet root")
     p.add_argument("--device", choices=("cpu", "cuda", "sdaa"), help="device type (recipe: cuda)")
@@ -53,10 +57,12 @@ def build_parser():
     return p
 
 
-def build_params(args):
-    """Recipe file + flags (+ the tracking section of --params) -> validated Params."""
-    from pipelines.params import parse_params
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
 
+
+def recipe_sections(args) -> dict:
+    """The recipe file's model/train/device sections with the flags applied (plain dicts, not yet validated)."""
     try:
         recipe = yaml.safe_load(Path(args.recipe).read_text()) or {}
     except FileNotFoundError:
@@ -74,14 +80,25 @@ def build_params(args):
             recipe[section][key] = value
     if args.deterministic:
         recipe["device"]["deterministic"] = True
-    tracking = {}
-    params_file = Path(args.params)
-    if params_file.is_file():
-        tracking = (yaml.safe_load(params_file.read_text()) or {}).get("tracking") or {}
-    # full trainings are not acceptance runs: they go to their own experiment
-    tracking = {**tracking, "experiment": tracking.get("model_card_experiment") or "cait-model-card"}
-    raw = {"profile": f"{args.model}-modelcard", **recipe, "tracking": tracking}
-    return parse_params(raw, f"{args.recipe} + command line")
+    return recipe
+
+
+def build_configs(args) -> dict:
+    """Recipe file + flags -> validated cait settings: {"data", "model", "train", "device"}."""
+    from pydantic import ValidationError
+
+    from cait.config import DataConfig, DeviceConfig, ModelConfig, TrainConfig
+
+    recipe = recipe_sections(args)
+    configs = {"data": DataConfig()}  # the prepared folder's own data (shards when it has them), as in the harness
+    for section, kind in (("model", ModelConfig), ("train", TrainConfig), ("device", DeviceConfig)):
+        try:
+            configs[section] = kind.model_validate_json(json.dumps(recipe[section], default=str))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in (section, *error["loc"]))
+            raise ConfigError(f"{args.recipe} + command line: {key}: {error['msg']}") from None
+    return configs
 
 
 def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path:
@@ -104,7 +121,7 @@ def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path
     return folder
 
 
-def launch(args, argv: list[str]) -> int:
+def launch(args, argv: list[str], module: str = "cait.run") -> int:
     """Start ngpus processes on this node through torch's elastic launcher (what torchrun runs).
 
     A rank that dies makes the launcher stop the others at once; the failure is reported as one line
@@ -119,7 +136,7 @@ def launch(args, argv: list[str]) -> int:
                           rdzv_configs={"rank": args.node_rank, "timeout": 900}, max_restarts=0,
                           monitor_interval=0.1)
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", "cait.run", *argv)
+        elastic_launch(config, sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as exc:
         # the rank that died first (by a signal, if any did) is the cause; the others failed after it
         rank, failure = min(exc.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp))
@@ -131,26 +148,70 @@ def launch(args, argv: list[str]) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def run_command(argv: list[str] | None, parser: argparse.ArgumentParser, configure: Callable[[Any], Any],
+                train: Callable[[Any, Any, Path, Path], None], module: str) -> int:
+    """The command: flags -> settings (`configure`, before any process starts), ImageNet scanned once,
+    the launcher for several processes (re-running `module` per rank), else `train(args, settings, out_dir,
+    data_dir)` as this process's rank."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     if args.ngpus < 1 or args.nodes < 1 or not 0 <= args.node_rank < args.nodes:
         raise ConfigError(f"--ngpus {args.ngpus} --nodes {args.nodes} --node-rank {args.node_rank}: need ngpus >= 1, "
                           f"nodes >= 1 and 0 <= node-rank < nodes")
-    params = build_params(args)  # fail on a bad flag before any process starts
+    settings = configure(args)  # fail on a bad flag before any process starts
     out_dir = Path(args.output_dir or f"runs/{args.model}")
     _, world_size, _ = process_env()
     if args.ngpus * args.nodes > 1 and world_size == 1:
         data_folder(args.data_path, out_dir)  # scan ImageNet once, before the ranks start
-        return launch(args, argv)
-    from pipelines.stages.train import run_training
-
+        return launch(args, argv, module)
     data_dir = data_folder(args.data_path, out_dir, scanned=world_size > 1)
-    run_training(params, out_dir, data_dir=data_dir, resume=args.resume)
+    train(args, settings, out_dir, data_dir)
     return 0
 
 
-if __name__ == "__main__":
-    from pipelines import cli
+def train_untracked(args, configs: dict, out_dir: Path, data_dir: Path) -> None:
+    """One rank of the training through cait's session: checkpoints and fingerprints, a line per step."""
+    from cait.session import Callbacks, run_session
 
-    sys.exit(cli.run(main))
+    def on_step(row: dict) -> None:
+        if rank_zero:
+            print(f"step {row['step']} loss {row['loss']:.4f} lr {row['lr']:.6g} "
+                  f"samples/s {row['samples_per_s']:.1f}", flush=True)
+
+    def on_epoch(metrics: dict) -> None:
+        print(f"Epoch[{metrics['epoch']}]: val_loss {metrics['val_loss']:.4f} acc1 {metrics['top1']:.2f} "
+              f"acc5 {metrics['top5']:.2f} ({metrics['val_images']} images)", flush=True)
+
+    rank_zero = process_env()[0] == 0
+    # what a resumed checkpoint must have been written with: the model and the recipe (the harness hashes
+    # its curve-defining params instead)
+    from cait.config import RUN_ONLY_TRAIN_KEYS
+
+    train = {k: v for k, v in configs["train"].model_dump(mode="json").items() if k not in RUN_ONLY_TRAIN_KEYS}
+    hash_of = json.dumps({"model": configs["model"].model_dump(mode="json"), "train": train}, sort_keys=True)
+    result = run_session(configs["data"], configs["model"], configs["train"], configs["device"], data_dir=data_dir,
+                         out_dir=out_dir, params_hash=hashlib.sha256(hash_of.encode()).hexdigest(),
+                         callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch), resume=args.resume)
+    if result.fingerprint_path is not None:
+        rows, summary = result.rows, result.summary
+        loss = f"; loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}" if rows else ""
+        print(f"train: {summary.steps_done} steps x{result.session.ctx.world_size} in {summary.wall_s:.1f} s{loss}; "
+              f"checkpoints in {out_dir}", flush=True)
+
+
+def main(argv=None) -> int:
+    return run_command(argv, build_parser(), build_configs, train_untracked, "cait.run")
+
+
+def run(main_fn: Callable[[list[str] | None], int]) -> int:
+    """A HarnessError becomes its one-line message on stderr and its exit status (pipelines/cli.py does the
+    same, with more cases, for the harness's commands)."""
+    try:
+        return main_fn(None)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

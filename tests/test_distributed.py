@@ -63,7 +63,7 @@ def modelcard(tiny_project):
     (tiny_project / "test_recipe.yaml").write_text(yaml.safe_dump(recipe))
 
     def command(out_dir: str, ngpus: int, batch_size: int, steps: int = 4) -> list[str]:
-        return [sys.executable, "-m", "cait.run", "--model", "cait_XXS24_224", "--data-path", "data/prepared",
+        return [sys.executable, "-m", "pipelines.modelcard", "--model", "cait_XXS24_224", "--data-path", "data/prepared",
                 "--device", "cpu", "--epochs", "1", "--steps", str(steps), "--batch-size", str(batch_size),
                 "--ngpus", str(ngpus), "--nodes", "1", "--master-port", str(free_port()),
                 "--recipe", "test_recipe.yaml", "--output-dir", out_dir]
@@ -149,3 +149,19 @@ def test_a_dying_rank_fails_the_job_fast(modelcard, tiny_project):
     assert last.startswith("error: rank 1 (pid ") and "died with signal SIGKILL" in last, last
     assert took < 60, f"the job took {took:.0f} s to stop after rank 1 died"
     assert not [p for p in descendants(proc.pid) if Path(f"/proc/{p}").exists()]
+
+
+@pytest.mark.slow
+def test_cait_run_trains_the_same_without_the_harness(modelcard, tiny_project):
+    """`python -m cait.run` is the model card command without pipelines: the same session, the same losses,
+    checkpoints and fingerprints, but no curve, record or MLflow run."""
+    tracked = subprocess.run(modelcard("tracked", ngpus=1, batch_size=8), capture_output=True, text=True)
+    assert tracked.returncode == 0, tracked.stderr
+    command = modelcard("plain", ngpus=1, batch_size=8)
+    command[command.index("pipelines.modelcard")] = "cait.run"
+    plain = subprocess.run(command, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    losses = [line.split()[3] for line in plain.stdout.splitlines() if line.startswith("step ")]
+    assert losses == [f"{float(r['loss']):.4f}" for r in read_curve(tiny_project / "tracked/curve.csv")]
+    assert {p.name for p in (tiny_project / "plain").iterdir()} == {"checkpoints", "fingerprints.npz"}
+    assert {p.name for p in (tiny_project / "plain/checkpoints").iterdir()} == {"last.pt", "best.pt"}

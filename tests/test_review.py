@@ -104,7 +104,7 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
 
 
 def test_model_card_runs_go_to_their_own_experiment(project):
-    from cait.run import build_params, build_parser
+    from pipelines.modelcard import build_params, build_parser
 
     write_params(project, {"tracking": {"experiment": "acceptance-x"}})
     args = build_parser().parse_args(["--model", "cait_XXS24_224", "--data-path", "data/prepared", "--device", "cpu"])
