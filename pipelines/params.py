@@ -158,7 +158,7 @@ class TrackingConfig(Section):
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repo root
     ui_url: Optional[str] = None  # the MLflow UI's address for links (null: the tracking server, if it is one)
     experiment: str = Field("cait-acceptance", min_length=1)
-    model_card_experiment: str = Field("cait-model-card", min_length=1)  # python -m cait.run's full trainings
+    model_card_experiment: str = Field("cait-model-card", min_length=1)  # python -m pipelines.modelcard's full trainings
     flush_every: int = Field(50, gt=0)  # steps between batched metric uploads
     spool_dir: str = Field(".mlflow-spool", min_length=1)  # records kept here while the store is unreachable
     system_metrics_every_s: float = Field(10.0, ge=0)  # CPU/memory/GPU sampling during train; 0: off
