@@ -27,7 +27,9 @@ from pipelines.verdict import band_limits
 # mean, std, min, max) for multi-run baselines, and provenance "seeds" and "seed_in_hash".
 # 3: adds "envelope": the reference seed's runs under legitimately different numerics (each variant's
 # name, curve and provenance) and the per-step envelope width they give (pipelines/envelope.py).
-SCHEMA_VERSION = 3
+# 4: adds "checksum": the SHA-256 of the rest of the document (canonical JSON). A single-run baseline has no
+# second copy of its numbers, so a flipped digit in its loss read as another curve; now it is refused.
+SCHEMA_VERSION = 4
 PROVENANCE_FIELDS = ("device", "device_name", "versions", "params_hash", "params", "data_manifest_hash",
                      "git_commit", "date", "seed")
 STAT_FIELDS = ("mean", "std", "min", "max")
@@ -155,7 +157,11 @@ class Baseline:
                               "bitwise_equal_to_reference": bool(np.array_equal(r.loss, self.loss)),
                               "loss": [float(v) for v in r.loss]} for r in self.envelope_runs],
                 "width": [float(v) for v in self.envelope()]}
-        return {**out, **self.extra}
+        document = {**out, **self.extra}
+        document.pop("checksum", None)
+        if self.schema_version >= 4:
+            document["checksum"] = document_checksum(document)
+        return document
 
 
 def _fail(path, what: str) -> BaselineError:
@@ -242,7 +248,8 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
     elif data.get("kind", "single-run") not in ("single-run", "multi-run"):
         raise _fail(path, f"unknown kind {data.get('kind')!r} (single-run or multi-run)")
     envelope_runs = _envelope_runs(path, data, len(steps)) if version >= 3 and "envelope" in data else []
-    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats", "envelope"}
+    known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats", "envelope",
+             "checksum"}
     baseline = Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
                         loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
                         schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs,
@@ -252,7 +259,16 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
         stored = _numbers(path, data["envelope"].get("width"), "envelope.width")
         if len(stored) != len(steps) or not np.allclose(stored, baseline.envelope(), rtol=1e-9, atol=0):
             raise _fail(path, "envelope.width does not match the envelope runs (edited by hand?)")
+    if version >= 4:  # last, so that the checks above name what is wrong when they can
+        if data.get("checksum") != document_checksum(data):
+            raise _fail(path, "checksum does not match the file's contents (edited by hand, or corrupt); "
+                              "record it again, or restore it from git")
     return baseline
+
+
+def document_checksum(data: dict) -> str:
+    """SHA-256 of a baseline document without its "checksum" field, as canonical JSON."""
+    return hash_json({k: v for k, v in data.items() if k != "checksum"})
 
 
 def _first_difference(a: np.ndarray, b: np.ndarray) -> int | None:
