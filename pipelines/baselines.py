@@ -261,8 +261,8 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
             raise _fail(path, "envelope.width does not match the envelope runs (edited by hand?)")
     if version >= 4:  # last, so that the checks above name what is wrong when they can
         if data.get("checksum") != document_checksum(data):
-            raise _fail(path, "checksum does not match the file's contents (edited by hand, or corrupt); "
-                              "record it again, or restore it from git")
+            raise _fail(path, "checksum does not match the file's contents (edited by hand, or corrupt: restore it "
+                              "from git)")
     return baseline
 
 
