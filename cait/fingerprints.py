@@ -188,9 +188,6 @@ class FingerprintRecorder:
     def attach(self, model, optimizer) -> None:
         self.model, self.optimizer = model, optimizer
 
-    def set_steps(self, steps) -> None:
-        self.wanted = set(int(s) for s in steps)
-
     def begin(self, step: int) -> bool:
         if step not in self.wanted or self.model is None:
             return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cait.errors import BaselineError
 from cait.files import atomic_write_text
 from pipelines.curves import Curve, first_negative
 from pipelines.envelope import NO_ENVELOPE, envelope_width
-from pipelines.params import hash_json
+from pipelines.params import diff_keys, hash_json
 from pipelines.verdict import band_limits
 
 # 1: a single run. 2: adds "kind", "runs" (every run's curve at full precision) and "stats" (per-step
@@ -415,7 +414,7 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
     ref_hash = curve_hash(ref_record["curve_params"], seed_in_hash)
     for curve, record, source in runs[1:]:
         if curve_hash(record["curve_params"], seed_in_hash) != ref_hash:
-            keys = [k for k in _diff_keys(ref_record["curve_params"], record["curve_params"]) if k != "train.seed"]
+            keys = [k for k in diff_keys(ref_record["curve_params"], record["curve_params"]) if k != "train.seed"]
             raise BaselineError(f"{source}: made with other params than {ref_source} ({', '.join(keys)}); "
                                 f"the runs of one baseline differ only in their seed")
         _check_same_conditions(runs[0], (curve, record, source), "a baseline comes from one device")
@@ -428,7 +427,7 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
         if name in [v.variant for v in variants]:
             raise BaselineError(f"{source}: a second run of the numerics variant {name!r}")
         if hash_json(record["curve_params"]) != hash_json(ref_record["curve_params"]):
-            keys = _diff_keys(ref_record["curve_params"], record["curve_params"])
+            keys = diff_keys(ref_record["curve_params"], record["curve_params"])
             raise BaselineError(f"{source}: made with other params than the reference run ({', '.join(keys)}); "
                                 f"an envelope run differs from it only in its numerics")
         _check_same_conditions(runs[0], (curve, record, source), "the envelope is measured on one device")
@@ -448,16 +447,6 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
                     loss=ref_curve.loss, provenance=provenance, runs=baseline_runs, envelope_runs=variants)
 
 
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-    return [] if same else [prefix.rstrip(".")]
-
-
 def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
     """Reasons the baseline cannot judge this run: another profile, model, params or data. Each names
     the keys that differ. A multi-seed baseline's hash leaves train.seed out (see `curve_hash`)."""
@@ -469,7 +458,7 @@ def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
     if baseline.model != run_model:
         out.append(f"baseline is for model {baseline.model!r}, this run trained {run_model!r}")
     if prov["params_hash"] != curve_hash(record["curve_params"], baseline.seed_in_hash):
-        keys = _diff_keys(prov.get("params", {}), record["curve_params"])
+        keys = diff_keys(prov.get("params", {}), record["curve_params"])
         if not baseline.seed_in_hash:
             keys = [k for k in keys if k != "train.seed"]
         out.append("baseline was made with other params: " + (", ".join(keys) if keys else "params hash differs"))

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cait.fingerprints import PHASES, FingerprintError, Fingerprints, PhasePrints
+from cait.fingerprints import PHASES, STATS, FingerprintError, Fingerprints, PhasePrints
+from pipelines.params import diff_keys
 
 PHASE_LABELS = {"weights": "weights before the step", "forward": "forward (module outputs)",
                 "backward": "backward (output gradients)", "param_grad": "backward (parameter gradients)",
@@ -43,7 +44,7 @@ NORM_FLOOR = 1e-12
 # Relative to the update that is EPS32 x (|w| + |update|) / |update|: the update's own resolution, the least
 # spread it can show.
 EPS32 = float(np.finfo(np.float32).eps)
-STAT_L2 = 3  # the "l2" column of cait.fingerprints.STATS
+STAT_L2, STAT_NONFINITE = STATS.index("l2"), STATS.index("nonfinite")
 
 
 @dataclass
@@ -104,15 +105,6 @@ def module_of(phase: str, entry: str) -> str:
 
 # ---- compatibility --------------------------------------------------------------------------------------
 
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate_source: str,
                      reference_source: str) -> None:
     """Refuse fingerprints of another model, profile, params, world size or sketch, naming what differs."""
@@ -121,7 +113,7 @@ def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate
         if mine == theirs:
             continue
         if key == "params_hash":
-            keys = _diff_keys(candidate.meta.get("curve_params"), reference.meta.get("curve_params"))
+            keys = diff_keys(candidate.meta.get("curve_params"), reference.meta.get("curve_params"))
             shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
             raise FingerprintError(f"{candidate_source}: made with other params than {reference_source} "
                                    f"({shown or 'params hash'} differ); record both with the same params")
@@ -207,9 +199,7 @@ def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: fl
     else:
         keep = [i for i, name in enumerate(baseline.variants) if name != exclude]
         chosen = rows[keep] if keep else np.zeros((1, n))
-        with np.errstate(all="ignore"):
-            spread = np.where(np.all(np.isnan(chosen), axis=0), 0.0, np.nanmax(np.where(np.isnan(chosen), -np.inf,
-                                                                                           chosen), axis=0))
+        spread = np.where(np.isnan(chosen), 0.0, chosen).max(axis=0)  # a variant without the entry adds none
     if phase == "update":
         spread = np.maximum(spread, update_resolution(baseline, step))
     return k * spread + floor, spread
@@ -224,7 +214,6 @@ def _phase_divergences(step: int, phase: str, cand: PhasePrints, ref: PhasePrint
     index = cand.index()
     out: list[Divergence] = []
     ratio = np.zeros(len(ref.names))
-    nonfinite_col = -1  # STATS' last column: count of non-finite values
     for j, name in enumerate(ref.names):
         base = dict(step=step, phase=phase, entry=name, module=module_of(phase, name),
                     tolerance=float(tol[j]), spread=float(spread[j]))
@@ -238,7 +227,7 @@ def _phase_divergences(step: int, phase: str, cand: PhasePrints, ref: PhasePrint
             ratio[j] = np.inf
             continue
         rel, cosine, max_abs, max_rel, exact = _metrics(cand, ref, i, j)
-        new_nonfinite = cand.stats[i, nonfinite_col] > ref.stats[j, nonfinite_col]
+        new_nonfinite = cand.stats[i, STAT_NONFINITE] > ref.stats[j, STAT_NONFINITE]
         ratio[j] = rel / tol[j] if 0 < tol[j] < np.inf else (0.0 if rel == 0 or tol[j] == np.inf else np.inf)
         if new_nonfinite or not rel <= tol[j]:
             out.append(Divergence(kind="nonfinite" if new_nonfinite else "tolerance", rel_l2=rel, cosine=cosine,

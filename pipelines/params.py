@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -198,6 +199,17 @@ class Params(Section):
 
 def hash_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def diff_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys where two params trees differ (NaN equals NaN), e.g. ["train.lr"]."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return [] if same else [prefix.rstrip(".")]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
