@@ -220,7 +220,7 @@ def throughput_rows(baseline_ips, candidate_ips, rule: dict | None = None) -> li
 
 def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
     """Where the run lives in MLflow, with a link when there is a UI (tracking.ui_url, or a server store)."""
-    from pipelines.review import mlflow_ui, run_link
+    from pipelines.review import mlflow_ui, run_link, view_link
 
     if record is None:
         return "<p>No MLflow run: this verdict judged logs given to compare (--candidate / --baseline).</p>"
@@ -241,7 +241,9 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
         parts.append("; the store was unreachable: the records wait in the spool and get their MLflow id on upload "
                      "(<code>python -m pipelines.tracking sync</code>)")
     elif link:
-        parts.append(f'&mdash; <a href="{html.escape(link)}">open in MLflow</a>')
+        view = view_link(mlflow_ui(ui_url, uri), record.get("mlflow_experiment_id", ""))
+        parts.append(f'&mdash; <a href="{html.escape(link)}">open in MLflow</a>, '
+                     f'<a id="mlflow-view" href="{html.escape(view)}">all runs with their verdicts</a>')
     return f"<p>{' '.join(parts)}</p>"
 
 

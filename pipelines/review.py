@@ -15,6 +15,7 @@ Pure functions here build names, tags, texts and series; `log_review` hands them
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -24,6 +25,11 @@ from pipelines.verdict_file import EXIT_BY_STATUS
 
 BASELINE_ROLE = "baseline"
 BASELINE_HASH_TAG = "cait.baseline_sha256"
+# MLflow (3.15+) opens an experiment tag `mlflow.sharedViewState.<key>` as a saved runs-list view at
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`: its columns, their order and widths
+VIEW_KEY = "cait-verdicts"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", "env.device_name")
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -108,6 +114,7 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
     logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link)})
     if logger.parent_run_id:
         logger.set_tags({"verdict": tags["verdict"], "verdict.rule": tags["verdict.rule"],
+                         "verdict.first_divergence_step": tags["verdict.first_divergence_step"],
                          f"verdict.{profile}.{device}": tags["verdict"]}, run_id=logger.parent_run_id)
     if baseline is not None and baseline_sha256:
         prov = baseline.provenance
@@ -130,6 +137,30 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             params=params, series=series)
         if run_id:
             logger.set_tags({"cait.baseline_run_id": run_id})
+
+
+def verdict_view() -> dict:
+    """The runs list with the verdict as its first columns (the UI's default shows source, models and
+    datasets instead, and a user's column choice stays in their browser): what decided it, where the
+    curves part, which module localize names, on which device. Parent rows carry the first three."""
+    columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
+    widths = dict(zip(columns, (90, 210, 210, 200, 190)))
+    return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
+            "columnWidths": {"attributes.`Run Name`": 300, **widths}}
+
+
+def experiment_tags() -> dict[str, str]:
+    """Tags every acceptance experiment carries: shown as model training (runs, charts), not as GenAI
+    traces, and the verdict view."""
+    return {"mlflow.experimentKind": "custom_model_development",
+            VIEW_TAG_PREFIX + VIEW_KEY: json.dumps(verdict_view(), sort_keys=True)}
+
+
+def view_link(ui: str, experiment_id: str) -> str:
+    """The runs list in the verdict view ('' without a UI)."""
+    if not (ui and experiment_id):
+        return ""
+    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
 def mlflow_ui(ui_url: str | None, tracking_uri: str) -> str:

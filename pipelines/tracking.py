@@ -32,6 +32,7 @@ from pathlib import Path
 from cait.errors import TrackingError
 from cait.files import TMP_MARK, atomic_write_text
 from pipelines.params import TrackingConfig
+from pipelines.review import experiment_tags
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -42,9 +43,22 @@ EXECUTION_ENV = "CAIT_EXECUTION_ID"
 DRAIN_TIMEOUT_S = 120  # finish() waits at most this long for the sender; the rest is spooled
 
 
+def project_root() -> Path:
+    """The workspace whose store and spool these runs belong to: $DVC_ROOT, which DVC sets for every stage it
+    runs, and to the workspace even inside `dvc exp run --temp` (whose stages run in a copy under .dvc/tmp/exps
+    that is deleted afterwards, with any mlflow.db made there); else the current folder."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     """$MLFLOW_TRACKING_URI wins; then tracking.uri; then a SQLite file at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def spool_path(cfg: TrackingConfig) -> Path:
+    """tracking.spool_dir; a relative one is under the project root, for the same reason as the store."""
+    path = Path(cfg.spool_dir)
+    return path if path.is_absolute() else project_root() / path
 
 
 def _now_ms() -> int:
@@ -208,9 +222,13 @@ def _execute(client, op: dict, ids: dict[str, str]):
     kind = op["op"]
     if kind == "create_run":
         experiment = client.get_experiment_by_name(op["experiment"])
-        # the UI shows an experiment of this kind as model training (runs, charts), not as GenAI traces
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            op["experiment"], tags={"mlflow.experimentKind": "custom_model_development"})
+        if experiment is None:
+            experiment_id = client.create_experiment(op["experiment"], tags=experiment_tags())
+        else:  # an experiment made before: its kind is kept, the view brought up to date
+            experiment_id = experiment.experiment_id
+            for key, value in experiment_tags().items():
+                if experiment.tags.get(key) != value and not (key == "mlflow.experimentKind" and key in experiment.tags):
+                    client.set_experiment_tag(experiment_id, key, value)
         tags = dict(op["tags"])
         if tags.get("mlflow.parentRunId"):
             tags["mlflow.parentRunId"] = resolve(tags["mlflow.parentRunId"])
@@ -287,10 +305,10 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
 def sync(cfg: TrackingConfig, quiet: bool = False) -> tuple[int, int]:
     """Upload whatever earlier runs spooled, if the store answers now."""
     uri = tracking_uri(cfg)
-    spool = Spool(cfg.spool_dir)
+    spool = Spool(spool_path(cfg))
     if not spool.pending() or not store_reachable(uri):
         return 0, _count(spool)
-    sent, left = upload_spool(uri, cfg.spool_dir)
+    sent, left = upload_spool(uri, spool.folder)
     if sent and not quiet:
         print(f"tracking: uploaded {sent} spooled record(s) to {uri}" + (f"; {left} still pending" if left else ""),
               file=sys.stderr)
@@ -318,7 +336,7 @@ class RunLogger:
         self._stop_system = threading.Event()
         self._client = None
         self._closing_at_exit = False
-        self._spool = Spool(cfg.spool_dir)
+        self._spool = Spool(spool_path(cfg))
         if self.enabled:
             self._client = open_client(self.uri)
             sync(cfg)  # records an earlier outage left behind go first
@@ -596,7 +614,7 @@ def main(argv=None) -> int:
     sent, left = sync(cfg, quiet=True)
     uri = tracking_uri(cfg)
     if left:
-        raise TrackingError(f"{left} record(s) still wait in {cfg.spool_dir}/: the MLflow store {uri} is "
+        raise TrackingError(f"{left} record(s) still wait in {spool_path(cfg)}/: the MLflow store {uri} is "
                             f"unreachable; start it or point MLFLOW_TRACKING_URI at it, then rerun")
     print(f"tracking: {sent} spooled record(s) uploaded to {uri}; nothing pending")
     return 0

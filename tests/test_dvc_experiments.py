@@ -10,6 +10,7 @@ from conftest import TINY, stage_env, write_params
 from fake_runs import reference_loss, write_run
 
 from pipelines import cli
+from pipelines.review import VIEW_COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX
 from pipelines.stages import compare, gate
 
 
@@ -26,6 +27,25 @@ def test_gate_inside_an_experiment_reports_and_exits_0(project, monkeypatch, cap
     assert metrics["verdict"] == "fail" and metrics["verdict_code"] == 1
 
 
+def test_runs_of_a_temp_experiment_are_tracked_in_the_workspace(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs the stages in a copy under .dvc/tmp/exps, deleted afterwards; DVC_ROOT (set by
+    DVC for every stage) names the workspace, where the store and the spool stay."""
+    from pipelines.params import TrackingConfig
+    from pipelines.tracking import spool_path, tracking_uri
+
+    workspace, copy = tmp_path / "ws", tmp_path / "ws/.dvc/tmp/exps/tmp1234"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig()
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    assert tracking_uri(cfg) == f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
+    assert spool_path(cfg) == workspace.resolve() / ".mlflow-spool"
+    assert spool_path(TrackingConfig(spool_dir=str(tmp_path / "s"))) == tmp_path / "s"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking_uri(cfg) == f"sqlite:///{copy.resolve() / 'mlflow.db'}"  # outside DVC: the current folder
+
+
 def find(tree, key):
     """Every value stored under `key` anywhere in a JSON tree."""
     if isinstance(tree, dict):
@@ -38,8 +58,9 @@ def find(tree, key):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(project):
-    write_params(project, {**TINY, "tracking": {"enabled": False}})
+    write_params(project, {**TINY, "tracking": {"system_metrics_every_s": 0}})
     env = stage_env(project)
+    env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "commit", "-qam", "tiny profile"], cwd=project, check=True)
     before = (project / "params.yaml").read_text()
@@ -57,3 +78,27 @@ def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(pr
     # the tiny profile has no baseline of its own: the stored one is refused, so the verdict is inconclusive,
     # which would have aborted the experiment before
     assert "inconclusive" in verdicts, shown.stdout[-2000:]
+
+    # its MLflow runs are in the workspace's store, not in the deleted copy's
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cait-acceptance")
+    runs = client.search_runs([experiment.experiment_id], "tags.`cait.role` = 'child'")
+    assert [r.data.tags.get("verdict") for r in runs] == ["inconclusive"]
+    assert runs[0].data.params["train.steps"] == "5"
+    # the verdict view's columns are tags of the run (localize names a module only when the curves part)
+    assert set(VIEW_COLUMNS) - {"localize.module"} <= set(runs[0].data.tags)
+    assert VIEW_TAG_PREFIX + VIEW_KEY in experiment.tags
+
+    # plain `dvc exp run` (in the workspace) is saved with its verdict too; DVC then leaves the experiment's params
+    # and results in the workspace, by its design (README: `--temp` to keep them out, `git checkout` to undo)
+    run = subprocess.run(["dvc", "exp", "run", "-S", "train.steps=4"], cwd=project, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=project, env=env, capture_output=True, text=True)
+    assert len(listed.stdout.split()) == 2, listed.stdout
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env, capture_output=True,
+                                      text=True).stdout)
+    assert find(shown, "verdict").count("inconclusive") >= 2
+    assert "steps: 4" in (project / "params.yaml").read_text()

@@ -11,7 +11,8 @@ from fake_runs import environment, reference_loss, write_run
 
 from pipelines import cli
 from pipelines.params import load_params
-from pipelines.review import comparison_series, deciding_rules, description, run_name, verdict_tags
+from pipelines.review import (VIEW_KEY, VIEW_TAG_PREFIX, comparison_series, deciding_rules, description, run_name,
+                              verdict_tags, verdict_view, view_link)
 from pipelines.stages import compare
 from pipelines.tracking import RunLogger, tracking_uri
 
@@ -101,6 +102,36 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
     assert np.array_equal([m.value for m in sorted(history, key=lambda m: m.step)], base)
     assert child.data.tags["cait.baseline_run_id"] == baseline_run.info.run_id
     assert environment("cuda", "x")["device"] == "cuda"
+
+    # the runs list's verdict view: an experiment tag the UI opens by its share key; its columns are tags the
+    # device's run (and, for the verdict's own, the parent) really carries
+    experiment = client.get_experiment(child.info.experiment_id)
+    view = json.loads(experiment.tags[VIEW_TAG_PREFIX + VIEW_KEY])
+    columns = [c.removeprefix("tags.`").removesuffix("`") for c in view["selectedColumns"]]
+    assert columns[:3] == ["verdict", "verdict.rule", "verdict.first_divergence_step"]
+    # localize tags the run after compare, train the environment (tests/test_dvc_experiments.py sees both)
+    assert set(columns) - {"localize.module", "env.device_name"} <= set(child.data.tags)
+    assert set(columns[:3]) <= set(parent.data.tags)
+    assert view["columnOrder"][1:] == view["selectedColumns"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_older_experiment_gets_the_verdict_view_and_keeps_its_kind(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import _execute
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("acceptance", tags={"mlflow.experimentKind": "genai_development",
+                                                                 VIEW_TAG_PREFIX + VIEW_KEY: "{}"})
+    _execute(client, {"op": "create_run", "experiment": "acceptance", "tags": {}, "run_name": "r", "start_time": 0,
+                      "local_id": "local-1"}, {})
+    tags = client.get_experiment(experiment_id).tags
+    assert json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY]) == verdict_view()
+    assert tags["mlflow.experimentKind"] == "genai_development"
+    assert view_link("http://ui:5000", experiment_id) == \
+        f"http://ui:5000/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    assert view_link("", experiment_id) == ""
 
 
 def test_model_card_runs_go_to_their_own_experiment(project):
