@@ -1,11 +1,16 @@
 """Screenshots of what a reviewer sees in the MLflow UI, taken by headless Chromium (docs/mlflow-*.png).
 
-  python docs/screenshots.py            # after `make repro`: uses ./mlflow.db and its newest acceptance run
+  python docs/screenshots.py                 # after `make repro`: ./mlflow.db, the newest judged device run
+  python docs/screenshots.py --verdict fail  # the chart of the newest failing run (the curves then part)
 
-Starts `mlflow server` on the project's store (loopback only), opens the runs list and the compare
-view of the newest device run beside its baseline run (pipelines/review.py makes both), and writes:
-  docs/mlflow-runs.png     the runs list: runs named profile · device · date, the verdict columns
-  docs/mlflow-compare.png  candidate and baseline `loss` on one MLflow chart
+Starts `mlflow server` on the project's store and writes:
+  docs/mlflow-runs.png     the runs list in the experiment's saved `cait-verdicts` view (pipelines/review.py):
+                           runs named profile · device · date, the verdict, its rule and first diverging step
+  docs/mlflow-compare.png  a device run's `loss` (solid) and `baseline_loss` (dashed: the stored reference) on one chart
+
+The server listens on 127.0.0.2 (loopback): the UI opens its assistant panel by itself for a server it sees
+at localhost/127.0.0.1 (a local-only feature a reviewer of a shared server does not get), which would
+cover a third of the page.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipelines.review import VIEW_KEY, experiment_tags  # noqa: E402
+
 EXPERIMENT = "cait-acceptance"
+HOST = "127.0.0.2"
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
@@ -65,35 +74,38 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", type=Path, default=ROOT / "mlflow.db", help="SQLite MLflow store (default: ./mlflow.db)")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs/)")
+    p.add_argument("--verdict", choices=["any", "pass", "fail", "inconclusive"], default="any",
+                   help="chart the newest device run of this verdict (default: the newest judged one)")
     args = p.parse_args(argv)
     store = args.store.resolve()
     if not store.is_file():
         raise SystemExit("screenshots: no mlflow.db; run `make repro` first")
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{HOST}:{port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                               "--host", HOST, "--port", str(port), "--workers", "1",
+                               "--allowed-hosts", f"{HOST}:{port}", "--cors-allowed-origins", base],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(f"{base}/health")
         experiment = json.loads(urllib.request.urlopen(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}", timeout=10).read())
         exp_id = experiment["experiment"]["experiment_id"]
+        wanted = "tags.verdict != ''" if args.verdict == "any" else f"tags.verdict = '{args.verdict}'"
         runs = post(base, "runs/search", {"experiment_ids": [exp_id], "max_results": 50,
-                                          "filter": "tags.`cait.role` = 'child' and tags.verdict != ''",
+                                          "filter": f"tags.`cait.role` = 'child' and {wanted}",
                                           "order_by": ["attributes.start_time DESC"]})["runs"]
         if not runs:
-            raise SystemExit("screenshots: no judged device run in the store; run `make repro` first")
+            raise SystemExit(f"screenshots: no device run with verdict {args.verdict} in the store; "
+                             "run `make repro` (or a `dvc exp run`) first")
         child = runs[0]
-        tags = {t["key"]: t["value"] for t in child["data"].get("tags", [])}
-        baseline_id = tags.get("cait.baseline_run_id")
-        if not baseline_id:
-            raise SystemExit("screenshots: the newest run has no baseline run (tracking offline during compare?)")
+        if not any(m["key"] == "baseline_loss" for m in child["data"].get("metrics", [])):
+            raise SystemExit("screenshots: the newest run has no baseline_loss (tracking offline during compare?)")
         docs = args.out
-        post(base, "experiments/set-experiment-tag", {"experiment_id": exp_id, "key": "mlflow.experimentKind",
-                                                      "value": "custom_model_development"})
-        shoot(f"{base}/#/experiments/{exp_id}/runs", docs / "mlflow-runs.png")
-        ids = json.dumps([child["info"]["run_id"], baseline_id]).replace(" ", "")
+        for key, value in experiment_tags().items():  # a store from before the view existed gets it now
+            post(base, "experiments/set-experiment-tag", {"experiment_id": exp_id, "key": key, "value": value})
+        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", docs / "mlflow-runs.png")
+        ids = json.dumps([child["info"]["run_id"]])  # with the baseline run too, both runs get one colour here
         shoot(f'{base}/#/metric?runs={ids}&metric="loss"&experiments={json.dumps([exp_id])}'
               f'&plot_metric_keys=["loss","baseline_loss"]&x_axis=step', docs / "mlflow-compare.png")
     finally:

@@ -29,7 +29,7 @@ BASELINE_HASH_TAG = "cait.baseline_sha256"
 # `#/experiments/<id>/runs?viewStateShareKey=<key>`: its columns, their order and widths
 VIEW_KEY = "cait-verdicts"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
-VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", "env.device_name")
+VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module")
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -142,9 +142,10 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
 def verdict_view() -> dict:
     """The runs list with the verdict as its first columns (the UI's default shows source, models and
     datasets instead, and a user's column choice stays in their browser): what decided it, where the
-    curves part, which module localize names, on which device. Parent rows carry the first three."""
+    curves part, which module localize names. The execution's parent run carries them too: its row is
+    the one the list shows, with the device runs folded under it."""
     columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
-    widths = dict(zip(columns, (90, 210, 210, 200, 190)))
+    widths = dict(zip(columns, (90, 210, 210, 260)))
     return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
             "columnWidths": {"attributes.`Run Name`": 300, **widths}}
 

@@ -177,6 +177,8 @@ def test_injected_bug_fails_the_gate_and_localize_names_the_module(tiny_with_bas
     assert run.data.tags["localize.status"] == "diverged"
     assert run.data.tags["localize.module"] == found["first"]["module"]
     assert run.data.tags["localize.phase"] == "forward"
+    parent = client.get_run(record["mlflow_parent_run_id"])  # the row the runs list's verdict view shows
+    assert parent.data.tags["localize.module"] == found["first"]["module"] and parent.data.tags["verdict"] == "fail"
     assert "fingerprints.npz" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
