@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         exp_id = experiment["experiment"]["experiment_id"]
         wanted = "tags.verdict != ''" if args.verdict == "any" else f"tags.verdict = '{args.verdict}'"
         runs = post(base, "runs/search", {"experiment_ids": [exp_id], "max_results": 50,
-                                          "filter": f"tags.`cait.role` = 'child' and {wanted}",
+                                          "filter": f"tags.`cait.role` != 'parent' and {wanted}",
                                           "order_by": ["attributes.start_time DESC"]})["runs"]
         if not runs:
             raise SystemExit(f"screenshots: no device run with verdict {args.verdict} in the store; "

@@ -62,6 +62,24 @@ def verdict_tags(verdict: dict) -> dict[str, str]:
                else "n/a" for name, rule in verdict.get("rules", {}).items()}}
 
 
+SEVERITY = {"pass": 0, "inconclusive": 1, "fail": 2}
+
+
+def execution_tags(parent: dict[str, str], profile: str, device: str, tags: dict[str, str]) -> dict[str, str]:
+    """The execution's parent run after one more device's verdict: `verdict.<profile>.<device>` per device,
+    and as `verdict` the worst of them (fail, then inconclusive, then pass: a night with one failing device
+    fails). The columns that say why (rule, first diverging step) come from a device with that verdict."""
+    own = f"verdict.{profile}.{device}"
+    devices = {key: value for key, value in parent.items()
+               if key.startswith("verdict.") and key.count(".") >= 2 and value in SEVERITY}
+    devices[own] = tags["verdict"]
+    worst = max(devices.values(), key=SEVERITY.__getitem__)
+    out = {own: tags["verdict"], "verdict": worst}
+    if tags["verdict"] == worst:
+        out.update({key: tags[key] for key in ("verdict.rule", "verdict.first_divergence_step")})
+    return out
+
+
 def description(verdict: dict, report: str, report_link: str = "") -> str:
     """The run's description (MLflow shows it on top of the run page): the verdict line, its reasons,
     each rule's summary and where the report is."""
@@ -113,9 +131,8 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
     tags = verdict_tags(verdict)
     logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link)})
     if logger.parent_run_id:
-        logger.set_tags({"verdict": tags["verdict"], "verdict.rule": tags["verdict.rule"],
-                         "verdict.first_divergence_step": tags["verdict.first_divergence_step"],
-                         f"verdict.{profile}.{device}": tags["verdict"]}, run_id=logger.parent_run_id)
+        logger.set_tags(execution_tags(logger.run_tags(logger.parent_run_id), profile, device, tags),
+                        run_id=logger.parent_run_id)
     if baseline is not None and baseline_sha256:
         prov = baseline.provenance
         series = {"loss": (baseline.steps, baseline.loss)}
@@ -142,8 +159,8 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
 def verdict_view() -> dict:
     """The runs list with the verdict as its first columns (the UI's default shows source, models and
     datasets instead, and a user's column choice stays in their browser): what decided it, where the
-    curves part, which module localize names. The execution's parent run carries them too: its row is
-    the one the list shows, with the device runs folded under it."""
+    curves part, which module localize names. An execution's parent run (nightly) carries them for its
+    worst device: its row is the one the list shows, with the device runs folded under it."""
     columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
     widths = dict(zip(columns, (90, 210, 210, 260)))
     return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],

@@ -1,9 +1,9 @@
 """MLflow tracking that never holds training up and never loses a record.
 
-Layout in MLflow: one parent run per pipeline execution (all profiles and devices of one nightly
-share it: $CAIT_EXECUTION_ID, e.g. the CI pipeline id; without it each train stage is its own
-execution) and one child run per profile/device, holding params, the loss curve, the verdict tags
-and the report.
+Layout in MLflow: one run per profile/device (`cait.role: device`), holding params, the loss curve,
+the verdict tags and the report. An execution named by $CAIT_EXECUTION_ID (e.g. the CI pipeline id:
+all profiles and devices of one nightly) also gets a parent run that folds its device runs and shows
+their worst verdict; without it a device run stands on its own row of the runs list.
 
 Every write is an operation handed to a background thread, which sends metrics in batches
 (`log_batch`, at most 1000 per request), so the training loop only appends to a list. When the store
@@ -39,6 +39,7 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 TRACKED_METRICS = ("loss", "lr", "samples_per_s")
 LOCAL_PREFIX = "local-"
+DEVICE_ROLE = "device"  # cait.role of a profile/device run; "parent" for an execution's, "baseline" for a baseline's
 EXECUTION_ENV = "CAIT_EXECUTION_ID"
 DRAIN_TIMEOUT_S = 120  # finish() waits at most this long for the sender; the rest is spooled
 
@@ -413,20 +414,33 @@ class RunLogger:
 
     # -- the API stages use --------------------------------------------------------------------
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_name: str = "") -> str:
-        """Start this profile/device's run as a child of the execution's parent run (named `parent_name`
-        when this call creates it; with $CAIT_EXECUTION_ID the execution id is added to the name)."""
+        """Start this profile/device's run; with $CAIT_EXECUTION_ID, as a child of the execution's parent run
+        (named `parent_name` and the execution id when this call creates it)."""
         if not self.enabled:
             return ""
-        self.parent_run_id = self._parent_run(parent_name or run_name)
-        self.run_id = self._create_run(run_name, {**tags, "mlflow.parentRunId": self.parent_run_id,
-                                                  "cait.role": "child"})
+        tags = {**tags, "cait.role": DEVICE_ROLE}
+        if os.environ.get(EXECUTION_ENV):
+            self.parent_run_id = self._parent_run(parent_name or run_name)
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        self.run_id = self._create_run(run_name, tags)
         self.log_params(params)
         return self.run_id
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """A run's tags as the store has them now; {} while it cannot be asked (offline, or not uploaded yet)."""
+        if not self.enabled or self._offline or not run_id or run_id.startswith(LOCAL_PREFIX):
+            return {}
+        self.drain()  # what this process queued for the run is in the store first
+        try:
+            return dict(self._client.get_run(run_id).data.tags)
+        except Exception as exc:
+            self._go_offline(exc)
+            return {}
+
     def _parent_run(self, name: str) -> str:
         """The execution's parent run: found by its cait.execution tag, else created."""
-        execution = os.environ.get(EXECUTION_ENV) or f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        if not self._offline and os.environ.get(EXECUTION_ENV):
+        execution = os.environ[EXECUTION_ENV]
+        if not self._offline:
             try:
                 experiment = self._client.get_experiment_by_name(self.cfg.experiment)
                 if experiment:
@@ -437,9 +451,7 @@ class RunLogger:
                         return found[0].info.run_id
             except Exception as exc:
                 self._go_offline(exc)
-        if os.environ.get(EXECUTION_ENV):
-            name = f"{name} · {execution}"
-        return self._create_run(name, {"cait.execution": execution, "cait.role": "parent"})
+        return self._create_run(f"{name} · {execution}", {"cait.execution": execution, "cait.role": "parent"})
 
     def ensure_run(self, key_tag: str, key_value: str, *, run_name: str, tags: dict[str, str],
                    params: dict[str, str], series: dict[str, tuple]) -> str:

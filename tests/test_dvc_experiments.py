@@ -84,7 +84,7 @@ def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(pr
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cait-acceptance")
-    runs = client.search_runs([experiment.experiment_id], "tags.`cait.role` = 'child'")
+    runs = client.search_runs([experiment.experiment_id], "tags.`cait.role` = 'device'")
     assert [r.data.tags.get("verdict") for r in runs] == ["inconclusive"]
     assert runs[0].data.params["train.steps"] == "5"
     # the verdict view's columns are tags of the run (localize names a module only when the curves part)

@@ -117,11 +117,11 @@ def test_file_round_trip_is_byte_stable_and_corruption_is_refused(tmp_path):
 
 # ---- the whole path on the tiny profile -------------------------------------------------------------------
 
-def _run(args, project, check=True):
+def _run(args, project, check=True, **env):
     from conftest import stage_env
 
     done = subprocess.run([sys.executable, "-m", *args], cwd=project, capture_output=True, text=True,
-                          env=stage_env(project))
+                          env={**stage_env(project), **env})
     if check and done.returncode != 0:
         raise AssertionError(f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
@@ -154,9 +154,10 @@ def tiny_with_baseline(tmp_path_factory):
 def test_injected_bug_fails_the_gate_and_localize_names_the_module(tiny_with_baseline):
     project = tiny_with_baseline
     params = _params_with(project, "bug", tracking=True, port_bug="softmax_bf16")
-    _run(["pipelines.stages.train", "-q", "--params", params], project)
-    _run(["pipelines.stages.compare", "-q", "--params", params], project)
-    _run(["pipelines.stages.localize", "-q", "--params", params], project)
+    night = {"CAIT_EXECUTION_ID": "nightly-7"}  # an execution: its parent run shows the worst device's columns
+    _run(["pipelines.stages.train", "-q", "--params", params], project, **night)
+    _run(["pipelines.stages.compare", "-q", "--params", params], project, **night)
+    _run(["pipelines.stages.localize", "-q", "--params", params], project, **night)
     _run(["pipelines.stages.report", "-q", "--params", params], project)
     gate = _run(["pipelines.stages.gate", "--params", params], project, check=False)
     assert gate.returncode == 1, gate.stdout + gate.stderr
@@ -179,6 +180,7 @@ def test_injected_bug_fails_the_gate_and_localize_names_the_module(tiny_with_bas
     assert run.data.tags["localize.phase"] == "forward"
     parent = client.get_run(record["mlflow_parent_run_id"])  # the row the runs list's verdict view shows
     assert parent.data.tags["localize.module"] == found["first"]["module"] and parent.data.tags["verdict"] == "fail"
+    assert parent.data.tags["verdict.default.cpu"] == "fail" and parent.data.tags["cait.execution"] == "nightly-7"
     assert "fingerprints.npz" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 

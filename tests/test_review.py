@@ -36,6 +36,40 @@ def test_deciding_rules_name_what_made_the_verdict():
     assert "- strict: too far" in text and "[reports/default/report.html](http://ui/#/x)" in text
 
 
+def test_an_execution_shows_its_worst_device_and_why():
+    from pipelines.review import execution_tags
+
+    fail = {"verdict": "fail", "verdict.rule": "envelope", "verdict.first_divergence_step": "26"}
+    passed = {"verdict": "pass", "verdict.rule": "modelzoo,envelope", "verdict.first_divergence_step": ""}
+    first = execution_tags({}, "default", "sdaa", fail)
+    assert first == {"verdict.default.sdaa": "fail", "verdict": "fail", "verdict.rule": "envelope",
+                     "verdict.first_divergence_step": "26"}
+    parent = {"cait.role": "parent", "verdict.rule": "envelope", "verdict.first_divergence_step": "26", **first}
+    later = execution_tags(parent, "default", "cuda", passed)  # a passing device after it changes nothing shown
+    assert later == {"verdict.default.cuda": "pass", "verdict": "fail"}
+    assert execution_tags({"verdict.default.cuda": "inconclusive"}, "default", "cpu", passed)["verdict"] == \
+        "inconclusive"
+    rerun = execution_tags({"verdict.default.sdaa": "fail"}, "default", "sdaa", passed)  # the same device again
+    assert rerun["verdict"] == "pass" and rerun["verdict.rule"] == "modelzoo,envelope"
+
+
+def test_without_an_execution_id_a_device_run_stands_alone(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.params import TrackingConfig
+
+    monkeypatch.delenv("CAIT_EXECUTION_ID", raising=False)
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", spool_dir=str(tmp_path / "spool"),
+                         system_metrics_every_s=0)
+    logger = RunLogger(cfg)
+    run_id = logger.start(run_name("default", "cpu"), params={}, tags={"profile": "default"})
+    logger.finish()
+    run = MlflowClient(tracking_uri=cfg.uri).get_run(run_id)
+    assert logger.parent_run_id == "" and "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["cait.role"] == "device"
+    assert len(MlflowClient(tracking_uri=cfg.uri).search_runs([run.info.experiment_id])) == 1
+
+
 def test_comparison_series_pairs_on_common_steps():
     series = comparison_series([0, 1, 2, 4], [1.0, 2.0, 3.0, 5.0], [0, 2, 3, 4], [1.0, 2.0, 9.0, 4.0])
     steps, base = series["baseline_loss"]

@@ -166,7 +166,7 @@ def test_outage_mid_run_loses_nothing(server, tmp_path, monkeypatch, capsys):
     assert offline_run["info"]["run_name"] == "other-cpu-train"
     # both children of the same execution hang under a parent tagged with it
     children = server.post("runs/search", {"experiment_ids": [run["info"]["experiment_id"]],
-                                           "filter": "tags.`cait.role` = 'child'"})["runs"]
+                                           "filter": "tags.`cait.role` = 'device'"})["runs"]
     assert {r["info"]["run_id"] for r in children} == {run_id, real_offline_id}
 
 

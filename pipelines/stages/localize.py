@@ -101,7 +101,9 @@ def tag_run(params: Params, folder: Path, result: Localization, out: Path) -> No
     logger = RunLogger(params.tracking)
     logger.attach(record["mlflow_run_id"], record.get("mlflow_parent_run_id", ""))
     logger.set_tags(tags)
-    if logger.parent_run_id:  # the runs list shows the execution's row (pipelines/review.py: verdict_view)
+    # an execution's row shows the worst device's (pipelines/review.py: execution_tags)
+    if logger.parent_run_id and (logger.run_tags(logger.parent_run_id).get("verdict")
+                                 == logger.run_tags(logger.run_id).get("verdict")):
         logger.set_tags({"localize.module": tags.get("localize.module", "")}, run_id=logger.parent_run_id)
     logger.log_artifact(out)
     logger.close()
