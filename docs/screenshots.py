@@ -7,6 +7,7 @@ Starts `mlflow server` on the project's store and writes:
   docs/mlflow-runs.png     the runs list in the experiment's saved `cait-verdicts` view (pipelines/review.py):
                            runs named profile · device · date, the verdict, its rule and first diverging step
   docs/mlflow-compare.png  a device run's `loss` (solid) and `baseline_loss` (dashed: the stored reference) on one chart
+  docs/mlflow-charts.png   the view's charts: each device run and the baseline run in a colour of its own, per metric
 
 The server listens on 127.0.0.2 (loopback): the UI opens its assistant panel by itself for a server it sees
 at localhost/127.0.0.1 (a local-only feature a reviewer of a shared server does not get), which would
@@ -104,7 +105,9 @@ def main(argv=None) -> int:
         docs = args.out
         for key, value in experiment_tags().items():  # a store from before the view existed gets it now
             post(base, "experiments/set-experiment-tag", {"experiment_id": exp_id, "key": key, "value": value})
-        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}", docs / "mlflow-runs.png")
+        view = f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+        shoot(view, docs / "mlflow-runs.png")
+        shoot(f"{view}&compareRunsMode=CHART", docs / "mlflow-charts.png", budget_ms=90000)  # charts load slowly
         ids = json.dumps([child["info"]["run_id"]])  # with the baseline run too, both runs get one colour here
         shoot(f'{base}/#/metric?runs={ids}&metric="loss"&experiments={json.dumps([exp_id])}'
               f'&plot_metric_keys=["loss","baseline_loss"]&x_axis=step', docs / "mlflow-compare.png")
