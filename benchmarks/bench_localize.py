@@ -71,7 +71,7 @@ def needed_k(candidate, baseline, floor: float, exclude: str | None) -> float:
 def train_to_step0(params, name: str, root: Path, data_dir: Path, log) -> Path:
     """A bug run up to step 0 with fingerprints there, in root/<name>.step0 (reused when it is there)."""
     from pipelines.layout import FINGERPRINTS
-    from pipelines.stages.baseline import train_once
+    from pipelines.training import train_once
 
     folder = root / f"{name}.step0"
     if (folder / FINGERPRINTS).exists():

@@ -51,7 +51,7 @@ def run_entry(params, name: str, kind: str, runs_dir: Path | None, data_dir: Pat
     """(curve, record) of the profile trained with this bug or variant; reused from runs_dir when there."""
     from pipelines.curves import read_curve_csv
     from pipelines.provenance import read_record
-    from pipelines.stages.baseline import train_once
+    from pipelines.training import train_once
 
     update = {"port_bug": name} if kind == "bug" else {"numerics_variant": name}
     run_params = params.model_copy(update={"device": params.device.model_copy(update=update),

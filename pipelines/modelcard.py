@@ -39,7 +39,7 @@ def build_params(args) -> Params:
 
 
 def train_tracked(args, params: Params, out_dir: Path, data_dir: Path) -> None:
-    from pipelines.stages.train import run_training
+    from pipelines.training import run_training
 
     run_training(params, out_dir, data_dir=data_dir, resume=args.resume)
 

@@ -426,7 +426,7 @@ def test_synthetic_and_imagenet_take_the_same_path_into_training(tiny_project, t
     from pipelines.curves import read_curve_csv
     from pipelines.params import load_params
     from pipelines.stages.prepare import prepare
-    from pipelines.stages.train import run_training
+    from pipelines.training import run_training
 
     _untracked(tiny_project)
     read = []

@@ -13,6 +13,15 @@ def test_cait_does_not_import_pipelines():
     assert upward == {}, f"cait modules importing pipelines: {upward}"
 
 
+def test_no_stage_imports_another_stage():
+    """Stages talk through the files they write (the brief's one-way data flow); what two of them share lives
+    in pipelines/ (e.g. pipelines/training.py for every command that trains)."""
+    across = {name: {t for t in targets if t.startswith("pipelines.stages.") and t != name}
+              for name, targets in import_graph().items() if name.startswith("pipelines.stages.")}
+    across = {name: targets for name, targets in across.items() if targets}
+    assert across == {}, f"stages importing other stages: {across}"
+
+
 def test_no_import_cycles():
     graph = import_graph()
     assert cycles(graph) == [], f"import cycles: {cycles(graph)}"

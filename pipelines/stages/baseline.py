@@ -42,6 +42,7 @@ from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params
 from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
+from pipelines.training import train_once, with_numerics
 
 
 def run_from_files(curve_path: Path, record_path: Path) -> tuple:
@@ -88,33 +89,6 @@ def seeds_for(params: Params, runs: int, repeat: bool, seeds: str | None) -> lis
         raise ConfigError(f"--runs {runs}: must be at least 1")
     first = params.train.seed
     return [first] * runs if repeat else list(range(first, first + runs))
-
-
-def with_numerics(params: Params, variant: str | None) -> Params:
-    """params with device.numerics_variant set (the device section is not part of the params hash)."""
-    return params.model_copy(update={"device": params.device.model_copy(update={"numerics_variant": variant})})
-
-
-def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: bool = False,
-               out_dir: Path | None = None, stop_after: int | None = None) -> tuple:
-    """(curve, record, source) of one ordinary train-stage run, in out_dir (kept, with its fingerprints) or a
-    temporary folder. Variants change process-wide switches (threads, fused attention); the thread count is
-    restored afterwards and the train stage sets the others afresh at the start of every run."""
-    import torch
-
-    from pipelines.layout import PREPARED_DIR
-    from pipelines.stages.train import run_training
-
-    threads = torch.get_num_threads()
-    try:
-        with tempfile.TemporaryDirectory(prefix="baseline-run-") as tmp:
-            folder = out_dir or Path(tmp)
-            curve_path, record_path = run_training(params, folder, data_dir=data_dir or PREPARED_DIR, quiet=quiet,
-                                                   stop_after=stop_after)
-            curve, record = read_run(curve_path, record_path)
-    finally:
-        torch.set_num_threads(threads)
-    return curve, record, f"baseline record, {label} (MLflow run {record.get('mlflow_run_id') or 'untracked'})"
 
 
 def record_runs(params: Params, seeds: list[int], quiet: bool = False, keep_dir: Path | None = None) -> list[tuple]:
