@@ -210,3 +210,15 @@ def test_the_report_compares_params_hashes_like_with_like():
     other = {**params, "train": {"seed": 1, "lr": 0.002}}
     rows = {name: (a, b) for name, a, b in environment_table(baseline, {**record, "curve_params": other})}
     assert rows["params hash"][0] != rows["params hash"][1]
+
+
+def test_the_report_links_the_run_and_the_verdict_view_when_there_is_a_ui():
+    from pipelines.report import tracking_html
+
+    record = {"mlflow_run_id": "abc123", "mlflow_experiment_id": "7", "tracking_uri": "sqlite:///x/mlflow.db"}
+    assert "href" not in tracking_html(record)  # a SQLite store has no UI until one is named
+    page = tracking_html(record, ui_url="http://127.0.0.1:5000/")
+    assert 'href="http://127.0.0.1:5000/#/experiments/7/runs/abc123"' in page
+    assert f'href="http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"' in page
+    served = tracking_html({**record, "tracking_uri": "https://mlflow.example"})  # a server is its own UI
+    assert "https://mlflow.example/#/experiments/7/runs?viewStateShareKey=" in served
