@@ -230,7 +230,8 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
         return f"<p>MLflow run unknown: {html.escape(record['run_info_note'])}.</p>"
     if not run_id:
         return "<p>Tracking was disabled for this run (tracking.enabled: false).</p>"
-    link = run_link(mlflow_ui(ui_url, uri), record.get("mlflow_experiment_id", ""), run_id)
+    ui = mlflow_ui(ui_url, uri)
+    link = run_link(ui, record.get("mlflow_experiment_id", ""), run_id)
     shown = f'<a href="{html.escape(link)}">{html.escape(run_id)}</a>' if link else html.escape(run_id)
     parts = [f"MLflow run <code id=\"mlflow-run\">{shown}</code>"]
     if record.get("mlflow_parent_run_id"):
@@ -241,7 +242,7 @@ def tracking_html(record: dict | None, ui_url: str | None = None) -> str:
         parts.append("; the store was unreachable: the records wait in the spool and get their MLflow id on upload "
                      "(<code>python -m pipelines.tracking sync</code>)")
     elif link:
-        view = view_link(mlflow_ui(ui_url, uri), record.get("mlflow_experiment_id", ""))
+        view = view_link(ui, record.get("mlflow_experiment_id", ""))
         parts.append(f'&mdash; <a href="{html.escape(link)}">open in MLflow</a>, '
                      f'<a id="mlflow-view" href="{html.escape(view)}">all runs with their verdicts</a>')
     return f"<p>{' '.join(parts)}</p>"

@@ -32,7 +32,7 @@ from pathlib import Path
 from cait.errors import TrackingError
 from cait.files import TMP_MARK, atomic_write_text
 from pipelines.params import TrackingConfig
-from pipelines.review import experiment_tags
+from pipelines.review import VIEW_TAG_PREFIX, experiment_tags
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -225,10 +225,11 @@ def _execute(client, op: dict, ids: dict[str, str]):
         experiment = client.get_experiment_by_name(op["experiment"])
         if experiment is None:
             experiment_id = client.create_experiment(op["experiment"], tags=experiment_tags())
-        else:  # an experiment made before: its kind is kept, the view brought up to date
+        else:  # an experiment made before: a missing tag is added, our view brought up to date, its kind kept
             experiment_id = experiment.experiment_id
             for key, value in experiment_tags().items():
-                if experiment.tags.get(key) != value and not (key == "mlflow.experimentKind" and key in experiment.tags):
+                current = experiment.tags.get(key)
+                if current is None or (key.startswith(VIEW_TAG_PREFIX) and current != value):
                     client.set_experiment_tag(experiment_id, key, value)
         tags = dict(op["tags"])
         if tags.get("mlflow.parentRunId"):
