@@ -28,9 +28,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RULES = ("modelzoo", "strict", "band", "envelope")
-# legitimate runs that must pass: the envelope's own kinds (judged held out) and three it never saw
-LEGIT = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "tf32", "weights_ulp",
-         "weights_ulp_other", "adamw_by_hand")
+# legitimate runs that must pass: the envelope's own kinds (judged held out) and two it never saw
+LEGIT = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "matmul_transposed", "weights_ulp",
+         "weights_ulp_2", "weights_ulp_3", "weights_ulp_other", "adamw_by_hand")
 
 
 def entries_for(device_type: str, names: list[str] | None = None) -> list[tuple[str, str]]:
@@ -70,25 +70,31 @@ def run_entry(params, name: str, kind: str, runs_dir: Path | None, data_dir: Pat
     return curve, record
 
 
-def judge_entry(params, baseline, curve, record, name: str) -> dict:
-    """Every rule alone as the gate: {rule: {"status", "first_fail_step", "summary"}}."""
+def judge_entry(params, baseline, curve, record, name: str, precision: str | None = None,
+                held_out: str | None = None) -> dict:
+    """Every rule alone as the gate: {rule: {"status", "first_fail_step", "summary"}}, the envelope rule's margins
+    (pipelines/envelope.py `margins`) and the k the candidate needs against the envelope it was judged with.
+    `record` None: a curve without a run record (a baseline's stored run), of `precision` (default the
+    baseline's); `held_out` leaves that variant out of the envelope."""
     import numpy as np
 
-    from pipelines.baselines import refusals
+    from pipelines.baselines import record_precision, refusals
+    from pipelines.envelope import margins, needed_k
     from pipelines.stages.compare import judge
 
     cfg = params.compare
-    held_out = name if name in [r.variant for r in baseline.envelope_runs] else None
-    if record is None:  # one of the baseline's own envelope runs
+    if record is None:  # one of the baseline's own envelope runs, or another baseline's stored run
         reference, refused = baseline.curve, []
+        precision = precision or baseline.precision
     else:
         reference, _ = baseline.reference_for(record["curve_params"]["train"]["seed"])
         refused = refusals(baseline, params.profile, record)
+        precision = record_precision(record)
     prefix_cfg = cfg.model_copy(update={"min_steps": 1})
     out = {}
     for rule in RULES:
         verdict = judge(cfg, curve, reference, baseline, gate=[rule], inform=[], refusals=refused,
-                        envelope_exclude=held_out)
+                        envelope_exclude=held_out, precision=precision)
         first = None
         if verdict.status == "fail":
             for t in range(1, len(curve.loss) + 1):
@@ -96,13 +102,21 @@ def judge_entry(params, baseline, curve, record, name: str) -> dict:
                 keep = np.asarray(reference.steps) <= curve.steps[t - 1]
                 ref_part = type(reference)(reference.steps[keep], reference.loss[keep])
                 if judge(prefix_cfg, part, ref_part, _cut(baseline, keep), gate=[rule], inform=[],
-                         envelope_exclude=held_out).status == "fail":
+                         envelope_exclude=held_out, precision=precision).status == "fail":
                     first = int(curve.steps[t - 1])
                     break
         rule_result = verdict.rules.get(rule)
         out[rule] = {"status": verdict.status, "first_fail_step": first,
                      "summary": rule_result.summary if rule_result else "; ".join(verdict.reasons)}
+        if rule == "envelope" and rule_result is not None:
+            out["margins"] = margins(rule_result.numbers)
+            found = baseline.policy_envelope(precision, exclude=held_out)
+            if found is not None and np.array_equal(curve.steps, baseline.steps):
+                k, step = needed_k(curve.loss, found[0] if precision != baseline.precision else reference.loss,
+                                   found[1], cfg.rules.envelope.floor_relative)
+                out["margins"].update(needed_k=k, needed_k_step=step)
     out["held_out"] = held_out
+    out["precision"] = precision
     return out
 
 
@@ -113,14 +127,41 @@ def _cut(baseline, keep):
     part = copy.copy(baseline)
     part.steps, part.loss = baseline.steps[keep], baseline.loss[keep]
     part.runs = [type(r)(r.seed, r.loss[keep], r.source, r.mlflow_run_id) for r in baseline.runs]
-    part.envelope_runs = [type(r)(r.variant, r.loss[keep], r.description, r.source, r.mlflow_run_id, r.numerics)
-                          for r in baseline.envelope_runs]
+    part.envelope_runs = [_cut_run(r, keep) for r in baseline.envelope_runs]
+    part.policies = {name: type(e)(e.policy, e.reference[keep], [_cut_run(r, keep) for r in e.runs], e.source,
+                                   e.numerics) for name, e in baseline.policies.items()}
+    if baseline.probe_growth is not None:
+        part.probe_growth = copy.copy(baseline.probe_growth)
+        part.probe_growth.relative = baseline.probe_growth.relative[keep]
     return part
 
 
+def _cut_run(run, keep):
+    return type(run)(run.variant, run.loss[keep], run.description, run.source, run.mlflow_run_id, run.numerics)
+
+
+def other_device_runs(path, baseline) -> list[tuple[str, object]]:
+    """(name, curve) of another device's baseline's reference and own-policy envelope runs, as legitimate
+    candidates trained elsewhere (the same profile, params and data, checked)."""
+    from pipelines.baselines import load_baseline
+    from pipelines.curves import Curve
+
+    other = load_baseline(path)
+    if other.provenance.get("params_hash") != baseline.provenance.get("params_hash") or \
+            other.provenance.get("data_manifest_hash") != baseline.provenance.get("data_manifest_hash"):
+        raise SystemExit(f"--legit-from {path}: made with other params or data than the judged baseline")
+    device = other.provenance.get("device_name") or other.provenance.get("device")
+    runs = [(f"{device}: reference", Curve(other.steps, other.loss))]
+    runs += [(f"{device}: {r.variant}", Curve(other.steps, r.loss)) for r in other.envelope_runs]
+    return [(name, curve, other.precision) for name, curve in runs]
+
+
 def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None = None,
-            data_dir: Path | None = None, retrain_envelope: bool = False, log=print) -> dict:
-    """Train and judge every entry; returns {"bugs": {name: {rule: status}}, "legit": {...}, "detail": ...}."""
+            data_dir: Path | None = None, retrain_envelope: bool = False, legit_from: list[str] = (),
+            log=print) -> dict:
+    """Train and judge every entry; returns {"bugs": {name: {rule: status}}, "legit": {...}, "margins": {name:
+    {"max_ratio", "outside_share", ...}}, "detail": ...}. `legit_from` names other devices' baselines whose stored
+    runs are judged too, as legitimate runs trained elsewhere."""
     import numpy as np
 
     from pipelines.baselines import load_baseline
@@ -130,7 +171,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     baseline = load_baseline(REPO / params.compare.baseline if not Path(params.compare.baseline).is_absolute()
                              else params.compare.baseline)
     data_dir = data_dir or REPO / PREPARED_DIR
-    result: dict = {"bugs": {}, "legit": {}, "detail": {}, "first_fail_step": {}}
+    result: dict = {"bugs": {}, "legit": {}, "detail": {}, "first_fail_step": {}, "margins": {}}
     started = time.perf_counter()
     stored = {r.variant: r for r in baseline.envelope_runs}
     legit_seen: dict = {}
@@ -141,14 +182,15 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
             log(f"{name}: the baseline's own envelope run ({stored[name].source})")
         else:
             curve, record = run_entry(params, name, kind, runs_dir, data_dir, log)
-        judged = judge_entry(params, baseline, curve, record, name)
+        held_out = name if name in stored else None
+        judged = judge_entry(params, baseline, curve, record, name, held_out=held_out)
         if kind == "legit" and np.array_equal(curve.steps, baseline.steps):
             legit_seen[name] = curve.loss
-        group = "bugs" if kind == "bug" else "legit"
-        result[group][name] = {rule: judged[rule]["status"] for rule in RULES}
-        result["first_fail_step"][name] = {rule: judged[rule]["first_fail_step"] for rule in RULES}
-        result["detail"][name] = {"kind": kind, "held_out": judged["held_out"],
-                                  **{rule: judged[rule]["summary"] for rule in RULES}}
+        _keep(result, name, kind, judged)
+    for path in legit_from:
+        for name, curve, precision in other_device_runs(path, baseline):
+            log(f"{name}: stored in {path}, judged as a legitimate run trained elsewhere")
+            _keep(result, name, "legit", judge_entry(params, baseline, curve, None, name, precision=precision))
     # the measurement k is chosen from: each legitimate run against the envelope of the others
     from pipelines.envelope import leave_one_out
 
@@ -156,9 +198,22 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     legit_curves.update({n: c for n, c in legit_seen.items() if n not in legit_curves})
     result["leave_one_out"] = leave_one_out(baseline.loss, legit_curves, params.compare.rules.envelope.floor_relative)
     result["seconds"] = time.perf_counter() - started
-    result["baseline"] = {"device_name": baseline.provenance["device_name"],
-                          "envelope_variants": [r.variant for r in baseline.envelope_runs]}
+    result["baseline"] = {"device_name": baseline.provenance["device_name"], "path": str(baseline.path),
+                          "precision": baseline.precision, "policies": baseline.envelope_policies,
+                          "envelope_variants": [r.variant for r in baseline.envelope_runs],
+                          "probe_growth_from": baseline.probe_growth.device if baseline.probe_growth else None,
+                          "k": params.compare.rules.envelope.k,
+                          "floor_relative": params.compare.rules.envelope.floor_relative}
     return result
+
+
+def _keep(result: dict, name: str, kind: str, judged: dict) -> None:
+    group = "bugs" if kind == "bug" else "legit"
+    result[group][name] = {rule: judged[rule]["status"] for rule in RULES}
+    result["first_fail_step"][name] = {rule: judged[rule]["first_fail_step"] for rule in RULES}
+    result["margins"][name] = judged.get("margins", {})
+    result["detail"][name] = {"kind": kind, "held_out": judged["held_out"], "precision": judged["precision"],
+                              **{rule: judged[rule]["summary"] for rule in RULES}}
 
 
 def counts(result: dict) -> dict:
@@ -181,12 +236,22 @@ def table(result: dict) -> str:
         first = result["first_fail_step"][name][rule]
         return f"**fail** @{first}" if status == "fail" and first is not None else status
 
-    lines = ["| kind | entry | what | " + " | ".join(RULES) + " |", "|---|---|---|" + "---|" * len(RULES)]
+    def margin(name):
+        m = result.get("margins", {}).get(name) or {}
+        if not m:
+            return "| | |"
+        if m.get("first_outside_step", -1) >= 0:
+            return (f"| {m['first_outside_ratio']:.3g}x @{m['first_outside_step']}, max {m['max_ratio']:.3g}x "
+                    f"| {m['outside_share']:.0%} |")
+        return f"| needs k {m.get('needed_k', float('nan')):.3g} | |"
+
+    lines = ["| kind | entry | what | " + " | ".join(RULES) + " | envelope margin (first fail, max) or k needed "
+             "| outside after first |", "|---|---|---|" + "---|" * (len(RULES) + 2)]
     for group, label in (("bugs", "bug"), ("legit", "legit")):
         for name in result[group]:
             held = " (held out of the envelope)" if result["detail"][name]["held_out"] else ""
-            lines.append(f"| {label} | `{name}` | {describe(name)}{held} | "
-                         + " | ".join(cell(name, r) for r in RULES) + " |")
+            lines.append(f"| {label} | `{name}` | {describe(name) or 'stored run of another device'}{held} | "
+                         + " | ".join(cell(name, r) for r in RULES) + " " + margin(name))
     c = counts(result)
     lines.append("| | **bugs caught** | | " + " | ".join(f"{c[r]['bugs_caught']} / {c[r]['bugs']}" for r in RULES) + " |")
     lines.append("| | **legit passed** | | " + " | ".join(f"{c[r]['legit_passed']} / {c[r]['legit']}" for r in RULES)
@@ -209,6 +274,9 @@ def main(argv=None) -> int:
     p.add_argument("--retrain-envelope", action="store_true",
                    help="train the baseline's envelope variants again instead of taking their stored curves")
     p.add_argument("--train-only", action="store_true", help="train the entries into --runs-dir, judge nothing")
+    p.add_argument("--legit-from", action="append", default=[],
+                   help="another device's baseline.json (same profile, params, data): its stored runs are judged as "
+                        "legitimate runs trained elsewhere; repeatable")
     args = p.parse_args(argv)
     from pipelines.params import load_params
 
@@ -223,7 +291,8 @@ def main(argv=None) -> int:
         return 0
     result = measure(params, entries=args.entries.split(",") if args.entries else None,
                      runs_dir=Path(args.runs_dir) if args.runs_dir else None,
-                     retrain_envelope=args.retrain_envelope, log=lambda line: print(line, flush=True))
+                     retrain_envelope=args.retrain_envelope, legit_from=args.legit_from,
+                     log=lambda line: print(line, flush=True))
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

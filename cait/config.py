@@ -246,6 +246,9 @@ class DeviceConfig(Section):
     index: int = Field(0, ge=0)  # with several processes each uses its LOCAL_RANK instead
     threads: Optional[int] = Field(None, gt=0)  # CPU threads for torch; null: torch's default
     deterministic: bool = True  # deterministic kernels, no TF32, no cudnn autotuning, no fused attention
+    # TF32 matmuls (CUDA, SDAA): a precision policy of its own, judged only against a baseline's tf32 envelope;
+    # null follows deterministic (off for regression runs, on for fast full training)
+    tf32: Optional[bool] = None
     dist_backend: Optional[Literal["gloo", "nccl", "tccl"]] = None  # null: gloo on cpu, nccl on cuda, tccl on sdaa
     dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the job
     # A legitimate numerics variant (the baseline command records them for the envelope) or a simulated

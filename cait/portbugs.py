@@ -1,11 +1,13 @@
 """Legitimate numeric variants and a zoo of realistic port bugs, injectable into one training run.
 
-A *numerics variant* changes only how the arithmetic is done, the way two accelerators differ: thread
-count (reduction order), fused vs unfused attention, deterministic algorithms off, TF32 matmuls on CUDA,
-the initial weights nudged by one ulp (how fast training amplifies a rounding difference), an AdamW
-written out by hand (another optimizer kernel). The baseline command records the reference run and
+A *numerics variant* changes only how the arithmetic is done, at the same precision, the way two
+accelerators differ: thread count (reduction order), fused vs unfused attention, deterministic algorithms
+off, every linear layer's matmul in the transposed orientation (another GEMM kernel and blocking), the
+initial weights nudged by one ulp with several keys (how fast training amplifies a rounding difference), an
+AdamW written out by hand (another optimizer kernel). The baseline command records the reference run and
 runs of these variants on the same device; their spread per step is the tolerance of the `envelope`
-rule (pipelines/envelope.py).
+rule (pipelines/envelope.py). No variant changes the precision policy (TF32, autocast): that is
+`device.tf32` / `train.amp`, a policy a baseline keeps its own envelope for (cait/determinism.py).
 
 A *port bug* changes what is computed, the way a faulty port does: softmax or LayerNorm in bf16, a
 LayerNorm eps or a LayerScale init of another value, GELU's tanh approximation, the talking-heads
@@ -283,18 +285,31 @@ def _fused_attention(device_type):
 
 
 def _nondeterministic(device_type):
-    from cait.determinism import configure_numerics
-
-    return configure_numerics(device_type, False)
-
-
-def _tf32(device_type):
+    """Deterministic algorithms off, autotuning and fused attention on, at the run's precision: TF32 stays as
+    the policy set it (off for fp32), since a variant of a policy's envelope never changes its precision."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.set_float32_matmul_precision("high")
-    return {"tf32": "True", "float32_matmul_precision": "high"}
+    from cait.determinism import configure_numerics
+
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    return configure_numerics(device_type, False, tf32=tf32)
+
+
+def _matmul_transposed(model, seed):
+    """Every nn.Linear computed as (W @ x^T)^T + b: the same sums in another GEMM orientation, so another kernel,
+    blocking and reduction split (what cuBLAS vs cuBLASLt, or another BLAS, does to the same layer)."""
+    import torch
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        out = (self.weight @ flat.transpose(0, 1)).transpose(0, 1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.forward = types.MethodType(forward, m)
 
 
 VARIANTS: dict[str, Entry] = {e.name: e for e in [
@@ -302,11 +317,16 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
     Entry("threads_2", "variant", "two CPU threads", configure=_threads(2)),
     Entry("fused_attention", "variant", "fused scaled-dot-product attention where timm has it (class attention)",
           configure=_fused_attention),
-    Entry("nondeterministic", "variant", "deterministic algorithms off, fused attention on, TF32 and autotuning "
-          "where the device has them", configure=_nondeterministic),
-    Entry("tf32", "variant", "fp32 matmuls and convolutions in TF32", configure=_tf32, devices=("cuda",)),
+    Entry("nondeterministic", "variant", "deterministic algorithms off, fused attention and autotuning on where "
+          "the device has them, TF32 as the precision policy says (off in fp32)", configure=_nondeterministic),
+    Entry("matmul_transposed", "variant", "every linear layer as (W x^T)^T + b (another GEMM orientation and kernel)",
+          model=_matmul_transposed),
     Entry("weights_ulp", "variant", "every initial weight moved one ulp up or down (keyed coin)",
           model=lambda model, seed: _ulp_nudge(model, seed, key=0)),
+    Entry("weights_ulp_2", "variant", "as weights_ulp with a third set of coins",
+          model=lambda model, seed: _ulp_nudge(model, seed, key=2)),
+    Entry("weights_ulp_3", "variant", "as weights_ulp with a fourth set of coins",
+          model=lambda model, seed: _ulp_nudge(model, seed, key=3)),
     Entry("weights_ulp_other", "variant", "as weights_ulp with other coins (a probe outside the envelope)",
           model=lambda model, seed: _ulp_nudge(model, seed, key=1)),
     Entry("adamw_by_hand", "variant", "AdamW written out step by step (another optimizer kernel, same math)",
@@ -314,9 +334,13 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
 ]}
 
 # The variants the baseline command records beside the reference run, per device type (those whose
-# `devices` include it). weights_ulp_other and adamw_by_hand are kept out: the power
-# benchmark uses them as legitimate runs the envelope never saw.
-ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "tf32", "weights_ulp")
+# `devices` include it), under each precision policy it records. weights_ulp_other and adamw_by_hand are kept
+# out: the power benchmark uses them as legitimate runs the envelope never saw. Three ulp probes, not one: the
+# largest of several keys is a steadier estimate of how far training carries a rounding (benchmarks/README.md).
+ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "matmul_transposed",
+                     "weights_ulp", "weights_ulp_2", "weights_ulp_3")
+# the ulp probes: their growth is the model's and recipe's, not the device's (pipelines/envelope.py probe_growth)
+PROBE_VARIANTS = ("weights_ulp", "weights_ulp_2", "weights_ulp_3")
 
 BUGS: dict[str, Entry] = {e.name: e for e in [
     Entry("softmax_bf16", "bug", "attention softmax computed in bf16", model=_softmax_bf16,

@@ -33,6 +33,7 @@ class Session:
     device: Any  # torch.device
     environment: dict  # describe_device: device, device_name, torch, ...
     numerics: dict  # the numerics switches set for this run (variant included)
+    precision: str  # the precision policy they amount to: fp32, tf32, bf16, fp16 (cait/determinism.py)
     manifest: Any  # cait.manifest.Manifest of data_dir
     img_size: int
     num_classes: int
@@ -76,7 +77,7 @@ def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device
 
     from cait.checkpoint import LAST, CheckpointError, load_checkpoint
     from cait.data import eval_loader, train_loader
-    from cait.determinism import configure_numerics
+    from cait.determinism import configure_numerics, precision_policy, precision_state
     from cait.devices import describe_device, resolve_device
     from cait.distributed import init_distributed, shutdown
     from cait.fingerprints import FingerprintRecorder, resolve_steps
@@ -96,9 +97,11 @@ def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device
         torch_device = resolve_device(device.type, ctx.local_rank if ctx.enabled else device.index)
         if device.threads:
             torch.set_num_threads(device.threads)
-        numerics = configure_numerics(torch_device.type, device.deterministic)  # before the model is built
+        numerics = configure_numerics(torch_device.type, device.deterministic, device.tf32)  # before the model is built
         patch = RunPatch(device.numerics_variant, device.port_bug)
         numerics.update(patch.configure(torch_device.type))  # a numerics variant's switches, before the model is built
+        numerics.update(precision_state(torch_device.type))  # read back: the evidence for the precision policy
+        precision = precision_policy(numerics, train.amp)
         manifest = read_manifest(data_dir)
         img_size = model.resolved_img_size
         num_classes = model.num_classes or len(manifest.classes)
@@ -127,7 +130,8 @@ def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device
         environment = describe_device(torch_device)
         total_steps = cfg.total_steps(steps_per_epoch)
         session = Session(ctx=ctx, device=torch_device, environment=environment, numerics=numerics,
-                          manifest=manifest, img_size=img_size, num_classes=num_classes, global_batch=global_batch,
+                          precision=precision, manifest=manifest, img_size=img_size, num_classes=num_classes,
+                          global_batch=global_batch,
                           steps_per_epoch=steps_per_epoch, total_steps=total_steps, shards_dir=shards_dir,
                           pixels_hash=pixels_hash, resume_state=resume_state,
                           rows=list(resume_state["rows"]) if resume_state else [])
@@ -169,7 +173,7 @@ def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device
         save_fingerprints(fingerprint_path, recorder.fingerprints({
             **head, "world_size": ctx.world_size, "global_batch": global_batch,
             "device": torch_device.type, "device_name": environment.get("device_name", ""),
-            "torch": environment.get("torch", ""), "numerics_variant": device.numerics_variant,
+            "torch": environment.get("torch", ""), "numerics_variant": device.numerics_variant, "precision": precision,
             "port_bug": device.port_bug, "resumed_from_step": summary.resumed_from}))
         return SessionResult(session, summary, fingerprint_path)
     finally:

@@ -28,7 +28,14 @@ from pipelines.verdict import band_limits
 # name, curve and provenance) and the per-step envelope width they give (pipelines/envelope.py).
 # 4: adds "checksum": the SHA-256 of the rest of the document (canonical JSON). A single-run baseline has no
 # second copy of its numbers, so a flipped digit in its loss read as another curve; now it is refused.
-SCHEMA_VERSION = 4
+# 5: adds the precision policy: "precision" (of `loss`, its runs and "envelope"), "envelope.policy", "policies"
+# (other policies recorded on the device: each a reference run of the reference seed under that policy, its
+# variants and width) and "envelope.probe_growth" (ulp-probe growth measured on another device of the same
+# profile, params and data: pipelines/envelope.py). The envelope rule judges only against schema 5: a file
+# whose policy is unknown cannot say which envelope applies (`baseline upgrade` re-partitions an older one).
+SCHEMA_VERSION = 5
+ENVELOPE_SCHEMA = 5  # the oldest schema the envelope rule judges against
+UPGRADE = "python -m pipelines.stages.baseline upgrade --baseline {path}"
 PROVENANCE_FIELDS = ("device", "device_name", "versions", "params_hash", "params", "data_manifest_hash",
                      "git_commit", "date", "seed")
 STAT_FIELDS = ("mean", "std", "min", "max")
@@ -69,6 +76,40 @@ class EnvelopeRun:
 
 
 @dataclass
+class PolicyEnvelope:
+    """The envelope of a precision policy other than the baseline's own: the reference seed trained under that
+    policy (its reference) and under each numerics variant of it."""
+
+    policy: str
+    reference: np.ndarray
+    runs: list[EnvelopeRun]
+    source: str = ""
+    numerics: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProbeGrowth:
+    """How far training carries a one-ulp change of the initial weights, relative to the loss, per step: the
+    running maximum over the ulp probes of another device's baseline of |probe - reference| / |reference|.
+    Training amplifies a rounding at a rate that belongs to the model and recipe, not the device (measured:
+    benchmarks/README.md), so a device whose own envelope has few variants borrows this growth, times its own
+    |reference|, as one more envelope member. `carry` records the check that it carries (the target's own
+    probe against the source's, same key)."""
+
+    relative: np.ndarray
+    source: str
+    source_checksum: str
+    device: str
+    variants: list[str]
+    carry: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"relative": [float(v) for v in self.relative], "source": self.source,
+                "source_checksum": self.source_checksum, "device": self.device, "variants": list(self.variants),
+                "carry": self.carry}
+
+
+@dataclass
 class Baseline:
     profile: str
     model: str
@@ -79,16 +120,55 @@ class Baseline:
     extra: dict = field(default_factory=dict)
     runs: list[BaselineRun] = field(default_factory=list)  # empty for a single-run baseline
     envelope_runs: list[EnvelopeRun] = field(default_factory=list)  # empty: no envelope (schema < 3)
+    precision: str = ""  # the precision policy of `loss`, `runs` and `envelope_runs`; "" unknown (schema < 5)
+    policies: dict[str, PolicyEnvelope] = field(default_factory=dict)  # other precision policies' envelopes
+    probe_growth: ProbeGrowth | None = None  # ulp-probe growth borrowed from another device (own policy only)
+    path: str = ""  # the file it was read from (not stored in it)
 
     def envelope(self, exclude: str | None = None) -> np.ndarray | None:
-        """Per-step envelope width on `steps` (pipelines/envelope.py); None when the baseline has no
-        envelope runs. `exclude` leaves one variant out (the power benchmark's held-out legit runs)."""
+        """Per-step envelope width of the baseline's own policy on `steps` (pipelines/envelope.py), with the
+        borrowed probe growth where there is one; None when the baseline has no envelope runs. `exclude` leaves
+        one variant out (the power benchmark's held-out legit runs)."""
+        if not self.envelope_runs:
+            return None
         variants = [r.loss for r in self.envelope_runs if r.variant != exclude]
-        return envelope_width(self.loss, variants) if self.envelope_runs else None
+        if self.probe_growth is not None:
+            variants.append(self.loss + self.probe_growth.relative * np.abs(self.loss))
+        return envelope_width(self.loss, variants)
 
-    def envelope_missing(self) -> str:
-        """Why the envelope rule cannot judge against this baseline ('' when it can)."""
-        return "" if self.envelope_runs else NO_ENVELOPE.format(version=f"v{self.schema_version}")
+    @property
+    def envelope_policies(self) -> list[str]:
+        """The precision policies this baseline has an envelope for."""
+        own = [self.precision] if self.envelope_runs and self.precision else []
+        return own + [p for p, e in self.policies.items() if e.runs]
+
+    def policy_envelope(self, policy: str, exclude: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(reference, width) a candidate of `policy` is judged against; None when there is none."""
+        if policy and policy == self.precision and self.envelope_runs:
+            return self.loss, self.envelope(exclude)
+        other = self.policies.get(policy)
+        if other is None or not other.runs:
+            return None
+        return other.reference, envelope_width(other.reference, [r.loss for r in other.runs if r.variant != exclude])
+
+    def envelope_missing(self, policy: str | None = None) -> str:
+        """Why the envelope rule cannot judge a candidate of `policy` against this baseline ('' when it can)."""
+        if not self.envelope_runs:
+            return NO_ENVELOPE.format(version=f"v{self.schema_version}")
+        if self.schema_version < ENVELOPE_SCHEMA or not self.precision:
+            return (f"the baseline is schema {self.schema_version}, which does not say which precision policy its "
+                    f"envelope runs ran under (TF32 runs were folded into the fp32 tolerance); upgrade it: "
+                    f"`{UPGRADE.format(path=self.path or '<baseline.json>')}` (or record a new one "
+                    f"with `make baseline`)")
+        if policy is not None and self.policy_envelope(policy) is None:
+            how = (f"`python -m pipelines.stages.baseline record --runs 3 --envelope --policies "
+                   f"{','.join(dict.fromkeys([*self.envelope_policies, policy]))}` on the reference device"
+                   if policy in ("fp32", "tf32") else
+                   f"a baseline of its own recorded with train.amp: {policy} (`make baseline` with that profile)")
+            return (f"the candidate ran under the {policy} precision policy and the baseline has envelopes for "
+                    f"{', '.join(self.envelope_policies)} only; judging it against another policy's tolerance would "
+                    f"be too wide or too narrow. Record a {policy} envelope: {how}")
+        return ""
 
     @property
     def curve(self) -> Curve:
@@ -149,18 +229,33 @@ class Baseline:
                             "loss": [float(v) for v in r.loss]} for r in self.runs]
             out["stats"] = {"runs": len(self.runs),
                             **{k: [float(v) for v in a] for k, a in self.stats().items()}}
+        if self.schema_version >= 5:
+            out["precision"] = self.precision
         if self.envelope_runs:
             out["envelope"] = {
-                "variants": [{"variant": r.variant, "description": r.description, "source": r.source,
-                              "mlflow_run_id": r.mlflow_run_id, "numerics": r.numerics,
-                              "bitwise_equal_to_reference": bool(np.array_equal(r.loss, self.loss)),
-                              "loss": [float(v) for v in r.loss]} for r in self.envelope_runs],
+                **({"policy": self.precision} if self.schema_version >= 5 else {}),
+                "variants": _variants_json(self.envelope_runs, self.loss),
                 "width": [float(v) for v in self.envelope()]}
+            if self.probe_growth is not None:
+                out["envelope"]["probe_growth"] = self.probe_growth.to_json()
+        if self.policies:
+            out["policies"] = {name: {"reference": {"loss": [float(v) for v in e.reference], "source": e.source,
+                                                    "numerics": e.numerics},
+                                      "variants": _variants_json(e.runs, e.reference),
+                                      "width": [float(v) for v in self.policy_envelope(name)[1]]}
+                               for name, e in self.policies.items()}
         document = {**out, **self.extra}
         document.pop("checksum", None)
         if self.schema_version >= 4:
             document["checksum"] = document_checksum(document)
         return document
+
+
+def _variants_json(runs: list[EnvelopeRun], reference: np.ndarray) -> list[dict]:
+    return [{"variant": r.variant, "description": r.description, "source": r.source,
+             "mlflow_run_id": r.mlflow_run_id, "numerics": r.numerics,
+             "bitwise_equal_to_reference": bool(np.array_equal(r.loss, reference)),
+             "loss": [float(v) for v in r.loss]} for r in runs]
 
 
 def _fail(path, what: str) -> BaselineError:
@@ -247,17 +342,25 @@ def baseline_from_json(data, path: Path | str = "baseline", *, allow_negative_lo
     elif data.get("kind", "single-run") not in ("single-run", "multi-run"):
         raise _fail(path, f"unknown kind {data.get('kind')!r} (single-run or multi-run)")
     envelope_runs = _envelope_runs(path, data, len(steps)) if version >= 3 and "envelope" in data else []
+    precision, policies, growth = "", {}, None
+    if version >= 5:
+        precision, policies, growth = _policies(path, data, len(steps))
     known = {"schema_version", "profile", "model", "kind", "provenance", "steps", "loss", "runs", "stats", "envelope",
-             "checksum"}
+             "checksum", "precision", "policies"}
     baseline = Baseline(profile=data["profile"], model=data["model"], steps=np.array(steps, dtype=np.int64),
                         loss=np.array(loss, dtype=np.float64), provenance=data["provenance"],
                         schema_version=version, extra={k: v for k, v in data.items() if k not in known}, runs=runs,
-                        envelope_runs=envelope_runs)
+                        envelope_runs=envelope_runs, precision=precision, policies=policies, probe_growth=growth)
+    baseline.path = str(path)
     check_consistency(baseline, data.get("stats"), path, allow_negative_loss=allow_negative_loss)
     if envelope_runs:  # stored for readers; it must be the one the variant runs give
         stored = _numbers(path, data["envelope"].get("width"), "envelope.width")
         if len(stored) != len(steps) or not np.allclose(stored, baseline.envelope(), rtol=1e-9, atol=0):
             raise _fail(path, "envelope.width does not match the envelope runs (edited by hand?)")
+    for name in policies:
+        stored = _numbers(path, data["policies"][name].get("width"), f"policies.{name}.width")
+        if len(stored) != len(steps) or not np.allclose(stored, baseline.policy_envelope(name)[1], rtol=1e-9, atol=0):
+            raise _fail(path, f"policies.{name}.width does not match its variant runs (edited by hand?)")
     if version >= 4:  # last, so that the checks above name what is wrong when they can
         if data.get("checksum") != document_checksum(data):
             raise _fail(path, "checksum does not match the file's contents (edited by hand, or corrupt: restore it "
@@ -291,6 +394,9 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
         raise _fail(path, f"steps[{k}] is {int(steps[k])}, expected {k}: a baseline logs every step from 0")
     curves = ([("loss", baseline.loss)] + [(f"runs[{i}].loss", run.loss) for i, run in enumerate(baseline.runs)]
               + [(f"envelope.variants[{i}].loss", run.loss) for i, run in enumerate(baseline.envelope_runs)])
+    for name, other in baseline.policies.items():
+        curves += [(f"policies.{name}.reference.loss", other.reference)]
+        curves += [(f"policies.{name}.variants[{i}].loss", run.loss) for i, run in enumerate(other.runs)]
     for field_name, values in curves:
         k = None if allow_negative_loss else first_negative(values)
         if k is not None:
@@ -321,22 +427,61 @@ def check_consistency(baseline: Baseline, stored_stats: dict | None, path, *, al
                               f"stats.{key} does not match the runs (edited by hand?)")
 
 
-def _envelope_runs(path, data: dict, n_steps: int) -> list[EnvelopeRun]:
+def _envelope_runs(path, data: dict, n_steps: int, where: str = "envelope") -> list[EnvelopeRun]:
     envelope = data["envelope"]
     if not isinstance(envelope, dict) or not isinstance(envelope.get("variants"), list) or not envelope["variants"]:
-        raise _fail(path, "'envelope' needs a non-empty 'variants' list and a 'width'")
+        raise _fail(path, f"'{where}' needs a non-empty 'variants' list and a 'width'")
     out = []
     for i, run in enumerate(envelope["variants"]):
         if not isinstance(run, dict) or not isinstance(run.get("variant"), str):
-            raise _fail(path, f"envelope.variants[{i}] needs a 'variant' name and a 'loss' list")
-        values = _numbers(path, run.get("loss"), f"envelope.variants[{i}].loss")
+            raise _fail(path, f"{where}.variants[{i}] needs a 'variant' name and a 'loss' list")
+        values = _numbers(path, run.get("loss"), f"{where}.variants[{i}].loss")
         if len(values) != n_steps:
-            raise _fail(path, f"envelope.variants[{i}].loss has {len(values)} entries but 'steps' has {n_steps}")
+            raise _fail(path, f"{where}.variants[{i}].loss has {len(values)} entries but 'steps' has {n_steps}")
         if not np.all(np.isfinite(values)):
-            raise _fail(path, f"envelope.variants[{i}].loss holds non-finite values")
+            raise _fail(path, f"{where}.variants[{i}].loss holds non-finite values")
         out.append(EnvelopeRun(run["variant"], values, str(run.get("description", "")), str(run.get("source", "")),
                                str(run.get("mlflow_run_id", "")), dict(run.get("numerics") or {})))
     return out
+
+
+def _policies(path, data: dict, n_steps: int) -> tuple[str, dict[str, PolicyEnvelope], ProbeGrowth | None]:
+    """Schema 5's precision fields: the baseline's own policy, the other policies' envelopes, the probe growth."""
+    from cait.determinism import POLICIES
+
+    precision = data.get("precision")
+    if precision not in POLICIES:
+        raise _fail(path, f"'precision' is {precision!r}; expected one of {', '.join(POLICIES)}")
+    envelope = data.get("envelope")
+    if isinstance(envelope, dict) and envelope.get("policy") != precision:
+        raise _fail(path, f"envelope.policy is {envelope.get('policy')!r} but 'precision' is {precision!r}")
+    growth = None
+    if isinstance(envelope, dict) and "probe_growth" in envelope:
+        raw = envelope["probe_growth"]
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("source", "source_checksum",
+                                                                                      "device")):
+            raise _fail(path, "envelope.probe_growth needs 'relative', 'source', 'source_checksum' and 'device'")
+        relative = _numbers(path, raw.get("relative"), "envelope.probe_growth.relative")
+        if len(relative) != n_steps or not np.all(np.isfinite(relative)) or np.any(relative < 0):
+            raise _fail(path, f"envelope.probe_growth.relative must hold {n_steps} finite values >= 0")
+        growth = ProbeGrowth(relative, raw["source"], raw["source_checksum"], raw["device"],
+                             [str(v) for v in raw.get("variants") or []], dict(raw.get("carry") or {}))
+    policies = {}
+    raw_policies = data.get("policies", {})
+    if not isinstance(raw_policies, dict):
+        raise _fail(path, "'policies' must be an object {policy: {reference, variants, width}}")
+    for name, raw in raw_policies.items():
+        if name not in POLICIES or name == precision:
+            raise _fail(path, f"policies.{name}: not a precision policy other than the baseline's own ({precision})")
+        if not isinstance(raw, dict) or not isinstance(raw.get("reference"), dict):
+            raise _fail(path, f"policies.{name} needs a 'reference' with its 'loss', 'variants' and 'width'")
+        reference = _numbers(path, raw["reference"].get("loss"), f"policies.{name}.reference.loss")
+        if len(reference) != n_steps or not np.all(np.isfinite(reference)):
+            raise _fail(path, f"policies.{name}.reference.loss must hold {n_steps} finite values")
+        runs = _envelope_runs(path, {"envelope": raw}, n_steps, where=f"policies.{name}")
+        policies[name] = PolicyEnvelope(name, reference, runs, str(raw["reference"].get("source", "")),
+                                        dict(raw["reference"].get("numerics") or {}))
+    return precision, policies, growth
 
 
 def save_baseline(path: Path | str, baseline: Baseline) -> None:
@@ -418,14 +563,18 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
             raise BaselineError(f"{source}: made with other params than {ref_source} ({', '.join(keys)}); "
                                 f"the runs of one baseline differ only in their seed")
         _check_same_conditions(runs[0], (curve, record, source), "a baseline comes from one device")
-    variants = []
+    precision = record_precision(ref_record)
+    for curve, record, source in runs[1:]:
+        if record_precision(record) != precision:
+            raise BaselineError(f"{source}: ran under the {record_precision(record)} precision policy, {ref_source} "
+                                f"under {precision}; the runs of one baseline share a policy")
+    variants, policies = [], {}  # the own policy's variants; {policy: [reference run, variants...]}
     for curve, record, source in envelope_runs:
         name = record.get("numerics_variant")
-        if not name:
+        policy = record_precision(record)
+        if not name and policy == precision:
             raise BaselineError(f"{source}: has no numerics variant (device.numerics_variant); an envelope run "
-                                f"is the reference seed under another numerics")
-        if name in [v.variant for v in variants]:
-            raise BaselineError(f"{source}: a second run of the numerics variant {name!r}")
+                                f"is the reference seed under another numerics (or another precision policy)")
         if hash_json(record["curve_params"]) != hash_json(ref_record["curve_params"]):
             keys = diff_keys(ref_record["curve_params"], record["curve_params"])
             raise BaselineError(f"{source}: made with other params than the reference run ({', '.join(keys)}); "
@@ -433,18 +582,47 @@ def baseline_from_runs(runs: list[tuple[Curve, dict, str]], profile: str,
         _check_same_conditions(runs[0], (curve, record, source), "the envelope is measured on one device")
         from cait.portbugs import describe
 
-        variants.append(EnvelopeRun(name, np.asarray(curve.loss, dtype=np.float64), describe(name), source,
-                                    record.get("mlflow_run_id") or "", dict(record.get("numerics") or {})))
+        run = EnvelopeRun(name or "", np.asarray(curve.loss, dtype=np.float64), describe(name) if name else "",
+                          source, record.get("mlflow_run_id") or "", dict(record.get("numerics") or {}))
+        group = variants if policy == precision else policies.setdefault(policy, [])
+        if name and name in [v.variant for v in group]:
+            raise BaselineError(f"{source}: a second run of the numerics variant {name!r} under {policy}")
+        if not name and any(not v.variant for v in group):
+            raise BaselineError(f"{source}: a second reference run of the {policy} policy")
+        group.append(run)
+    other_policies = {}
+    for policy, group in policies.items():
+        reference = [r for r in group if not r.variant]
+        if not reference:
+            raise BaselineError(f"the {policy} policy's runs ({', '.join(r.variant for r in group)}) have no reference "
+                                f"run (the reference seed under {policy} with no numerics variant)")
+        other_policies[policy] = PolicyEnvelope(policy, reference[0].loss, [r for r in group if r.variant],
+                                                reference[0].source, reference[0].numerics)
     provenance = _provenance(ref_record, ref_source if len(runs) == 1 else f"{len(runs)} runs")
+    provenance["precision"] = precision
     if variants:
         provenance["envelope_variants"] = [v.variant for v in variants]
+    if other_policies:
+        provenance["policy_variants"] = {p: [r.variant for r in e.runs] for p, e in other_policies.items()}
     provenance["seeds"] = seeds
     provenance["seed_in_hash"] = seed_in_hash
     provenance["params_hash"] = ref_hash
     baseline_runs = [BaselineRun(seed, curve.loss, source, record.get("mlflow_run_id") or "")
                      for seed, (curve, record, source) in zip(seeds, runs)] if len(runs) > 1 else []
     return Baseline(profile=profile, model=ref_record["curve_params"]["model"]["name"], steps=ref_curve.steps,
-                    loss=ref_curve.loss, provenance=provenance, runs=baseline_runs, envelope_runs=variants)
+                    loss=ref_curve.loss, provenance=provenance, runs=baseline_runs, envelope_runs=variants,
+                    precision=precision, policies=other_policies)
+
+
+def record_precision(record: dict) -> str:
+    """The precision policy of a train run's record: its own field, or for a record of an older harness what its
+    numerics switches and train.amp amount to (cait/determinism.py)."""
+    from cait.determinism import precision_policy
+
+    if record.get("precision"):
+        return str(record["precision"])
+    amp = ((record.get("curve_params") or {}).get("train") or {}).get("amp")
+    return precision_policy(record.get("numerics") or {}, amp)
 
 
 def refusals(baseline: Baseline, profile: str, record: dict) -> list[str]:
@@ -478,7 +656,8 @@ def environment_differences(baseline: Baseline, record: dict) -> list[str]:
     return [f"{name} differs: baseline {a or '(none)'}, candidate {b or '(none)'}"
             for name, a, b in environment_table(baseline, record)
             if a != b and name in ("device", "device name", "cpu model", "driver", "torch", "timm", "plugin", "cuda",
-                                  "python") and not (name == "cpu model" and unknown_cpu)]
+                                  "python", "precision policy") and not (name == "cpu model" and unknown_cpu)
+            and not (name == "precision policy" and (not b or not baseline.precision))]
 
 
 def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, str]]:
@@ -487,6 +666,8 @@ def environment_table(baseline: Baseline, record: dict) -> list[tuple[str, str, 
     rows = [("device", prov["device"], env["device"]), ("device name", prov["device_name"], env["device_name"]),
             ("driver", prov.get("driver", ""), env.get("driver", ""))]
     rows += [(k, prov["versions"].get(k, ""), env.get(k, "")) for k in ("torch", "timm", "plugin", "cuda", "python")]
+    rows += [("precision policy", baseline.precision or "unknown (schema < 5)",
+              record_precision(record) if "numerics" in record or "precision" in record else "")]
     rows += [("cpu model", prov.get("cpu_model", ""), env.get("cpu", "")),  # absent from older baselines: blank
              ("host", prov.get("host", ""), env.get("host", "")),
              ("git commit", prov["git_commit"], record.get("git_commit", "")),

@@ -65,7 +65,8 @@ def envelope_check(candidate, reference, width, steps=None, *, k: float, floor_r
     if count:
         i = int(np.flatnonzero(outside)[0])
         out.update(first_outside_step=int(steps[i]), first_outside_ratio=float(ratio[i]),
-                   first_outside_abs_diff=float(diff[i]), first_outside_tolerance=float(tol[i]))
+                   first_outside_abs_diff=float(diff[i]), first_outside_tolerance=float(tol[i]),
+                   steps_from_first_outside=n - i)
     out["passed"] = bool(n > 0 and count <= out["allowed_outside"])
     return out
 
@@ -84,6 +85,33 @@ def describe(numbers: dict, passed: bool, k: float, floor_relative: float, max_o
     return f"{first}; {count} of {n} steps outside ({count / n:.1%}, {verdict} the {allowed})"
 
 
+def needed_k(candidate, reference, width, floor_relative: float = 0.0) -> tuple[float, int]:
+    """(smallest k that keeps `candidate` within k x width + floor at every step, the step that needs it);
+    inf where it differs from the reference at a step the envelope is 0 beyond the floor."""
+    r = np.asarray(reference, dtype=np.float64)
+    diff = np.abs(np.asarray(candidate, dtype=np.float64) - r)
+    slack = np.maximum(diff - floor_relative * np.abs(r), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(slack == 0, 0.0, slack / np.asarray(width, dtype=np.float64))
+    if not len(need):
+        return 0.0, -1
+    return float(np.max(need)), int(np.argmax(need))
+
+
+def margins(numbers: dict) -> dict:
+    """How clearly the envelope rule failed a candidate, from its numbers (`envelope_check`): the largest |d| over
+    the tolerance, the margin at the first failing step, and the share of the steps from the first failing one
+    on that are outside (a bug caught at 1.05x, or outside at 1 step in 10, is a bug nearly missed)."""
+    first = numbers["first_outside_step"]
+    out = {"max_ratio": numbers["max_ratio"], "max_ratio_step": numbers["max_ratio_step"],
+           "first_outside_step": first, "first_outside_ratio": numbers["first_outside_ratio"],
+           "outside_share": float("nan")}
+    if first >= 0:
+        after = numbers.get("steps_from_first_outside") or 0
+        out["outside_share"] = numbers["steps_outside"] / after if after else float("nan")
+    return out
+
+
 def leave_one_out(reference, variants: dict[str, np.ndarray], floor_relative: float = 0.0) -> dict[str, dict]:
     """For each variant: the envelope of the others, and how far the held-out one goes relative to it.
 
@@ -96,11 +124,8 @@ def leave_one_out(reference, variants: dict[str, np.ndarray], floor_relative: fl
         others = [v for n, v in variants.items() if n != name]
         width = envelope_width(r, others)
         diff = np.abs(np.asarray(loss, dtype=np.float64) - r)
-        slack = np.maximum(diff - floor_relative * np.abs(r), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            need = np.where(slack == 0, 0.0, slack / width)
-        out[name] = {"needed_k": float(np.max(need)) if len(need) else 0.0,
-                     "worst_step": int(np.argmax(need)) if len(need) else -1,
+        k, worst = needed_k(loss, r, width, floor_relative)
+        out[name] = {"needed_k": k, "worst_step": worst,
                      "max_abs_diff": float(np.max(diff)) if len(diff) else 0.0,
                      "bitwise_equal": bool(np.array_equal(np.asarray(loss, dtype=np.float64), r))}
     return out

@@ -53,6 +53,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                            "data_manifest_hash": session.manifest.hash, "params_hash": params.curve_hash(),
                            "world_size": ctx.world_size, "dist_backend": ctx.backend or "none",
                            "numerics_variant": params.device.numerics_variant or "none",
+                           "precision": session.precision,
                            "port_bug": params.device.port_bug or "none",
                            **{f"numerics.{k}": v for k, v in session.numerics.items()},
                            **{f"env.{k}": v for k, v in session.environment.items() if v not in ("", None)}})
@@ -126,6 +127,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         "tracking_uri": logger.uri,
         "environment": environment,
         "numerics": session.numerics,
+        "precision": session.precision,  # the precision policy the numerics amount to (cait/determinism.py)
         "numerics_variant": params.device.numerics_variant,  # null: the device's own numerics
         "port_bug": params.device.port_bug,  # a simulated port bug: never a baseline
         "world_size": ctx.world_size,

@@ -329,7 +329,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            trend: dict, divergence: dict, alignment: str = "steps",
            band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict,
            envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict,
-           samples_per_s: tuple | None = None) -> Verdict:
+           samples_per_s: tuple | None = None, envelope_reference: np.ndarray | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `modelzoo`, `strict`, `band`, `trend`, `envelope`, `throughput` and `divergence` are every rule's settings
@@ -341,7 +341,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     (non-finite values, too few comparable steps, step numbers that cannot be aligned, a baseline made
     under other conditions: `refusals`) makes the verdict inconclusive, never pass.
     `envelope_width` is the baseline's per-step envelope on `baseline_steps`; without it the envelope rule
-    cannot run (inconclusive if it gates; `envelope_missing` says why and what to do).
+    cannot run (inconclusive if it gates; `envelope_missing` says why and what to do). `envelope_reference` is
+    the curve the envelope is measured around when it is not `baseline` (another precision policy's reference).
     `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule.
     """
     divergence = dict(divergence)
@@ -375,6 +376,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
         if (bad := _first_nonfinite(np.asarray(envelope_width, dtype=np.float64), baseline_steps)) is not None:
             reasons.append(f"baseline envelope is not finite: {bad}")
         extra["envelope"] = envelope_width
+        if envelope_reference is not None:
+            extra["envelope_reference"] = np.asarray(envelope_reference, dtype=np.float64)
     aligned = None
     try:
         aligned = align(candidate_steps, candidate, baseline_steps, baseline, mode=alignment, baseline_extra=extra)
@@ -409,7 +412,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
             if "trend" in active:
                 rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **trend)
             if "envelope" in active and envelope_width is not None:
-                rules["envelope"] = envelope_rule(c, b, aligned.baseline_extra["envelope"], s,
+                rules["envelope"] = envelope_rule(c, aligned.baseline_extra.get("envelope_reference", b),
+                                                  aligned.baseline_extra["envelope"], s,
                                                   gating="envelope" in gate, **envelope)
             if "band" in active and band_stats is not None:
                 rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,

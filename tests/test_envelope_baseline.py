@@ -33,7 +33,8 @@ def test_envelope_round_trip(tmp_path):
     baseline = with_envelope()
     save_baseline(tmp_path / "b.json", baseline)
     data = json.loads((tmp_path / "b.json").read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 4
+    assert data["schema_version"] == SCHEMA_VERSION == 5
+    assert data["precision"] == data["envelope"]["policy"] == "fp32"
     assert [v["variant"] for v in data["envelope"]["variants"]] == ["threads_1", "weights_ulp", "fused_attention"]
     assert [v["bitwise_equal_to_reference"] for v in data["envelope"]["variants"]] == [False, False, True]
     assert data["provenance"]["envelope_variants"] == ["threads_1", "weights_ulp", "fused_attention"]

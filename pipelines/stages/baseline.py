@@ -36,7 +36,7 @@ import numpy as np
 
 from cait.errors import BaselineError, ConfigError
 from pipelines import cli
-from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
+from pipelines.baselines import baseline_from_runs, load_baseline, record_precision, save_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, RECORD, RUN_INFO, run_dir
 from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params
@@ -104,15 +104,52 @@ def record_runs(params: Params, seeds: list[int], quiet: bool = False, keep_dir:
 
 
 def record_envelope_runs(params: Params, variants: list[str], quiet: bool = False,
-                         keep_dir: Path | None = None) -> list[tuple]:
-    """The reference seed once per numerics variant: the legitimate spread the envelope is made of."""
+                         keep_dir: Path | None = None, policies: list[str] = ("fp32",)) -> list[tuple]:
+    """The reference seed once per numerics variant, under each precision policy: the legitimate spread each
+    policy's envelope is made of. Under a policy other than the params' own the reference seed is trained once
+    more without a variant: that policy's reference run."""
+    own = params_precision(params)
+    plan = [(own, name) for name in variants]
+    for policy in policies:
+        if policy != own:
+            plan += [(policy, None)] + [(policy, name) for name in variants]
     runs = []
-    for i, name in enumerate(variants):
-        print(f"baseline: envelope run {i + 1} of {len(variants)} (numerics variant {name}, train.seed "
+    for i, (policy, name) in enumerate(plan):
+        what = f"numerics variant {name}" if name else "the policy's reference run"
+        print(f"baseline: envelope run {i + 1} of {len(plan)} ({policy}: {what}, train.seed "
               f"{params.train.seed})", flush=True)
-        runs.append(train_once(with_numerics(params, name), f"numerics variant {name}", quiet=quiet,
-                               out_dir=keep_dir / name if keep_dir else None))
+        folder = f"{policy}-{name or 'reference'}" if policy != own else name
+        runs.append(train_once(with_numerics(with_policy(params, policy), name), f"{policy}, {what}", quiet=quiet,
+                               out_dir=keep_dir / folder if keep_dir else None))
     return runs
+
+
+# the precision policies a device can record beside its own: TF32 is a device switch (device.tf32); bf16 and fp16
+# autocast change train.amp, which is part of the curve's params: such a profile has a baseline of its own
+DEVICE_POLICIES = ("fp32", "tf32")
+
+
+def params_precision(params: Params) -> str:
+    """The precision policy params ask for (the run records what torch really had on: cait/determinism.py)."""
+    if params.train.amp:
+        return params.train.amp
+    tf32 = (not params.device.deterministic) if params.device.tf32 is None else params.device.tf32
+    return "tf32" if tf32 else "fp32"
+
+
+def with_policy(params: Params, policy: str) -> Params:
+    """params under a device-level precision policy (fp32 or tf32)."""
+    if policy == params_precision(params):
+        return params
+    if params.train.amp or policy not in DEVICE_POLICIES:
+        raise ConfigError(f"--policies {policy}: only {', '.join(DEVICE_POLICIES)} can be recorded beside a profile's "
+                          f"own policy ({params_precision(params)}); bf16/fp16 is train.amp, a profile of its own")
+    return params.model_copy(update={"device": params.device.model_copy(update={"tf32": policy == "tf32"})})
+
+
+def default_policies(device_type: str) -> list[str]:
+    """fp32 everywhere; tf32 too where the device has TF32 (CUDA, SDAA)."""
+    return ["fp32"] if device_type == "cpu" else ["fp32", "tf32"]
 
 
 def save_fingerprints(out: Path, baseline, reference: Path | None, variants: dict[str, Path]) -> Path | None:
@@ -155,6 +192,15 @@ def main(argv=None) -> int:
                      help="also train train.seed under every numerics variant of the device (the envelope)")
     rec.add_argument("--variants", help="numerics variants for --envelope, comma-separated "
                                         "(default: every one of the device, cait/portbugs.py ENVELOPE_VARIANTS)")
+    rec.add_argument("--policies", help="precision policies to record an envelope for, comma-separated: fp32, tf32 "
+                                        "(default: fp32 on cpu; fp32,tf32 on cuda and sdaa)")
+    up = sub.add_parser("upgrade", help="rewrite a baseline of schema 3 or 4 as schema 5: its envelope runs "
+                                        "partitioned by the precision policy their numerics amount to, signed")
+    up.add_argument("--baseline", help="the baseline file (default: compare.baseline)")
+    up.add_argument("--out", help="where to write it (default: over --baseline, atomically)")
+    up.add_argument("--probe-growth-from", help="another device's schema-5 baseline of the same profile, params and "
+                                                "data whose ulp probes' growth joins this one's envelope (and whose "
+                                                "probes' fingerprint spread joins this one's localize tolerance)")
     sub.add_parser("show", help="print the baseline's provenance")
     fp = sub.add_parser("fingerprints", help="add layer fingerprints to a stored baseline from retrained runs of it")
     fp.add_argument("--run-dir", action="append", default=[], required=True,
@@ -174,6 +220,14 @@ def main(argv=None) -> int:
     if args.command == "fingerprints":
         return fingerprints_for_stored(Path(args.baseline or params.compare.baseline), [Path(d) for d in args.run_dir],
                                        params)
+    if args.command == "upgrade":
+        from pipelines.upgrade import upgrade_files
+
+        path = Path(args.baseline or params.compare.baseline)
+        for line in upgrade_files(path, Path(args.out) if args.out else path,
+                                  Path(args.probe_growth_from) if args.probe_growth_from else None):
+            print(f"baseline: {line}", flush=True)
+        return 0
     out = Path(args.out or params.compare.baseline)
     envelope_runs: list[tuple] = []
     keep = tempfile.TemporaryDirectory(prefix="baseline-runs-")  # the runs' fingerprints, until they are saved
@@ -183,11 +237,16 @@ def main(argv=None) -> int:
             raise ConfigError(f"{args.params}: device.port_bug / device.numerics_variant must be null to record a "
                               f"baseline (the envelope variants are added by --envelope)")
         variants = envelope_variant_names(params.device.type, args.variants) if args.envelope else []
+        policies = ([p.strip() for p in args.policies.split(",") if p.strip()] if args.policies
+                    else default_policies(params.device.type))
+        for policy in policies:
+            with_policy(params, policy)  # a usage error before any training
         started = time.perf_counter()
         runs = record_runs(params, seeds_for(params, args.runs, args.repeat, args.seeds), args.quiet, keep_dir)
-        envelope_runs = record_envelope_runs(params, variants, args.quiet, keep_dir)
+        envelope_runs = record_envelope_runs(params, variants, args.quiet, keep_dir,
+                                             policies if args.envelope else [params_precision(params)])
         reference_prints = keep_dir / "run-0" / FINGERPRINTS  # seeds start at train.seed: run 0 is the reference
-        variant_prints = {name: keep_dir / name / FINGERPRINTS for name in variants}
+        variant_prints = {name: keep_dir / name / FINGERPRINTS for name in variants}  # the own policy's
         print(f"baseline: {len(runs) + len(envelope_runs)} runs trained in {time.perf_counter() - started:.0f} s",
               flush=True)
     else:
@@ -202,12 +261,18 @@ def main(argv=None) -> int:
             runs = [run_from_folder(run_dir(params.profile))]
         # runs of a numerics variant are envelope runs; the reference run (the baseline's own curve) is
         # the one of train.seed, whatever order they came in
-        envelope_runs = [run for run in runs if run[1].get("numerics_variant")]
-        runs = [run for run in runs if not run[1].get("numerics_variant")]
+        # (and so are runs under another precision policy than train.seed's plain run: that policy's reference)
+        plain = [run for run in runs if not run[1].get("numerics_variant")]
+        own = record_precision(min(plain, key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)[1]
+                               ) if plain else None
+        envelope_runs = [run for run in runs if run[1].get("numerics_variant") or record_precision(run[1]) != own]
+        runs = [run for run in runs if not run[1].get("numerics_variant") and record_precision(run[1]) == own]
         runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
         # fingerprints beside each run's curve, when it came from a folder (not from MLflow)
         reference_prints = Path(runs[0][2]).parent / FINGERPRINTS
-        variant_prints = {run[1]["numerics_variant"]: Path(run[2]).parent / FINGERPRINTS for run in envelope_runs}
+        own = record_precision(runs[0][1])
+        variant_prints = {run[1]["numerics_variant"]: Path(run[2]).parent / FINGERPRINTS for run in envelope_runs
+                          if run[1].get("numerics_variant") and record_precision(run[1]) == own}
     baseline = baseline_from_runs(runs, params.profile, envelope_runs)
     save_baseline(out, baseline)
     save_fingerprints(out, baseline, reference_prints, variant_prints)
@@ -215,6 +280,8 @@ def main(argv=None) -> int:
     prov = baseline.provenance
     print(f"baseline: {baseline.kind}, {len(baseline.loss)} steps, seeds {baseline.seeds} "
           f"({prov['device']}: {prov['device_name']}) -> {out}")
+    for policy, other in baseline.policies.items():
+        print(f"baseline: {policy} policy: its reference run and an envelope of {len(other.runs)} variants")
     if baseline.envelope_runs:
         width = baseline.envelope()
         same = [r.variant for r in baseline.envelope_runs if np.array_equal(r.loss, baseline.loss)]

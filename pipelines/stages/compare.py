@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from pipelines import cli
-from pipelines.baselines import Baseline, environment_differences, load_baseline, refusals
+from pipelines.baselines import Baseline, environment_differences, load_baseline, record_precision, refusals
 from pipelines.curves import check_loss_sign
 from pipelines.layout import CURVE, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
 from pipelines.logs import FORMATS, load_curve
@@ -58,17 +58,27 @@ def policy_for(cfg, own_runs: bool) -> dict:
 
 def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
           refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None,
-          samples_per_s: tuple | None = None):
+          samples_per_s: tuple | None = None, precision: str | None = None):
     """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
     the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
-    leaves one numerics variant out of the envelope (a held-out legitimate run)."""
+    leaves one numerics variant out of the envelope (a held-out legitimate run). `precision` is the candidate's
+    precision policy (pipelines/baselines.py record_precision): the envelope rule judges it against that policy's
+    envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none."""
     rules = cfg.rules
     stats = baseline_obj.stats() if baseline_obj is not None else None
-    width = baseline_obj.envelope(exclude=envelope_exclude) if baseline_obj is not None else None
+    width = reference = None
+    missing = ""
+    if baseline_obj is not None:
+        policy = precision or baseline_obj.precision
+        missing = baseline_obj.envelope_missing(policy)
+        found = None if missing else baseline_obj.policy_envelope(policy, exclude=envelope_exclude)
+        if found is not None:
+            width = found[1]
+            reference = found[0] if policy != baseline_obj.precision else None  # the own policy: the paired curve
     return decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
                   gate=list(gate), inform=list(inform), min_steps=cfg.min_steps,
-                  envelope=rules.envelope.model_dump(), envelope_width=width,
-                  envelope_missing=baseline_obj.envelope_missing() if baseline_obj is not None else "",
+                  envelope=rules.envelope.model_dump(), envelope_width=width, envelope_reference=reference,
+                  envelope_missing=missing,
                   alignment=cfg.alignment, divergence=cfg.divergence.model_dump(),
                   modelzoo=rules.modelzoo.model_dump(), strict=rules.strict.model_dump(),
                   band=rules.band.model_dump(), trend=rules.trend.model_dump(),
@@ -169,8 +179,12 @@ def main(argv=None) -> int:
         inform.remove("throughput")
         notes.append("the throughput rule informs from the measured samples/s (run.json), which differ in every run: "
                      "it is judged in the report and in MLflow, not in this file")
+    precision = record_precision(record) if record is not None else None
+    if precision is not None and baseline_obj is not None:
+        notes.append(f"precision policy: candidate {precision}, baseline {baseline_obj.precision or 'unknown'} "
+                     f"(envelopes for {', '.join(baseline_obj.envelope_policies) or 'none'})")
     verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=inform,
-                    refusals=refused, notes=notes, samples_per_s=samples_per_s)
+                    refusals=refused, notes=notes, samples_per_s=samples_per_s, precision=precision)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
