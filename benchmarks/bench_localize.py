@@ -68,6 +68,31 @@ def needed_k(candidate, baseline, floor: float, exclude: str | None) -> float:
     return worst
 
 
+def stored_rows_held_out(baseline, k: float, floor: float) -> dict[str, dict]:
+    """Each envelope run stored in the baseline's file, judged held out from its spread row alone (its relative
+    error per entry is exactly what localize would measure for its fingerprints): whether it would be named at
+    k, and the k it needs. This judges a device's own variants where only the baseline file travelled (the
+    GPU's runs on this CPU)."""
+    import numpy as np
+
+    from pipelines.localize import tolerance
+
+    out = {}
+    for i, name in enumerate(baseline.variants):
+        worst, where = 0.0, None
+        for step, phases in baseline.spread.items():
+            for phase, rows in phases.items():
+                _, spread = tolerance(baseline, step, phase, 1.0, 0.0, exclude=name)
+                over = np.nan_to_num(rows[i], nan=0.0) - floor
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    need = np.where(over <= 0, 0.0, np.where(spread > 0, over / spread, np.inf))
+                if need.size and float(need.max()) > worst:
+                    j = int(np.argmax(need))
+                    worst, where = float(need[j]), f"step {step}, {phase} `{baseline.steps[step][phase].names[j]}`"
+        out[name] = {"needed_k": worst, "worst": where, "clean": worst <= k}
+    return out
+
+
 def train_to_step0(params, name: str, root: Path, data_dir: Path, log) -> Path:
     """A bug run up to step 0 with fingerprints there, in root/<name>.step0 (reused when it is there)."""
     from pipelines.layout import FINGERPRINTS
@@ -132,13 +157,16 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
                 row["found"] = named is None  # a legitimate run: nothing to name
                 result["legit"][name] = row
             log(f"{name}: {found_at.message[:160]}")
+    result["stored_held_out"] = stored_rows_held_out(baseline, cfg.k, cfg.floor)
     result["seconds"] = time.perf_counter() - started
     return result
 
 
 def counts(result: dict) -> dict:
+    stored = [r for n, r in (result.get("stored_held_out") or {}).items() if n not in result["legit"]]
     return {"bugs_localized": sum(r["found"] for r in result["bugs"].values()), "bugs": len(result["bugs"]),
-            "legit_clean": sum(r["found"] for r in result["legit"].values()), "legit": len(result["legit"])}
+            "legit_clean": sum(r["found"] for r in result["legit"].values()) + sum(r["clean"] for r in stored),
+            "legit": len(result["legit"]) + len(stored)}
 
 
 def _named(row: dict) -> str:
@@ -157,6 +185,12 @@ def table(result: dict) -> str:
             held = " (held out)" if row["held_out"] else ""
             lines.append(f"| {label} | `{name}`{held} | {row['expected'] or '-'} | {_named(row)} | "
                          f"{'yes' if row['found'] else '**no**'} | {row['needed_k']:.3g} |")
+    for name, row in (result.get("stored_held_out") or {}).items():
+        if name in result["legit"]:
+            continue
+        lines.append(f"| legit | `{name}` (the baseline's stored run, held out) | - | "
+                     f"{'none' if row['clean'] else 'named: ' + str(row['worst'])} | {'yes' if row['clean'] else '**no**'} "
+                     f"| {row['needed_k']:.3g} |")
     c = counts(result)
     lines.append(f"| | **bugs localized** | | | {c['bugs_localized']} / {c['bugs']} | |")
     lines.append(f"| | **legit clean** | | | {c['legit_clean']} / {c['legit']} | |")

@@ -11,7 +11,8 @@
 #               checked against baselines/default/baseline.json (the CPU reference's data)
 #   baseline    python -m pipelines.stages.baseline record --runs 3 --envelope --out baselines/default-cuda/baseline.json
 #               with params.yaml + device.type $DEVICE, tracking off: fp32, deterministic, the device's envelope
-#               variants (cait/portbugs.py: on CUDA tf32, fused_attention, nondeterministic, weights_ulp, threads)
+#               variants (cait/portbugs.py ENVELOPE_VARIANTS: threads, fused_attention, nondeterministic,
+#               matmul_transposed, weights_ulp x3 keys), each under the fp32 and the tf32 precision policy
 #   candidate   one train run on $DEVICE judged against the CPU baseline (reports/default-cuda-run/verdict.json)
 #               and against the new GPU baseline (vs-cuda-baseline/verdict.json there: run-to-run repeatability)
 #               (each judged pair also localized from the layer fingerprints where both sides have them)
@@ -196,7 +197,9 @@ fi
 # ---- baseline ----------------------------------------------------------------------------------------------
 if wants baseline; then
   mkdir -p baselines/default-cuda
-  run baseline 300 "$PY" -m pipelines.stages.baseline --params "$P_REF" record --runs 3 --envelope \
+  # fp32 and tf32 policies (default_policies on cuda): 3 seeds + 8 fp32 variants + tf32's reference and 8 variants,
+  # ~20 runs of ~20 s on an H200
+  run baseline 540 "$PY" -m pipelines.stages.baseline --params "$P_REF" record --runs 3 --envelope --policies fp32,tf32 \
     --out baselines/default-cuda/baseline.json
   [[ -f baselines/default-cuda/baseline.json ]] && "$PY" -m pipelines.stages.baseline --params "$P_REF" show
   pack

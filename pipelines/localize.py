@@ -119,6 +119,10 @@ def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate
                                    f"({shown or 'params hash'} differ); record both with the same params")
         raise FingerprintError(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
                                f"fingerprints compare only runs of the same {key}")
+    mine, theirs = candidate.meta.get("precision"), reference.meta.get("precision")
+    if mine and theirs and mine != theirs:  # older files do not say theirs: nothing to check against
+        raise FingerprintError(f"{candidate_source}: ran under the {mine} precision policy, {reference_source} is of "
+                               f"the {theirs} policy; its tolerance is that policy's, so layers are not compared")
 
 
 # ---- metrics --------------------------------------------------------------------------------------------
