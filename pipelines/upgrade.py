@@ -210,3 +210,84 @@ def upgrade_files(path: Path, out: Path, source_path: Path | None = None) -> lis
     if fingerprint_line:
         lines.append(fingerprint_line)
     return lines
+
+
+def add_variants(path: Path, runs: list[tuple], out: Path | None = None) -> list[str]:
+    """Join new envelope runs (curve, record, source) of the baseline's own precision policy to a stored schema-5
+    baseline, as `make baseline` would have recorded them beside it: each must be the reference seed under one
+    new numerics variant, with the reference's params, data and device name; their fingerprints' spread joins
+    the file beside it. What a variant run cannot prove (that it ran on the same machine kind) is the record's
+    device name, as for any envelope run."""
+    from cait.fingerprints import load, save
+    from cait.portbugs import describe
+    from pipelines.baselines import EnvelopeRun, record_precision
+    from pipelines.localize import check_compatible, relative_errors
+    from pipelines.params import diff_keys, hash_json
+
+    baseline = load_baseline(path)
+    out = out or path
+    if baseline.schema_version < ENVELOPE_SCHEMA:
+        raise BaselineError(f"{path}: schema {baseline.schema_version}; upgrade it first "
+                            f"(python -m pipelines.stages.baseline upgrade --baseline {path})")
+    prov, have = baseline.provenance, {r.variant for r in baseline.envelope_runs}
+    prints_path = path.with_name(FINGERPRINTS)
+    prints = load(prints_path) if prints_path.exists() else None
+    lines = []
+    for curve, record, source in runs:
+        name = record.get("numerics_variant")
+        why = []
+        if record.get("port_bug"):
+            why.append(f"trained with the port bug {record['port_bug']!r}")
+        if not name:
+            why.append("has no numerics variant")
+        elif name in have:
+            why.append(f"the baseline already has the variant {name!r}")
+        if record["curve_params"]["train"]["seed"] != prov["seed"]:
+            why.append(f"seed {record['curve_params']['train']['seed']}, the reference's is {prov['seed']}")
+        if hash_json(record["curve_params"]) != hash_json(prov["params"]):
+            why.append(f"other params ({', '.join(diff_keys(prov['params'], record['curve_params']))})")
+        if record["data_manifest_hash"] != prov["data_manifest_hash"]:
+            why.append("other data (manifest hash)")
+        if record["environment"]["device_name"] != prov["device_name"]:
+            why.append(f"ran on {record['environment']['device_name']}, the baseline on {prov['device_name']}")
+        if record_precision(record) != baseline.precision:
+            why.append(f"ran under {record_precision(record)}, the baseline's envelope is {baseline.precision}")
+        if not np.array_equal(curve.steps, baseline.steps):
+            why.append("logged other step numbers")
+        if why:
+            raise BaselineError(f"{source}: cannot join {path}'s envelope: {'; '.join(why)}")
+        baseline.envelope_runs.append(EnvelopeRun(name, np.asarray(curve.loss, dtype=np.float64), describe(name),
+                                                  source, record.get("mlflow_run_id") or "",
+                                                  dict(record.get("numerics") or {})))
+        have.add(name)
+        same = np.array_equal(curve.loss, baseline.loss)
+        lines.append(f"{name} joins the {baseline.precision} envelope" + (" (bitwise equal to the reference)"
+                                                                         if same else ""))
+        run_prints = Path(source).parent / FINGERPRINTS
+        if prints is not None and run_prints.exists():
+            variant = load(run_prints)
+            check_compatible(variant, prints, str(run_prints), str(prints_path))
+            rows = {}
+            for step, phases in prints.steps.items():
+                for phase, ref in phases.items():
+                    other = variant.steps.get(step, {}).get(phase)
+                    row = relative_errors(other, ref) if other is not None else np.full(len(ref.names), np.nan)
+                    rows.setdefault(step, {})[phase] = row
+            prints.spread = {step: {phase: np.vstack([values, rows[step][phase][None, :]])
+                                    for phase, values in phases.items()} for step, phases in prints.spread.items()}
+            prints.meta = {**prints.meta, "envelope_variants": [*prints.variants, name]}
+        elif prints is not None:
+            lines.append(f"{name}: no fingerprints beside {source}; localize's tolerance leaves it out")
+    baseline.provenance = {**prov, "envelope_variants": [r.variant for r in baseline.envelope_runs],
+                           "added_variants": [*prov.get("added_variants", []),
+                                              *({"variant": r[1]["numerics_variant"], "source": r[2],
+                                                 "git_commit": r[1].get("git_commit", ""),
+                                                 "date": r[1].get("date", "")} for r in runs)]}
+    if prints is not None:
+        save(out.with_name(FINGERPRINTS), prints)
+    save_baseline(out, baseline)
+    load_baseline(out)  # reads back whole
+    width = baseline.envelope()
+    lines.append(f"envelope of {len(baseline.envelope_runs)} variants: width {width[0]:.3g} at step 0, "
+                 f"{width[-1]:.3g} at step {baseline.steps[-1]} -> {out}")
+    return lines

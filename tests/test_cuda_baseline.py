@@ -31,13 +31,25 @@ def test_recorded_on_an_nvidia_gpu_with_full_provenance():
     assert "+cu" in versions["torch"]  # a CUDA build of torch
 
 
-def test_three_seeds_and_the_cuda_envelope():
+def test_three_seeds_and_the_cuda_envelope_per_precision_policy():
+    """Issue 22: the TF32 runs are the tf32 policy's envelope, never the fp32 one's; the fp32 envelope borrows the
+    CPU's ulp-probe growth, which carries: the H200's own probe grows within a factor of 3 of the CPU's (same key)."""
     baseline = load_baseline(CUDA)
     assert baseline.kind == "multi-run" and baseline.seeds == [0, 1, 2]
-    variants = {run.variant for run in baseline.envelope_runs}
-    assert {"tf32", "fused_attention", "nondeterministic", "weights_ulp"} <= variants
+    assert baseline.schema_version == 5 and baseline.precision == "fp32"
+    assert [r.variant for r in baseline.envelope_runs] == ["threads_1", "threads_2", "fused_attention", "weights_ulp"]
+    assert all(r.numerics["tf32"] == "False" for r in baseline.envelope_runs)
+    tf32 = baseline.policies["tf32"]
+    assert tf32.numerics["tf32"] == "True" and [r.variant for r in tf32.runs] == ["nondeterministic"]
+    growth = baseline.probe_growth
+    assert growth is not None and growth.device == "cpu (AMD EPYC)"
+    assert growth.variants == ["weights_ulp", "weights_ulp_2", "weights_ulp_3"]
+    carry = growth.carry["weights_ulp"]
+    assert 1 / 3 <= carry["ratio_min"] <= carry["ratio_median"] <= carry["ratio_max"] <= 3, carry
     width = baseline.envelope()
     assert width is not None and np.all(np.isfinite(width)) and np.all(np.diff(width) >= 0)
+    # fp32's tolerance is two orders of magnitude narrower than the folded one was (3.1e-2 of the loss at 119)
+    assert width[-1] / baseline.loss[-1] < 1e-4 < baseline.policy_envelope("tf32")[1][-1] / baseline.loss[-1]
 
 
 def test_same_profile_params_and_data_as_the_cpu_reference():

@@ -177,3 +177,55 @@ def test_upgrade_partitions_by_policy_and_signs(tmp_path):
     verdict = judge(params.compare, candidate, relabelled.curve, relabelled, gate=["envelope"], inform=[],
                     precision="fp32")
     assert verdict.status == "inconclusive" and "upgrade" in " ".join(verdict.reasons)
+
+
+@pytest.mark.parametrize("folder", ["default", "default-cuda"])
+def test_the_shipped_baselines_are_signed_and_refuse_an_edit(tmp_path, folder):
+    """Issue 30: the shipped baselines carry the current schema and its checksum; one number edited is refused on
+    load, and the same file relabelled as an older schema (which has no checksum) never judges with the envelope
+    rule."""
+    from pathlib import Path
+
+    from pipelines.envelope import envelope_width
+
+    path = Path(__file__).resolve().parents[1] / "baselines" / folder / "baseline.json"
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION and len(data["checksum"]) == 64
+    load_baseline(path)
+    variant = data["envelope"]["variants"][-1]
+    variant["loss"][60] *= 1.5  # and the width made to match, as a careful hand would
+    reference = np.array(data["loss"])
+    data["envelope"]["width"] = envelope_width(reference, [np.array(v["loss"]) for v in data["envelope"]["variants"]]
+                                               + ([reference + np.array(data["envelope"]["probe_growth"]
+                                                                         ["relative"]) * np.abs(reference)]
+                                                  if "probe_growth" in data["envelope"] else [])).tolist()
+    (tmp_path / "baseline.json").write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="checksum does not match"):
+        load_baseline(tmp_path / "baseline.json")
+    data["schema_version"] = 3
+    (tmp_path / "baseline.json").write_text(json.dumps(data))
+    relabelled = load_baseline(tmp_path / "baseline.json")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    verdict = judge(params.compare, relabelled.curve, relabelled.curve, relabelled, gate=["envelope"], inform=[],
+                    precision="fp32")
+    assert verdict.status == "inconclusive" and "upgrade" in " ".join(verdict.reasons)
+
+
+def test_new_variants_join_a_stored_baseline_only_as_its_reference_seed_under_its_policy(tmp_path):
+    from pipelines.upgrade import add_variants
+
+    path = tmp_path / "baseline.json"
+    save_baseline(path, baseline_from_runs([run(0), run(1)], "default", [run(0, "threads_1", scale=1e-5)]))
+    for bad, why in ((run(1, "weights_ulp_2", scale=3e-5), "seed 1"),
+                     (run(0, "weights_ulp_2", TF32, scale=3e-5), "ran under tf32"),
+                     (run(0, "threads_1", scale=3e-5), "already has the variant"),
+                     ((run(0)[0], {**run(0)[1], "numerics_variant": "weights_ulp_2", "port_bug": "gelu_tanh"}, "x"),
+                      "port bug")):
+        with pytest.raises(BaselineError, match=why):
+            add_variants(path, [bad])
+    assert [r.variant for r in load_baseline(path).envelope_runs] == ["threads_1"]  # nothing written on a refusal
+    lines = add_variants(path, [run(0, "weights_ulp_2", scale=-3e-5)])
+    back = load_baseline(path)
+    assert [r.variant for r in back.envelope_runs] == ["threads_1", "weights_ulp_2"] and "joins" in lines[0]
+    assert back.envelope()[-1] == pytest.approx(3 * back.envelope(exclude="weights_ulp_2")[-1], rel=1e-6)
+    assert back.provenance["added_variants"][0]["variant"] == "weights_ulp_2"

@@ -7,6 +7,8 @@
   python -m pipelines.stages.baseline promote                    # reports/<profile>/curve.csv + train.json
   python -m pipelines.stages.baseline promote --run-dir a --run-dir b --mlflow-run <id> ...
   python -m pipelines.stages.baseline show                       # print the stored baseline's provenance
+  python -m pipelines.stages.baseline upgrade                    # schema 3/4 -> 5: envelope runs by precision policy
+  python -m pipelines.stages.baseline add-variants --run-dir d   # new envelope variants joined to a stored baseline
   python -m pipelines.stages.baseline fingerprints --run-dir ref --run-dir threads_1 ...
                                 # layer fingerprints for a stored baseline, from runs of its reference and envelope
                                 # variants retrained here (each curve must equal the baseline's, bit for bit)
@@ -194,6 +196,11 @@ def main(argv=None) -> int:
                                         "(default: every one of the device, cait/portbugs.py ENVELOPE_VARIANTS)")
     rec.add_argument("--policies", help="precision policies to record an envelope for, comma-separated: fp32, tf32 "
                                         "(default: fp32 on cpu; fp32,tf32 on cuda and sdaa)")
+    add = sub.add_parser("add-variants", help="join envelope runs of new numerics variants (the reference seed, "
+                                             "same params, data and device) to a stored schema-5 baseline")
+    add.add_argument("--run-dir", action="append", default=[], required=True,
+                     help="a run folder (curve.csv, train.json, fingerprints.npz) of one new variant; repeat")
+    add.add_argument("--baseline", help="the baseline file (default: compare.baseline)")
     up = sub.add_parser("upgrade", help="rewrite a baseline of schema 3 or 4 as schema 5: its envelope runs "
                                         "partitioned by the precision policy their numerics amount to, signed")
     up.add_argument("--baseline", help="the baseline file (default: compare.baseline)")
@@ -220,6 +227,13 @@ def main(argv=None) -> int:
     if args.command == "fingerprints":
         return fingerprints_for_stored(Path(args.baseline or params.compare.baseline), [Path(d) for d in args.run_dir],
                                        params)
+    if args.command == "add-variants":
+        from pipelines.upgrade import add_variants
+
+        for line in add_variants(Path(args.baseline or params.compare.baseline),
+                                 [run_from_folder(Path(d)) for d in args.run_dir]):
+            print(f"baseline: {line}", flush=True)
+        return 0
     if args.command == "upgrade":
         from pipelines.upgrade import upgrade_files
 
