@@ -20,7 +20,8 @@ from fake_runs import reference_loss, write_run
 
 from cait.errors import BaselineError, VerdictError
 from pipelines import cli
-from pipelines.baselines import Baseline, baseline_from_json, environment_differences, environment_table, load_baseline
+from pipelines.baselines import (Baseline, baseline_from_json, document_checksum, environment_differences,
+                                 environment_table, load_baseline)
 from pipelines.stages import compare, gate, report, summary
 from pipelines.verdict_file import VERDICT_SCHEMA_VERSION, read_verdict
 
@@ -216,6 +217,7 @@ def test_the_stored_baseline_is_consistent_and_negative_losses_pass_only_when_al
     single.pop("runs"), single.pop("stats"), single.pop("envelope", None)  # a plain single-run baseline
     single["kind"] = "single-run"
     single["loss"][3] = -0.25
+    single["checksum"] = document_checksum(single)  # as a baseline recorded with that loss would be signed
     with pytest.raises(BaselineError, match=r"loss\[3\] is -0.25"):
         baseline_from_json(copy.deepcopy(single), "b.json")
     assert baseline_from_json(single, "b.json", allow_negative_loss=True).loss[3] == -0.25
