@@ -845,7 +845,8 @@ def _load_file(path: Path, spec: str, fmt: str, rank: int, regex: str | None, me
     got = _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
     cut = text.rfind("\n") + 1
     tail = text[cut:].strip()
-    if tail and not any(n.startswith(f"{spec}: left out the last line") for n in got.notes):  # no line end after the last line: read as loss.py reads it (files copied out of CI often end so)
+    # no line end after the last line: read as loss.py reads it (files copied out of CI often end so)
+    if tail and not any(n.startswith(f"{spec}: left out the last line") for n in got.notes):
         got.notes.append(f"{spec}: the last line ({_line_of(text, cut)}) has no line end; read as loss.py reads it "
                          f"(were the log cut while being written, its last value could be cut short): "
                          f"{tail[-100:]!r}")

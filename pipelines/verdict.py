@@ -460,9 +460,9 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     # step numbers that differ by side: said loudly, with how each rule paired them
     pairing_line = ""
     if steps_differ:
-        shown = min(n_pos, 4)
-        def first(steps):
-            return ", ".join(str(int(x)) for x in steps[:shown]) + (", ..." if n_pos > shown else "")
+        at = int(np.argmax(candidate_steps[:n_pos] != baseline_steps[:n_pos]))  # the first point they differ at
+        shown = {side: ", ".join(str(int(x)) for x in steps[at:at + 4]) + (", ..." if n_pos > at + 4 else "")
+                 for side, steps in (("candidate", candidate_steps), ("baseline", baseline_steps))}
         by_rule = []
         used_pos = [r for r in active if r in BY_POSITION]
         used_step = [r for r in active if r in BY_STEP and r in rules]
@@ -471,9 +471,10 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
         if used_step:
             by_rule.append(f"{', '.join(used_step)} paired {n} on matching step numbers"
                            + (" (too few: not applied)" if all(r in too_few for r in used_step) else ""))
-        pairing_line = (f"STEP NUMBERS DIFFER between the curves (candidate {first(candidate_steps)}; baseline "
-                        f"{first(baseline_steps)}): " + "; ".join(by_rule or ["no rule paired them"])
-                        + f"; the verdict's {compared} steps are paired {'on step numbers' if by_step else 'by position'}")
+        pairing_line = (f"STEP NUMBERS DIFFER between the curves from point {at} on (candidate {shown['candidate']}; "
+                        f"baseline {shown['baseline']}): " + "; ".join(by_rule or ["no rule paired them"])
+                        + f"; the verdict's {compared} steps are paired "
+                        + ("on step numbers" if by_step else "by position"))
 
     split_line = (f"curves part at step {first_split}: |d| > max({divergence['max_relative_error']} x |b|, "
                   f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} logged steps in a row"

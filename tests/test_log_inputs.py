@@ -65,8 +65,9 @@ def test_step_numbers_that_differ_by_side_give_the_deciding_rule_s_verdict(proje
     assert verdict["status"] == status and verdict["compared_steps"] == N
     assert verdict["alignment"]["pairing"] == "position" and verdict["alignment"]["step_numbers_differ"]
     loud = [r for r in verdict["reasons"] if r.startswith("STEP NUMBERS DIFFER")]
-    assert len(loud) == 1 and "baseline 0, 4, 8, 12, ..." in loud[0]
-    assert "modelzoo paired the first 101 points by position" in loud[0] and "26 on matching step numbers" in loud[0]
+    assert len(loud) == 1 and "from point 1 on (candidate 1, 2, 3, 4, ...; baseline 4, 8, 12, 16, ...)" in loud[0]
+    assert "modelzoo paired the first 101 points by position" in loud[0]
+    assert "strict, trend paired 26 on matching step numbers (too few: not applied)" in loud[0]
     assert "STEP NUMBERS DIFFER" in out
     for rule in ("strict", "trend"):
         assert not verdict["rules"][rule]["gating"]
@@ -101,7 +102,8 @@ def test_losses_no_float32_training_prints_are_refused_on_either_side(project, c
     assert re.search(r"huge\.log:\d+: train\.loss at step 0 is 1e\+30", err)
     (project / "huger.log").write_text(dllogger_log(np.full(N, 1e300)))
     refused(project, capsys, ["--candidate", "huger.log", "--baseline", "cuda.log"], "huger.log:", "train.loss")
-    (project / "huge.csv").write_text("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in enumerate([2.3] * 59 + [1e30])))
+    huge_csv = "".join(f"{s},{v!r}\n" for s, v in enumerate([2.3] * 59 + [1e30]))
+    (project / "huge.csv").write_text("step,loss\n" + huge_csv)
     refused(project, capsys, ["--candidate", "huge.csv", "--baseline", "cuda.log"], "huge.csv", "step 59")
     # what real logs print stays readable: a diverging run's large losses, then its inf and nan (which the
     # verdict calls inconclusive)
@@ -130,7 +132,8 @@ def test_numbers_with_a_decimal_comma_are_refused_not_read_as_integers(project, 
     a candidate 15% off passed. Refused, naming the file, line and field, in every format."""
     cuda = make_loss(N, 8)
     texts = {"dllogger": dllogger_log(cuda * 1.15),
-             "epoch": "".join(f"Epoch[{s}]: train_loss {v!r} acc1 1.0 | val_loss 9.9\n" for s, v in enumerate(values(cuda))),
+             "epoch": "".join(f"Epoch[{s}]: train_loss {v!r} acc1 1.0 | val_loss 9.9\n"
+                              for s, v in enumerate(values(cuda))),
              "step": "".join(f"step {s} loss {v!r} lr 0.001\n" for s, v in enumerate(values(cuda)))}
     for fmt, text in texts.items():
         (project / f"{fmt}.log").write_text(re.sub(r"(\d)\.(\d)", r"\1,\2", text))
@@ -159,5 +162,6 @@ def test_a_regex_that_backtracks_catastrophically_is_stopped_naming_pattern_and_
     (project / "user.log").write_text("\n".join(lines) + "\n")
     pattern = r"it=(?P<step>\d+) objective=(?P<loss>(\d+)+\.\d+)"
     err = refused(project, capsys, ["--candidate", "user.log", "--baseline", "cuda.log", "--candidate-format",
-                                    "regex", "--regex", pattern], "user.log line 41", "objective=(?P<loss>", "backtracks")
+                                    "regex", "--regex", pattern],
+                  "user.log line 41", "objective=(?P<loss>", "backtracks")
     assert "stopped after 0.3" in err
