@@ -775,7 +775,7 @@ def _parse_text(text: str, own: str, fmt: str, spec: str, rank: int, regex: str 
 def check_values(got: ImportedCurve, what: str | None = None) -> None:
     """Refuse values no training prints: a magnitude above LOSS_LIMIT (naming the first, its line and field), or
     exactly 0 at every step (a broken logger; a single 0 can be real, a whole curve of them never is)."""
-    loss, field = got.curve.loss, what or got.metric or "loss"
+    loss, name = got.curve.loss, what or got.metric or "loss"
     if not len(loss):
         return
     with np.errstate(invalid="ignore"):
@@ -783,13 +783,13 @@ def check_values(got: ImportedCurve, what: str | None = None) -> None:
     if len(huge):
         i = int(huge[0])
         where = f"{got.source}:{got.line_of(i)}" if got.line_of else got.source
-        raise BaselineError(f"{where}: {field} at step {int(got.curve.steps[i])} is {float(loss[i])!r}, beyond any "
+        raise BaselineError(f"{where}: {name} at step {int(got.curve.steps[i])} is {float(loss[i])!r}, beyond any "
                             f"loss a float32 training prints (|x| <= 2**64 ~ 1.8e19; {len(huge)} such value(s)): a "
-                            f"corrupt file or a sentinel value; check that {field} is the loss")
+                            f"corrupt file or a sentinel value; check that {name} is the loss")
     finite = loss[np.isfinite(loss)]
     if len(finite) and not np.any(finite):
         lines = f" (lines {got.lines[0]}-{got.lines[1]})" if got.lines else ""
-        raise BaselineError(f"{got.source}: {field} is exactly 0 at every one of its {len(loss)} steps{lines}, which "
+        raise BaselineError(f"{got.source}: {name} is exactly 0 at every one of its {len(loss)} steps{lines}, which "
                             f"no training's loss is (a broken logger?); check the log, or name another field with "
                             f"--metric")
 
