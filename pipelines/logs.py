@@ -22,10 +22,18 @@ Formats (`load_curve(..., fmt=...)`; `auto` tries them in this order and takes t
 
 Every text log is first made plain: gzip/bz2/xz files are decompressed, ANSI colour codes removed, CRLF
 made LF, torchrun's `[rank0]:` / `[default0]:` line prefixes taken off (lines of other ranks are left out,
-but for dllogger records, which carry their own rank). An unterminated last line (a log still being
-written) is left out, with a note. JSON is recognised by parsing, not by its first character, so a text
-log that starts with `[INFO]` is a text log. A log holding several runs (the step numbers start again)
-is refused unless `run` picks one (`first`, `last` or its number, from 1).
+but for dllogger records, which carry their own rank). A last line without a line end is read as loss.py
+reads it (logs copied out of CI often end so, and their last record is complete), with a note; a file
+whose size changes while it is read is refused as a log still being written. JSON is recognised by
+parsing, not by its first character, so a text log that starts with `[INFO]` is a text log. A log holding
+several runs (the step numbers start again) is refused unless `run` picks one (`first`, `last` or its
+number, from 1).
+
+Values no training prints are refused as corrupt input, naming the file, line and field: a magnitude
+above LOSS_LIMIT, a curve that is exactly 0 at every step (a broken logger), numbers cut at a comma
+(`2,302585`: a decimal comma, read as 2 by loss.py's regex too). A user `--regex` gets a time limit
+(REGEX_SECONDS + the text at REGEX_MIN_CHARS_PER_S): a pattern that backtracks catastrophically is
+stopped and the line it stuck on named.
 
 Loss values keep the exact text the log printed, parsed as float() parses it (the regex runs in C over
 the whole text, the numbers go through pyarrow's correctly rounded parser, no Python loop per line), so
@@ -40,8 +48,15 @@ import gzip
 import json
 import lzma
 import re
+import signal
+import stat
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -51,13 +66,15 @@ from pipelines.curves import Curve, parse_curve_csv
 FORMATS = ("auto", "dllogger", "dllogger-json", "timm", "mmengine", "epoch", "step", "regex", "csv", "json",
            "mlflow")
 DLLOGGER_PREFIX = "TCAPPDLL"
-TOKEN = r"(?P<loss>[^\s,;|(){}\[\]'\"]+)"  # after a mandatory `:`: whatever is there (a non-number is an error)
+TOKEN_CHAR = r"[^\s,;|(){}\[\]'\"]"
+TOKEN = rf"(?P<loss>{TOKEN_CHAR}+)"  # after a mandatory `:`: whatever is there (a non-number is an error)
 NUMBER = r"(?P<loss>[-+.\dnNiI][^\s,;|(){}\[\]'\"]*)"  # after an optional separator: something number-like
 KEY = r"(?<![\w.]){key}(?![\w.])"
 # dllogger records: with the Epoch/Iteration prefix (step numbers), and without (numbered by position)
 DLLOGGER_RECORD = (r"Epoch:\s*(?P<epoch>\d+)\s+Iteration:\s*(?P<step>\d+)\s+rank\s*:\s*(?P<rank>\d+)\s+"
                    r"{key}\s*:\s*" + TOKEN)
 DLLOGGER_RANKED = r"rank\s*:\s*(?P<rank>\d+)\s+{key}\s*:\s*" + TOKEN
+DLLOGGER_RANK_OF = r"rank\s*:\s*(\d+)\s+{key}\s*:\s*(?=" + TOKEN_CHAR + ")"  # the rank of every ranked record
 MODELZOO_FALLBACK = r"loss (?P<loss>[\d\.e-]+)"  # ModelZoo loss.py's own fallback, verbatim
 TIMM_RECORD = (r"Train:\s*(?P<epoch>\d+)\s*\[\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)[^\]\n]*\][^\n]*?"
                + KEY + r"\s*:\s*" + TOKEN)
@@ -97,6 +114,13 @@ MLFLOW_ID = re.compile(r"^(?:mlflow:|runs:/)?([0-9a-f]{32})/?$")
 CHUNK_CHARS = 8 << 20  # the text is scanned in pieces of this size (cut at line ends): bounded Python objects
 MAGIC = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompress),
          (b"\xfd7zXZ\x00", "xz", lzma.decompress))
+# No float32 training prints a loss above 2**64 (~1.8e19, ~sqrt(float32 max)) and goes on: a cross-entropy L needs
+# logits L apart, so gradients ~L behind the head, whose squares (Adam's second moments, grad-norm clipping) pass
+# float32's max (3.4e38) there. 1e30 or 1e300 is a corrupt value or a sentinel, never a loss; inf and nan, which a
+# diverged run prints, are kept (the verdict is inconclusive). Counters read with --metric fit too (uint64).
+LOSS_LIMIT = 2.0 ** 64
+REGEX_SECONDS = 10.0  # a user --regex may take this long, plus the text at REGEX_MIN_CHARS_PER_S ...
+REGEX_MIN_CHARS_PER_S = 1e6  # ... (a linear pattern scans a log at >= 10 MB/s, even on a loaded machine)
 
 
 @dataclass
@@ -108,6 +132,7 @@ class ImportedCurve:
     baseline: object | None = None  # a pipelines.baselines.Baseline when the file was one
     lines: tuple[int, int] | None = None  # first and last line of the values read (text logs)
     metric: str | None = None  # the value read (train.loss, Loss, ...), where the log offers several
+    line_of: Callable[[int], int] | None = field(default=None, repr=False)  # point index -> line (text logs)
 
     def describe(self) -> dict:
         """What was read, for the verdict: how many points, from which lines, in which format."""
@@ -130,12 +155,57 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
+def _float_column(column) -> np.ndarray:
+    """A pyarrow float64 column as a numpy array, NaN where null, from its buffers: pyarrow's own to_numpy
+    imports pandas on first use (0.2 s of CPU, a fifth of reading a 100 MB log)."""
+    parts = []
+    for chunk in column.chunks:
+        if not len(chunk):
+            continue
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=np.float64, count=len(chunk), offset=chunk.offset * 8)
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+            values = np.where(bits[chunk.offset:chunk.offset + len(chunk)].astype(bool), values, np.nan)
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+class _TimeUp(Exception):
+    """A time limit ran out (raised from SIGALRM into the regex engine, which checks for signals)."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Raise _TimeUp in the block after `seconds` (SIGALRM; the main thread only, elsewhere no limit). An
+    outer timer (pytest-timeout's) is put back with the time it had left."""
+    if seconds is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TimeUp()
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expire)
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3), interval)
+
+
 class Scan:
     """Every match of a pattern in a text, its groups as float64 columns (NaN where an optional group took no
     part). findall runs in C a chunk at a time and pyarrow parses the numbers: no Python code per line, and
-    at most one chunk's strings alive at once. `line(k)` finds the line of match k only when asked."""
+    at most one chunk's strings alive at once. `line(k)` finds the line of match k only when asked.
+    `limit_s` bounds the time of the whole scan (a user's pattern): past it, ConfigError naming the line."""
 
-    def __init__(self, regex: re.Pattern, text: str, source: str, numeric: tuple[str, ...] | None = None):
+    def __init__(self, regex: re.Pattern, text: str, source: str, numeric: tuple[str, ...] | None = None,
+                 limit_s: float | None = None):
         self.regex, self.text, self.source = regex, text, source
         by_index = {i: name for name, i in regex.groupindex.items()}
         self.names = [by_index.get(i, f"group{i}") for i in range(1, regex.groups + 1)]
@@ -143,10 +213,18 @@ class Scan:
         parts: dict[str, list[np.ndarray]] = {n: [] for n in self.numeric}
         self.chunks: list[tuple[int, int, int, int]] = []  # (start, end, matches before it, matches in it)
         count, start = 0, 0
+        deadline = None if limit_s is None else time.monotonic() + limit_s
         while start < len(text):
             end = text.find("\n", min(start + CHUNK_CHARS, len(text)) - 1)
             end = len(text) if end < 0 else end + 1
-            rows = regex.findall(text, start, end)
+            if deadline is None:
+                rows = regex.findall(text, start, end)
+            else:
+                try:
+                    with _time_limit(deadline - time.monotonic()):
+                        rows = regex.findall(text, start, end)
+                except _TimeUp:
+                    raise self._stuck(start, end, limit_s) from None
             self.chunks.append((start, end, count, len(rows)))
             if rows:
                 for name, values in self._columns(rows, start, end).items():
@@ -173,7 +251,7 @@ class Scan:
                                                     include_columns=self.numeric, null_values=[""],
                                                     strings_can_be_null=False))
             if table.num_rows == len(rows):
-                return {n: table.column(n).to_numpy(zero_copy_only=False) for n in self.numeric}
+                return {n: _float_column(table.column(n)) for n in self.numeric}
         except pa.ArrowException:  # any value pyarrow refuses: the per-value path below names it
             pass
         # a value pyarrow does not take (or a capture holding a separator): float() each, naming the bad one
@@ -190,6 +268,22 @@ class Scan:
                     raise BaselineError(f"{self.source}:{_line_of(self.text, where.start(i + 1))}: {what} "
                                         f"{cell!r} is not a number") from None
         return out
+
+    def _stuck(self, start: int, end: int, limit_s: float) -> ConfigError:
+        """The error for a pattern that ran out of time in text[start:end]: the line it sticks on, found by
+        trying it line by line under the same limit (or the chunk's lines, if no single line is the cause)."""
+        first = _line_of(self.text, start)
+        number, line = first, ""
+        try:
+            with _time_limit(limit_s):
+                for number, line in enumerate(self.text[start:end].split("\n"), start=first):
+                    self.regex.search(line)
+            where = f"lines {first}-{number} (no single line: the pattern spans lines)"
+        except _TimeUp:
+            where = f"line {number} ({line.strip()[:80]!r})"
+        return ConfigError(f"--regex {self.regex.pattern!r}: stopped after {limit_s:.3g} s at {self.source} {where}: "
+                           f"the pattern backtracks catastrophically there (nested or overlapping repeats such as "
+                           f"(a+)+ or (.*?,)*); make each repeat match one thing, e.g. [^,]* or \\S+ in place of .*")
 
     def _match(self, k: int, start: int, end: int) -> re.Match:
         for j, m in enumerate(self.regex.finditer(self.text, start, end)):
@@ -292,7 +386,8 @@ def _assemble(records: Records, fmt: str, source: str, notes: list[str], run: st
         steps = np.arange(n, dtype=np.float64)
         notes.append(f"{source}: iteration numbers restart each epoch; steps are numbered by position in the log")
     lines = (records.line(0), records.line(n - 1))
-    return ImportedCurve(Curve(steps.astype(np.int64), records.loss), source, fmt, notes, lines=lines, metric=metric)
+    return ImportedCurve(Curve(steps.astype(np.int64), records.loss), source, fmt, notes, lines=lines, metric=metric,
+                         line_of=records.line)
 
 
 def _records_of(scan: Scan) -> Records:
@@ -302,8 +397,32 @@ def _records_of(scan: Scan) -> Records:
     return Records(loss, cols.get("epoch", nan), cols.get("step", nan), cols.get("total", nan), scan.line)
 
 
-def _compile(pattern: str, key: str) -> re.Pattern:
+def _compile(pattern: str, key: str, rank: int | None = None) -> re.Pattern:
+    """The pattern for metric `key`; with `rank`, matching only that rank's records (the others are never
+    turned into strings: 3/4 of a 4-rank log's work saved)."""
+    if rank is not None:
+        pattern = pattern.replace(r"(?P<rank>\d+)", f"(?P<rank>{int(rank)})")
     return re.compile(pattern.replace("{key}", re.escape(key)))
+
+
+WHOLE = re.compile(r"[-+]?\d+")
+
+
+def _refuse_cut_at_comma(scan: Scan, records: Records, what: str) -> None:
+    """Numbers written with a decimal comma (`2,302585`, or a thousands separator) are cut at it by every
+    pattern here and by loss.py's own: read as 2. Only looked for when every value read is whole (as cut
+    ones are); then the first such records are checked for a digit after a comma."""
+    loss = records.loss[np.isfinite(records.loss)]
+    if not len(loss) or np.any(loss != np.round(loss)):
+        return
+    group = "loss" if "loss" in scan.regex.groupindex else 1
+    for m in islice(scan.regex.finditer(scan.text), 50):
+        end = m.end(group)
+        if WHOLE.fullmatch(m.group(group)) and scan.text[end:end + 1] == "," and scan.text[end + 1:end + 2].isdigit():
+            number = re.match(r"[\d,.]*", scan.text[m.start(group):m.start(group) + 40])[0]
+            raise BaselineError(f"{scan.source}:{_line_of(scan.text, m.start(group))}: {what} {number!r} is written "
+                                f"with a comma (a decimal comma?), which loss.py and this reader cut to "
+                                f"{m.group(group)}; rewrite the log with decimal points (LC_NUMERIC=C)")
 
 
 def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | None = None,
@@ -311,26 +430,28 @@ def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | Non
     """ModelZoo dllogger stdout: every record of `rank` in the whole text (glued lines included)."""
     notes: list[str] = []
     key = metric or "train.loss"
-    with_steps = Scan(_compile(DLLOGGER_RECORD, key), text, source)
-    # every record has its Epoch/Iteration prefix (the usual case: one scan), or some lack it (numbered by position)
-    ranked = with_steps if with_steps.count and with_steps.count == text.count(key) else \
-        Scan(_compile(DLLOGGER_RANKED, key), text, source, ("rank", "loss"))
-    if ranked.count:
-        scan = with_steps if with_steps.count == ranked.count else ranked
-        if scan is not with_steps and with_steps.count:
-            notes.append(f"{source}: {ranked.count - with_steps.count} record(s) have no Epoch/Iteration prefix; "
-                         f"steps are numbered by position")
-        records = _records_of(scan)
-        if scan is not with_steps:
-            records.step = np.full(scan.count, np.nan)
-        ranks = scan.columns["rank"]
-        found = sorted({int(r) for r in np.unique(ranks)})
+    ranks = _compile(DLLOGGER_RANK_OF, key).findall(text)  # one-digit strings are shared: cheap
+    if ranks:
+        found = sorted({int(r) for r in set(ranks)})
         if rank not in found:
             raise BaselineError(f"{source}: no records of rank {rank} (the log has ranks "
                                 f"{', '.join(map(str, found))}); pick one with --rank")
+        own = sum(ranks.count(r) for r in set(ranks) if int(r) == rank)
+        del ranks
+        # every record of the rank has its Epoch/Iteration prefix (the usual case: one scan), or some lack it
+        scan = Scan(_compile(DLLOGGER_RECORD, key, rank), text, source, ("epoch", "step", "loss"))
+        with_steps = scan.count
+        if with_steps != own:
+            scan = Scan(_compile(DLLOGGER_RANKED, key, rank), text, source, ("loss",))
+            if with_steps:
+                notes.append(f"{source}: {scan.count - with_steps} record(s) have no Epoch/Iteration prefix; "
+                             f"steps are numbered by position")
+        records = _records_of(scan)
+        if with_steps != own:
+            records.step = np.full(scan.count, np.nan)
+        _refuse_cut_at_comma(scan, records, key)
         if len(found) > 1:
             notes.append(f"{source}: the log holds ranks {', '.join(map(str, found))}; read rank {rank}")
-            records = _selected(records, ranks == rank)
         return _assemble(records, "dllogger", source, notes, run, metric=key)
     # no rank field: the key alone, then ModelZoo's own fallback, numbered by position as ModelZoo does
     for pattern, label, read in ((KEY.replace("{key}", re.escape(key)) + r"\s*:\s*" + TOKEN, f"`{key} : <x>`", key),
@@ -340,6 +461,7 @@ def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | Non
             notes.append(f"{source}: no dllogger records with a rank; read {scan.count} values with {label}, "
                          f"numbered by position")
             records = _records_of(scan)
+            _refuse_cut_at_comma(scan, records, read)
             return _assemble(records, "dllogger", source, notes, run, metric=read)
     raise BaselineError(f"{source}: no ModelZoo dllogger records (`rank : {rank}  {key} : <x>`) found; "
                         f"give the format with --format, or a pattern with --regex")
@@ -356,7 +478,9 @@ def parse_lines(text: str, fmt: str, source: str = "log", run: str | None = None
             others = _other_losses(text, scan, key)
             if others:
                 notes.append(f"{source}: read {key}; the lines also hold {', '.join(others)} (pick one with --metric)")
-            return _assemble(_records_of(scan), fmt, source, notes, run, spec.first_epoch, key)
+            records = _records_of(scan)
+            _refuse_cut_at_comma(scan, records, key)
+            return _assemble(records, fmt, source, notes, run, spec.first_epoch, key)
     tried = ", ".join(f"`{k}`" for k in ((metric,) if metric else spec.keys))
     raise BaselineError(f"{source}: no {fmt} lines with {tried} found (e.g. `{spec.example}`); "
                         f"give another value with --metric, or a pattern with --regex")
@@ -390,10 +514,11 @@ def parse_regex(text: str, pattern: str, source: str = "log", run: str | None = 
     if "loss" not in names and regex.groups != 1:
         raise ConfigError(f"--regex {pattern!r}: needs a group named `loss` (?P<loss>...) or exactly one group")
     wanted = tuple(n for n in ("loss", "step", "group1") if n in names or n == "group1" and "loss" not in names)
-    scan = Scan(regex, text, source, wanted)
+    scan = Scan(regex, text, source, wanted, limit_s=REGEX_SECONDS + len(text) / REGEX_MIN_CHARS_PER_S)
     if not scan.count:
         raise BaselineError(f"{source}: the pattern {pattern!r} matches nothing")
     records = _records_of(scan)
+    _refuse_cut_at_comma(scan, records, "loss")
     if "step" in names and np.any(records.step != np.round(records.step)):
         raise BaselineError(f"{source}: the `step` group of {pattern!r} captures numbers that are not whole")
     notes = [] if "step" in names else [f"{source}: the pattern has no `step` group; values numbered by position"]
@@ -424,7 +549,9 @@ def parse_dllogger_json(text: str, rank: int = 0, key: str | None = None, source
     epochs, iterations, loss, line_numbers, ranks, notes = [], [], [], [], set(), []
     skipped = 0
     prefixed = "DLLL " in text
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    lines = text.split("\n")
+    unterminated = len(lines) if lines[-1].strip() else 0  # the last line has no line end
+    for line_no, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or (prefixed and not line.startswith("DLLL ")):
             continue
@@ -432,6 +559,10 @@ def parse_dllogger_json(text: str, rank: int = 0, key: str | None = None, source
         try:
             record = json.loads(body)
         except json.JSONDecodeError:
+            if line_no == unterminated:  # a record cut short as the log was being written: not a value
+                notes.append(f"{source}: left out the last line ({line_no}), an incomplete JSON record without a "
+                             f"line end (the log was cut while being written?): {line[-100:]!r}")
+                break
             raise BaselineError(f"{source}:{line_no}: not a JSON record (a damaged line?)") from None
         data = record.get("data") if isinstance(record, dict) else None
         step = _dllogger_step(record.get("step")) if isinstance(record, dict) else None
@@ -641,12 +772,44 @@ def _parse_text(text: str, own: str, fmt: str, spec: str, rank: int, regex: str 
     return got
 
 
+def check_values(got: ImportedCurve, what: str | None = None) -> None:
+    """Refuse values no training prints: a magnitude above LOSS_LIMIT (naming the first, its line and field), or
+    exactly 0 at every step (a broken logger; a single 0 can be real, a whole curve of them never is)."""
+    loss, name = got.curve.loss, what or got.metric or "loss"
+    if not len(loss):
+        return
+    with np.errstate(invalid="ignore"):
+        huge = np.flatnonzero(np.isfinite(loss) & (np.abs(loss) > LOSS_LIMIT))
+    if len(huge):
+        i = int(huge[0])
+        where = f"{got.source}:{got.line_of(i)}" if got.line_of else got.source
+        raise BaselineError(f"{where}: {name} at step {int(got.curve.steps[i])} is {float(loss[i])!r}, beyond any "
+                            f"loss a float32 training prints (|x| <= 2**64 ~ 1.8e19; {len(huge)} such value(s)): a "
+                            f"corrupt file or a sentinel value; check that {name} is the loss")
+    finite = loss[np.isfinite(loss)]
+    if len(finite) and not np.any(finite):
+        lines = f" (lines {got.lines[0]}-{got.lines[1]})" if got.lines else ""
+        raise BaselineError(f"{got.source}: {name} is exactly 0 at every one of its {len(loss)} steps{lines}, which "
+                            f"no training's loss is (a broken logger?); check the log, or name another field with "
+                            f"--metric")
+
+
+def _regular_size(path: Path) -> int | None:
+    """The size of a regular file (pipes and devices have none that means anything)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = None,
                tracking_uri: str | None = None, metric: str | None = None, run: str | None = None) -> ImportedCurve:
     """Read a curve from a file path or an MLflow run id (`mlflow:<id>`, `runs:/<id>` or a bare id).
 
     `metric`: the value to read (default: each format's train loss; `loss` for MLflow); `run`: which run of
-    a log holding several (first, last or a number from 1)."""
+    a log holding several (first, last or a number from 1). Values no training prints are refused
+    (`check_values`); so is a file whose size changes while it is read (a log still being written)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if regex is not None and fmt == "auto":
@@ -658,7 +821,21 @@ def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = 
             raise ConfigError(f"{spec!r}: not an MLflow run id (32 hex digits, optionally mlflow:<id>)")
         if not tracking_uri:
             raise ConfigError(f"{spec}: an MLflow run id needs a tracking store (MLFLOW_TRACKING_URI or tracking.uri)")
-        return read_mlflow_run(mlflow_run[1], tracking_uri, metric or "loss")
+        got = read_mlflow_run(mlflow_run[1], tracking_uri, metric or "loss")
+        check_values(got, metric or "loss")
+        return got
+    size = _regular_size(path)
+    got = _load_file(path, spec, fmt, rank, regex, metric, run)
+    after = _regular_size(path)
+    if size is not None and after != size:
+        raise BaselineError(f"{spec}: the file changed size while it was read ({size} -> {after} bytes): a log still "
+                            f"being written; compare it when the run has finished (or compare a copy)")
+    check_values(got)
+    return got
+
+
+def _load_file(path: Path, spec: str, fmt: str, rank: int, regex: str | None, metric: str | None,
+               run: str | None) -> ImportedCurve:
     data = read_input(path, spec)
     head = decode_text(data[:65536], spec)
     first = head.lstrip().split("\n", 1)[0].strip().split(",")
@@ -681,13 +858,12 @@ def load_curve(spec: str, fmt: str = "auto", rank: int = 0, regex: str | None = 
             raise BaselineError(f"{spec}: not valid JSON (at character {exc.pos}; truncated?)") from None
     if fmt == "csv":
         return ImportedCurve(parse_curve_csv(text, spec, only_loss=True), spec, "csv")
-    if text.endswith("\n") or "\n" not in text:
-        return _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
-    # an unterminated last line (a log still being written): read without it, and say so
-    cut, own_cut = text.rfind("\n") + 1, own.rfind("\n") + 1
-    got = _parse_text(text[:cut], own[:own_cut], fmt, spec, rank, regex, run, metric, notes)
+    got = _parse_text(text, own, fmt, spec, rank, regex, run, metric, notes)
+    cut = text.rfind("\n") + 1
     tail = text[cut:].strip()
-    if tail:
-        got.notes.append(f"{spec}: left out the last line ({_line_of(text, cut)}), which has no line end, as in a "
-                         f"log still being written: {tail[:100]!r}")
+    # no line end after the last line: read as loss.py reads it (files copied out of CI often end so)
+    if tail and not any(n.startswith(f"{spec}: left out the last line") for n in got.notes):
+        got.notes.append(f"{spec}: the last line ({_line_of(text, cut)}) has no line end; read as loss.py reads it "
+                         f"(were the log cut while being written, its last value could be cut short): "
+                         f"{tail[-100:]!r}")
     return got

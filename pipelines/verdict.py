@@ -14,9 +14,11 @@
   step by step. It needs a baseline with envelope runs (schema 3).
 - `first_divergence` finds the step where the curves part beyond tolerance.
 
-`decide` aligns the curves on their step numbers (pipelines/align.py), applies the rules the policy
-names (`gate`: decide; `inform`: reported only) and returns a verdict: pass, fail or inconclusive,
-with its reasons. Anything that makes the numbers meaningless makes it inconclusive, never pass.
+`decide` pairs the curves as each rule does (modelzoo by position, as loss.py; the others on step numbers,
+pipelines/align.py), applies the rules the policy names (`gate`: decide; `inform`: reported only) and returns a
+verdict: pass, fail or inconclusive, with its reasons. `min_steps` counts each rule's own pairs: a gating rule
+with fewer makes the verdict inconclusive, an informing one is "not applied" with the reason. Anything that
+makes the numbers meaningless makes it inconclusive, never pass.
 
 The rules' thresholds have no defaults here: they are keyword arguments named as in params.yaml's
 `compare.rules` and `compare.divergence`, whose one set of defaults is pipelines/params.py.
@@ -36,6 +38,8 @@ from pipelines.envelope import envelope_check
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput")
+BY_POSITION = ("modelzoo",)  # rules that pair the curves by position (as loss.py); the others but throughput
+BY_STEP = ("strict", "band", "trend", "envelope")  # pair them on step numbers
 TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
 KENDALL_MAX_POINTS = 50_000  # Kendall's tau sorts every point: past this, evenly spaced points (p is ~0 anyway)
 
@@ -366,9 +370,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     if len(candidate) != len(baseline):
         notes.append(f"curves have different lengths (candidate {len(candidate)}, baseline {len(baseline)}); "
                      f"the modelzoo rule compares the first {n_pos} by position, as ModelZoo does")
-    if n_pos and not np.array_equal(candidate_steps[:n_pos], baseline_steps[:n_pos]):
-        notes.append("step numbers differ between the curves: the modelzoo rule pairs them by position, as "
-                     "ModelZoo does; the other rules pair them on step numbers")
+    steps_differ = bool(n_pos) and not np.array_equal(candidate_steps[:n_pos], baseline_steps[:n_pos])
 
     # every other rule: paired on step numbers
     extra = {"mean": band_stats["mean"], "std": band_stats["std"]} if band_stats is not None else {}
@@ -378,44 +380,64 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
         extra["envelope"] = envelope_width
         if envelope_reference is not None:
             extra["envelope_reference"] = np.asarray(envelope_reference, dtype=np.float64)
-    aligned = None
+    aligned, unaligned = None, ""
     try:
         aligned = align(candidate_steps, candidate, baseline_steps, baseline, mode=alignment, baseline_extra=extra)
     except BaselineError as exc:
-        reasons.append(f"the curves cannot be aligned on step numbers: {exc}")
+        unaligned = f"the curves cannot be aligned on step numbers: {exc}"
     n = len(aligned) if aligned is not None else 0
     if aligned is not None:
         notes += aligned.notes()
-        if n < min_steps:
-            reasons.append(f"only {n} step(s) can be compared on matching step numbers (candidate "
-                           f"{len(candidate)}, baseline {len(baseline)}); compare.min_steps is {min_steps}")
-    if n_pos == 0 or (aligned is not None and n == 0):
-        reasons.append("one of the curves is empty, or they share no step")
+    if n_pos == 0:
+        reasons.append("one of the curves is empty")
 
-    rules: dict[str, RuleResult] = {}
+    # min_steps counts the pairs each rule uses: too few, and the rule is not applied (inconclusive if it gates)
+    settings = {"modelzoo": modelzoo, "strict": strict, "band": band, "trend": trend, "envelope": envelope}
+    too_few: dict[str, RuleResult] = {}
+    for name in (r for r in active if r in settings):
+        pairs, how = (n_pos, "by position") if name in BY_POSITION else (n, "on matching step numbers")
+        if n_pos and pairs < min_steps:
+            why = unaligned if name in BY_STEP and unaligned else (
+                f"only {pairs} step(s) paired {how} (candidate {len(candidate)}, baseline {len(baseline)} "
+                f"points); compare.min_steps is {min_steps}")
+            too_few[name] = RuleResult(name, False, name in gate, why, {"steps_used": pairs}, dict(settings[name]),
+                                       applicable=False)
+    # the pairs the deciding rules use: the verdict's step count, its absolute errors and where the curves part
+    by_step = any(r in BY_STEP for r in gate)
+    pairing = "steps" if by_step else "position"
+    if by_step:
+        compared, pair_steps, pair_c, pair_b = (n, aligned.steps, aligned.candidate, aligned.baseline) if n else \
+            (0, None, None, None)
+    else:
+        compared, pair_steps, pair_c, pair_b = n_pos, candidate_steps[:n_pos], candidate[:n_pos], baseline[:n_pos]
+    if by_step and not n and n_pos and not any(r.gating for r in too_few.values()):  # (min_steps 0)
+        reasons.append(unaligned or "the curves share no step number")
+
+    rules: dict[str, RuleResult] = dict(too_few)
     lines: list[str] = []
     absolute: dict[str, float] = {}
     first_split = None
     with np.errstate(divide="ignore", invalid="ignore"):
         if n_pos:
             mz = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **modelzoo)
-            if "modelzoo" in active:
+            if "modelzoo" in active and "modelzoo" not in too_few:
                 rules["modelzoo"] = mz
             lines = modelzoo_lines(mz.numbers["mean_relative_error"], mz.numbers["mean_absolute_error"],
                                    **modelzoo)
+        if compared:
+            absolute = absolute_errors(pair_c, pair_b)
+            first_split = first_divergence(pair_steps, pair_c, pair_b, **divergence)
         if n:
             s, c, b = aligned.steps, aligned.candidate, aligned.baseline
-            absolute = absolute_errors(c, b)
-            first_split = first_divergence(s, c, b, **divergence)
-            if "strict" in active:
+            if "strict" in active and "strict" not in too_few:
                 rules["strict"] = strict_rule(c, b, s, gating="strict" in gate, **strict)
-            if "trend" in active:
+            if "trend" in active and "trend" not in too_few:
                 rules["trend"] = trend_rule(c, b, s, gating="trend" in gate, **trend)
-            if "envelope" in active and envelope_width is not None:
+            if "envelope" in active and envelope_width is not None and "envelope" not in too_few:
                 rules["envelope"] = envelope_rule(c, aligned.baseline_extra.get("envelope_reference", b),
                                                   aligned.baseline_extra["envelope"], s,
                                                   gating="envelope" in gate, **envelope)
-            if "band" in active and band_stats is not None:
+            if "band" in active and band_stats is not None and "band" not in too_few:
                 rules["band"] = band_rule(c, aligned.baseline_extra["mean"], aligned.baseline_extra["std"], s,
                                           runs=int(band_stats.get("runs", 0)), gating="band" in gate,
                                           **band)
@@ -423,12 +445,14 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
         rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
                                               **throughput)
     if "band" in active and band_stats is None:
+        rules.pop("band", None)
         if "band" in gate:
             reasons.append("the band rule gates but the baseline has a single run; record a multi-run baseline "
                            "(python -m pipelines.stages.baseline record --runs 3) or move band to compare.inform")
         else:
             notes.append("band rule not applied: the baseline has a single run")
     if "envelope" in active and envelope_width is None:
+        rules.pop("envelope", None)
         why = envelope_missing or "the baseline has no envelope; record one with `make baseline`"
         if "envelope" in gate:
             reasons.append(f"the envelope rule gates but cannot run: {why}")
@@ -437,6 +461,24 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     for name, rule in rules.items():
         if not rule.applicable:
             (reasons if rule.gating else notes).append(f"{name} rule not applied: {rule.summary}")
+    # step numbers that differ by side: said loudly, with how each rule paired them
+    pairing_line = ""
+    if steps_differ:
+        at = int(np.argmax(candidate_steps[:n_pos] != baseline_steps[:n_pos]))  # the first point they differ at
+        shown = {side: ", ".join(str(int(x)) for x in steps[at:at + 4]) + (", ..." if n_pos > at + 4 else "")
+                 for side, steps in (("candidate", candidate_steps), ("baseline", baseline_steps))}
+        by_rule = []
+        used_pos = [r for r in active if r in BY_POSITION]
+        used_step = [r for r in active if r in BY_STEP and r in rules]
+        if used_pos:
+            by_rule.append(f"{', '.join(used_pos)} paired the first {n_pos} points by position, as ModelZoo does")
+        if used_step:
+            by_rule.append(f"{', '.join(used_step)} paired {n} on matching step numbers"
+                           + (" (too few: not applied)" if all(r in too_few for r in used_step) else ""))
+        pairing_line = (f"STEP NUMBERS DIFFER between the curves from point {at} on (candidate {shown['candidate']}; "
+                        f"baseline {shown['baseline']}): " + "; ".join(by_rule or ["no rule paired them"])
+                        + f"; the verdict's {compared} steps are paired "
+                        + ("on step numbers" if by_step else "by position"))
 
     split_line = (f"curves part at step {first_split}: |d| > max({divergence['max_relative_error']} x |b|, "
                   f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} logged steps in a row"
@@ -445,18 +487,22 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                   f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} steps in a row")
     if reasons:
         status = INCONCLUSIVE
-        if n:
+        if compared:
             notes.append(split_line)
+        reasons += [pairing_line] if pairing_line else []
     else:
         failed = [r for r in rules.values() if r.gating and not r.passed]
         status = FAIL if failed else PASS
         reasons = [f"{r.name}: {r.summary}" for r in failed] or [
             f"{r.name}: {r.summary}" for r in rules.values() if r.gating]
+        reasons += [pairing_line] if pairing_line else []
         reasons += [f"informative rule {r.name} fails: {r.summary}" for r in rules.values()
                     if not r.gating and not r.passed and r.applicable]
         reasons.append(split_line)
-    return Verdict(status=status, reasons=reasons, rules=rules, absolute=absolute, compared_steps=n,
+    alignment_info = aligned.to_dict() if aligned is not None else {"mode": alignment, "compared_steps": 0}
+    alignment_info.update(pairing=pairing, position_pairs=n_pos, step_numbers_differ=steps_differ)
+    return Verdict(status=status, reasons=reasons, rules=rules, absolute=absolute, compared_steps=compared,
                    candidate_steps=len(candidate), baseline_steps=len(baseline), modelzoo_lines=lines, notes=notes,
                    first_divergence_step=first_split, divergence=divergence,
-                   alignment=aligned.to_dict() if aligned is not None else {"mode": alignment, "compared_steps": 0},
+                   alignment=alignment_info,
                    baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1, gate=list(gate))

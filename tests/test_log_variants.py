@@ -192,21 +192,37 @@ def test_a_log_without_a_loss_says_what_it_looked_like_and_which_flag_to_give(tm
     assert "tried dllogger" in message and "timm" in message and "--regex" in message and "\n" not in message
 
 
-def test_half_written_last_line_is_left_out_with_a_note(tmp_path):
-    """ModelZoo's regex reads `train.loss : 1.` as 1.0; a log still being written must not add that point."""
+def test_a_cut_last_value_is_read_with_a_note_unless_the_file_is_still_growing(tmp_path, monkeypatch):
+    """loss.py reads `train.loss : 1.` at the end of a file as 1.0, and so do we, saying the last line has no
+    line end; a file whose size changes while it is read is refused as a log still being written."""
+    import pipelines.logs as logs
+
     loss = make_loss(N, 8)
     text = dllogger_log(loss) + f"{STAMP}Epoch: 0 Iteration: {N}  rank : 0  train.loss : 1."
     path = tmp_path / "live.log"
     path.write_text(text)
+    assert re.findall(r"rank : 0  train.loss : ([\d\.e-]+)", text)[-1] == "1."  # what loss.py reads
     got = load_curve(str(path))
-    assert got.curve.loss.tolist() == values(loss)
+    assert got.curve.loss.tolist() == values(loss) + [1.0]
     assert any("no line end" in n and "train.loss : 1." in n for n in got.notes)
-    json_lines = tmp_path / "live.json"  # the same for dllogger's JSON lines: no error on the cut record
+
+    decode = logs.decode_text
+
+    def decode_while_the_run_writes(data, spec):  # the training appends the rest of its line meanwhile
+        with path.open("a") as f:
+            f.write("2345  train.ips : 3.6 imgs/s\n")
+        return decode(data, spec)
+
+    monkeypatch.setattr(logs, "decode_text", decode_while_the_run_writes)
+    with pytest.raises(BaselineError, match=r"live.log: the file changed size while it was read .*still being written"):
+        load_curve(str(path))
+    monkeypatch.setattr(logs, "decode_text", decode)
+    json_lines = tmp_path / "live.json"  # dllogger's JSON lines: a cut record is no value, left out with a note
     json_lines.write_text("".join(f'DLLL {{"step": [0, {i}], "data": {{"train.loss": {v!r}}}}}\n'
                                   for i, v in enumerate(values(loss))) + 'DLLL {"step": [0, 60], "data": {"trai')
     cut = load_curve(str(json_lines))
-    assert cut.curve.loss.tolist() == values(loss) and any("no line end" in n for n in cut.notes)
-    assert re.findall(r"rank : 0  train.loss : ([\d\.e-]+)", text)[-1] == "1."  # what loss.py would have read
+    assert cut.curve.loss.tolist() == values(loss) and any("incomplete JSON record without a line end" in n
+                                                           for n in cut.notes)
 
 
 @pytest.mark.parametrize("suffix,compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])

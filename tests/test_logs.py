@@ -193,8 +193,8 @@ def test_dllogger_json_lines(tmp_path):
     assert any("skipped 2" in n for n in got.notes)
     (tmp_path / "dll.json").write_text(text)
     assert load_curve(str(tmp_path / "dll.json")).format == "dllogger-json"
-    with pytest.raises(BaselineError, match=r":3: not a JSON record"):
-        parse_dllogger_json("\n".join(lines[:2] + [lines[2][:30]]))
+    with pytest.raises(BaselineError, match=r":3: not a JSON record"):  # a damaged line with its line end
+        parse_dllogger_json("\n".join(lines[:2] + [lines[2][:30]]) + "\n")
 
 
 def test_epoch_lines(tmp_path):

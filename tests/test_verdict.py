@@ -121,7 +121,9 @@ def test_alignment_on_steps_states_what_was_dropped():
     assert verdict.status == PASS
     assert verdict.compared_steps == 50 and verdict.alignment["dropped_baseline_steps"] == list(range(1, 100, 2))
     assert any("dropped 50 baseline step(s)" in n for n in verdict.notes)
-    assert any("pairs them by position" in n for n in verdict.notes)  # ModelZoo's own pairing is wrong here
+    differ = [r for r in verdict.reasons if r.startswith("STEP NUMBERS DIFFER")]  # ModelZoo's pairing is wrong here
+    assert len(differ) == 1 and "modelzoo paired the first 50 points by position" in differ[0]
+    assert "strict paired 50 on matching step numbers" in differ[0] and verdict.alignment["pairing"] == "steps"
     # ... and visible in its result: by position the candidate seems to sit lower, which the signed rule accepts
     assert "only because the signed errors cancel or the candidate sits lower" in verdict.rules["modelzoo"].summary
 
