@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cait.fingerprints import PHASES, STATS, FingerprintError, Fingerprints, PhasePrints
+from cait.fingerprints import PHASES, STATS, FingerprintMismatch, Fingerprints, PhasePrints
 from pipelines.params import diff_keys
 
 PHASE_LABELS = {"weights": "weights before the step", "forward": "forward (module outputs)",
@@ -77,6 +77,7 @@ class Localization:
     k: float = 0.0
     floor: float = 0.0
     exclude: str | None = None
+    floor_only: bool = False  # the reference has no envelope runs: every tolerance is the floor alone
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -115,9 +116,9 @@ def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate
         if key == "params_hash":
             keys = diff_keys(candidate.meta.get("curve_params"), reference.meta.get("curve_params"))
             shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-            raise FingerprintError(f"{candidate_source}: made with other params than {reference_source} "
+            raise FingerprintMismatch(f"{candidate_source}: made with other params than {reference_source} "
                                    f"({shown or 'params hash'} differ); record both with the same params")
-        raise FingerprintError(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
+        raise FingerprintMismatch(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
                                f"fingerprints compare only runs of the same {key}")
 
 
@@ -245,7 +246,8 @@ def localize(candidate: Fingerprints, baseline: Fingerprints, *, k: float, floor
     """Compare phase by phase, step by step; name the first entry that leaves the tolerance."""
     check_compatible(candidate, baseline, candidate_source, baseline_source)
     steps = sorted(set(candidate.steps) & set(baseline.steps))
-    result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude)
+    result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude,
+                          floor_only=not [v for v in baseline.variants if v != exclude])
     if not steps:
         result.message = (f"no fingerprint step in common: {candidate_source} has {sorted(candidate.steps)}, "
                           f"{baseline_source} {sorted(baseline.steps)}; record the same train.fingerprints.steps")
@@ -290,6 +292,9 @@ def describe(result: Localization) -> str:
         return result.message
     steps = ", ".join(str(s) for s in result.steps)
     if result.first is None:
+        if result.floor_only:
+            return (f"fingerprints agree within the floor at step(s) {steps} in every phase (the reference has no "
+                    f"envelope runs)")
         return f"fingerprints agree within the envelope at step(s) {steps} in every phase"
     d = result.first
     if d.kind == "tolerance":
@@ -305,6 +310,8 @@ def describe(result: Localization) -> str:
     line = f"step {d.step}, {PHASE_LABELS[d.phase]}{agree}: {_where(d)} leaves the tolerance first: {how}"
     if d.phase == "update":
         line += "; weights, forward and backward agree, so look at the optimizer and the lr schedule"
+    if result.floor_only:
+        line += "; the reference has no envelope runs, so every tolerance is the floor alone"
     if result.accumulated:
         line += (f"; every phase agreed at step(s) {', '.join(str(s) for s in result.steps if s < d.step)}, so "
                  f"the divergence accumulated in between: replay the step where the curves part to find where "
