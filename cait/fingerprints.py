@@ -381,7 +381,7 @@ def _from_arrays(path: Path, meta: dict, data: dict[str, np.ndarray]) -> Fingerp
             counts = stats[:, STATS.index("nonfinite")]
             wrong = np.flatnonzero(~((counts >= 0) & (counts == np.round(counts))))
             if wrong.size:
-                raise bad(f"{where} {names[wrong[0]]}", f"stats.nonfinite {counts[wrong[0]]!r} is not a count")
+                raise bad(f"{where} {names[wrong[0]]}", f"stats.nonfinite {float(counts[wrong[0]])!r} is not a count")
             whole = None
             if info.get("whole"):
                 whole = []
@@ -413,7 +413,7 @@ def _check_spread(spread: np.ndarray, names: list[str], variants: list[str], whe
     wrong = np.argwhere(~(np.isnan(spread) | (np.isfinite(spread) & (spread >= 0))))
     if wrong.size:
         v, j = wrong[0]
-        raise FingerprintError(f"{where} {names[j]} spread ({variants[v]}): {spread[v, j]!r} is not a relative error "
+        raise FingerprintError(f"{where} {names[j]} spread ({variants[v]}): {float(spread[v, j])!r} is not a relative error "
                                f"(finite, >= 0); record it again")
 
 
@@ -442,7 +442,7 @@ def check_reference(prints: Fingerprints, path: Path | str) -> None:
                 if bad.size:
                     i, col = bad[0]
                     label = STATS[col] if what == "stats" else f"bucket {col}"
-                    raise FingerprintError(f"{where} {pp.names[i]}: {what} {label} is {values[i, col]!r}; a reference "
+                    raise FingerprintError(f"{where} {pp.names[i]}: {what} {label} is {float(values[i, col])!r}; a reference "
                                            f"must be finite everywhere: record it again (make baseline)")
             for name, tensor in zip(pp.names, pp.whole or []):
                 if not np.isfinite(tensor).all():
