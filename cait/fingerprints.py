@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,8 +332,9 @@ def load(path: Path | str) -> Fingerprints:
         return _from_arrays(path, meta, data)
     except FingerprintError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, json.JSONDecodeError,
-            EOFError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError, OverflowError,
+            NotImplementedError, RuntimeError, struct.error, zlib.error, zipfile.BadZipFile) as exc:
+        # what a damaged zip or .npy raises (a bad CRC, deflate stream, header, compression method or size)
         raise FingerprintError(f"{path}: not a readable fingerprint file ({type(exc).__name__}: "
                                f"{str(exc)[:120]}); record it again") from None
 
