@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from cait.fingerprints import PHASES, STATS, FingerprintMismatch, Fingerprints, PhasePrints
+from cait.errors import RecordError
+from cait.fingerprints import PHASES, STATS, FingerprintMismatch, Fingerprints, PhasePrints, load
 from pipelines.params import diff_keys
+from pipelines.provenance import file_sha256, read_record
 
 PHASE_LABELS = {"weights": "weights before the step", "forward": "forward (module outputs)",
                 "backward": "backward (output gradients)", "param_grad": "backward (parameter gradients)",
@@ -322,3 +325,24 @@ def describe(result: Localization) -> str:
 def loss_digest(loss: np.ndarray) -> str:
     """SHA-256 of a baseline's reference loss (float64 bytes): ties a fingerprint file to its baseline."""
     return hashlib.sha256(np.ascontiguousarray(loss, dtype=np.float64).tobytes()).hexdigest()
+
+
+# ---- reading a run's file -------------------------------------------------------------------------------------
+
+def read_run_fingerprints(fingerprints_path: Path | str, record_path: Path | str) -> Fingerprints:
+    """(The one function here that reads files.) A train run's layer fingerprints, checked against the record beside them as a curve is (`read_run`): the
+    record names the file's SHA-256 (fingerprints_sha256), so another run's file dropped into the folder (a
+    port-bug run's beside a passing curve, or the reverse) is refused, never localized as this run's."""
+    fingerprints_path = Path(fingerprints_path)
+    record = read_record(record_path)
+    expected = record.get("fingerprints_sha256")
+    if not isinstance(expected, str):
+        raise RecordError(f"{record_path}: run record lacks fingerprints_sha256 (written by an older harness); rerun "
+                          f"the train stage (dvc repro -f train)")
+    if fingerprints_path.is_file():
+        actual = file_sha256(fingerprints_path)
+        if actual != expected:
+            raise RecordError(f"{fingerprints_path}: SHA-256 {actual[:12]}, but {record_path} names {expected[:12]} "
+                              f"(fingerprints_sha256: edited, corrupt or another run's file); rerun the train stage "
+                              f"(dvc repro -f train)")
+    return load(fingerprints_path)

@@ -159,23 +159,3 @@ def read_run(curve_path: Path | str, record_path: Path | str):
         note = ""
     return curve, {**with_run_info(record, info), "run_info_note": note}
 
-
-def read_run_fingerprints(fingerprints_path: Path | str, record_path: Path | str):
-    """A train run's layer fingerprints, checked against the record beside them as a curve is (`read_run`): the
-    record names the file's SHA-256 (fingerprints_sha256), so another run's file dropped into the folder (a
-    port-bug run's beside a passing curve, or the reverse) is refused, never localized as this run's."""
-    from cait.fingerprints import load
-
-    fingerprints_path = Path(fingerprints_path)
-    record = read_record(record_path)
-    expected = record.get("fingerprints_sha256")
-    if not isinstance(expected, str):
-        raise RecordError(f"{record_path}: run record lacks fingerprints_sha256 (written by an older harness); rerun "
-                          f"the train stage (dvc repro -f train)")
-    if fingerprints_path.is_file():
-        actual = file_sha256(fingerprints_path)
-        if actual != expected:
-            raise RecordError(f"{fingerprints_path}: SHA-256 {actual[:12]}, but {record_path} names {expected[:12]} "
-                              f"(fingerprints_sha256: edited, corrupt or another run's file); rerun the train stage "
-                              f"(dvc repro -f train)")
-    return load(fingerprints_path)

@@ -40,7 +40,7 @@ from pipelines.baselines import baseline_from_runs, load_baseline, save_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, RECORD, RUN_INFO, run_dir
 from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params, parse_params
-from pipelines.provenance import read_record, read_run, read_run_fingerprints, read_run_info, with_run_info
+from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
 from pipelines.training import train_once, with_numerics
 
@@ -142,7 +142,7 @@ def baseline_prints(out: Path, baseline, reference: Path | None, variants: dict[
     """The fingerprints `save_fingerprints` writes, made and checked before anything is written: each run's file
     must be the one its train.json names (fingerprints_sha256), and the result a valid reference (finite)."""
     from cait.fingerprints import check_reference
-    from pipelines.localize import loss_digest, with_spread
+    from pipelines.localize import loss_digest, read_run_fingerprints, with_spread
 
     def load(path: Path):
         return read_run_fingerprints(path, path.parent / RECORD)

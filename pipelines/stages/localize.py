@@ -34,9 +34,9 @@ from cait.files import atomic_write_text
 from pipelines import cli
 from pipelines.baselines import load_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
-from pipelines.localize import Localization, describe, localize, loss_digest, with_spread
+from pipelines.localize import Localization, describe, localize, loss_digest, read_run_fingerprints, with_spread
 from pipelines.params import Params, load_params
-from pipelines.provenance import file_sha256, read_run_fingerprints
+from pipelines.provenance import file_sha256
 
 REPLAY_REFERENCE = "reference.npz"  # replay --envelope: the replayed run's fingerprints with the envelope's spread
 
