@@ -151,13 +151,13 @@ def status_contradiction(data: dict) -> str:
     failed = [name for name in gating if not rules[name]["passed"]]
     named = data.get("gate")
     if status == "pass":
-        if not isinstance(named, list) or not named:
+        if not isinstance(named, list) or not named or not all(isinstance(name, str) for name in named):
             return "status 'pass' but field 'gate' names no rule that decided it"
-        unrecorded = [str(name) for name in named if name not in rules]
+        unrecorded = [name for name in named if name not in rules]
         if unrecorded:
             return f"status 'pass' but the gating rule {unrecorded[0]} has no result in 'rules'"
         if sorted(named) != gating:
-            return f"status 'pass' but 'gate' names {', '.join(map(str, named))} and the rules gating are " \
+            return f"status 'pass' but 'gate' names {', '.join(named)} and the rules gating are " \
                    f"{', '.join(gating) or 'none'}"
         if failed:
             return f"status 'pass' but its gating rule {failed[0]} failed (rules.{failed[0]}.passed is false)"
