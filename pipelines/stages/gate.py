@@ -39,7 +39,7 @@ def running_experiment(env=os.environ, cwd: Path | None = None) -> str:
     An environment variable alone proves nothing (any CI job can set one). What DVC itself does for an
     experiment (dvc/repo/experiments/queue/base.py, executor/base.py, stage/run.py): it gives every stage
     DVC_EXP_NAME (the experiment's name) and DVC_ROOT (the workspace, also for `--temp`, whose stages run in a
-    copy under DVC_ROOT/.dvc/tmp/exps/tmpXXXX), and while the experiment runs it keeps an executor info file
+    copy under DVC_ROOT/.dvc/tmp/exps/standalone/tmpXXXX), and while the experiment runs it keeps an executor info file
     (JSON: name, root_dir = the folder the stages run in, status 2 = RUNNING) under DVC_ROOT/.dvc/tmp/exps,
     removed when it ends. So this is an experiment only when that file exists, names this experiment, says
     RUNNING, and its root_dir holds the current folder."""
