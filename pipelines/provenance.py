@@ -158,4 +158,3 @@ def read_run(curve_path: Path | str, record_path: Path | str):
     if note and "mean_samples_per_s" in record:  # a record of an older harness holds these facts itself
         note = ""
     return curve, {**with_run_info(record, info), "run_info_note": note}
-
