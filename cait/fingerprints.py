@@ -416,8 +416,8 @@ def _check_spread(spread: np.ndarray, names: list[str], variants: list[str], whe
     wrong = np.argwhere(~(np.isnan(spread) | (np.isfinite(spread) & (spread >= 0))))
     if wrong.size:
         v, j = wrong[0]
-        raise FingerprintError(f"{where} {names[j]} spread ({variants[v]}): {float(spread[v, j])!r} is not a relative error "
-                               f"(finite, >= 0); record it again")
+        raise FingerprintError(f"{where} {names[j]} spread ({variants[v]}): {float(spread[v, j])!r} is not a "
+                               f"relative error (finite, >= 0); record it again")
 
 
 def load_reference(path: Path | str) -> Fingerprints:
@@ -445,8 +445,8 @@ def check_reference(prints: Fingerprints, path: Path | str) -> None:
                 if bad.size:
                     i, col = bad[0]
                     label = STATS[col] if what == "stats" else f"bucket {col}"
-                    raise FingerprintError(f"{where} {pp.names[i]}: {what} {label} is {float(values[i, col])!r}; a reference "
-                                           f"must be finite everywhere: record it again (make baseline)")
+                    raise FingerprintError(f"{where} {pp.names[i]}: {what} {label} is {float(values[i, col])!r}; a "
+                                           f"reference must be finite everywhere: record it again (make baseline)")
             for name, tensor in zip(pp.names, pp.whole or []):
                 if not np.isfinite(tensor).all():
                     raise FingerprintError(f"{where} {name}: the whole tensor holds non-finite values; a reference "
