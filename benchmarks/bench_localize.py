@@ -118,7 +118,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     import tempfile
 
     from benchmarks.bench_power import entries_for, run_entry
-    from cait.fingerprints import load
+    from cait.fingerprints import load, load_reference
     from cait.portbugs import BUGS
     from pipelines.layout import FINGERPRINTS, PREPARED_DIR
     from pipelines.localize import localize
@@ -126,7 +126,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     cfg = params.localize
     data_dir = data_dir or REPO / PREPARED_DIR
     baseline_path = Path(cfg.baseline_fingerprints)
-    baseline = load(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
+    baseline = load_reference(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
     started = time.perf_counter()
     result: dict = {"bugs": {}, "legit": {}, "k": cfg.k, "floor": cfg.floor, "envelope_variants": baseline.variants}
     with tempfile.TemporaryDirectory(prefix="bench-localize-") as tmp:

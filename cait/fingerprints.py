@@ -22,9 +22,12 @@ The file is an .npz written with fixed zip dates, so the same run gives the same
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import numpy as np
 
 from cait.errors import HarnessError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: meta["digest"], the SHA-256 of every array and the rest of the meta, checked on load
 PHASES = ("weights", "forward", "backward", "param_grad", "update")
 STATS = ("mean", "std", "max_abs", "l2", "q01", "q25", "q50", "q75", "q99", "nonfinite")
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
@@ -45,6 +48,12 @@ class FingerprintError(HarnessError):
     """A fingerprint file that is missing, corrupt, or of another model/profile/params."""
 
     exit_code = 2
+
+
+class FingerprintMismatch(FingerprintError):
+    """Readable fingerprints that cannot be compared with each other: another model, profile, params, world
+    size, sketch or baseline. (In the chain, localize says so and the chain goes on; a file that is corrupt or
+    lies is a FingerprintError and stops it.)"""
 
 
 @dataclass
@@ -264,7 +273,9 @@ def to_bytes(prints: Fingerprints) -> bytes:
     for step, phases in prints.spread.items():
         for phase, values in phases.items():
             arrays[_key(step, phase, "spread")] = np.asarray(values, dtype=np.float64)
-    meta = {**prints.meta, "layout": layout}
+    meta = {k: v for k, v in prints.meta.items() if k != "digest"}
+    meta = {**meta, "schema": SCHEMA, "layout": layout}
+    meta["digest"] = digest(meta, arrays)
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -276,6 +287,18 @@ def to_bytes(prints: Fingerprints) -> bytes:
     return buffer.getvalue()
 
 
+def digest(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a file's content: the meta (without its digest) as sorted JSON, then every array by name
+    with its dtype, shape and bytes. A number changed anywhere in the file, by a disk or a hand, no longer
+    matches it (as a baseline's checksum does for baseline.json)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    for key in sorted(k for k in arrays if k != "meta"):
+        array = np.ascontiguousarray(arrays[key])
+        h.update(f"\0{key}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def save(path: Path | str, prints: Fingerprints) -> Path:
     from cait.files import atomic_write_bytes
 
@@ -283,7 +306,11 @@ def save(path: Path | str, prints: Fingerprints) -> Path:
 
 
 def load(path: Path | str) -> Fingerprints:
-    """Read a fingerprint file; anything unreadable or inconsistent is a FingerprintError naming the file."""
+    """Read a fingerprint file; anything unreadable or inconsistent is a FingerprintError naming the file and the
+    field: the zip and its arrays, the schema, the digest of the content, the layout (names, shapes, one stats and
+    sketch row per name), and the spread (one row per envelope variant, each value >= 0 and finite, or NaN where
+    a variant lacked the entry). A run's values may be non-finite (a run that diverged); a reference's may not:
+    `load_reference` checks that."""
     path = Path(path)
     if not path.exists():
         raise FingerprintError(f"{path}: not found; the train stage writes it (train.fingerprints), the baseline "
@@ -291,31 +318,139 @@ def load(path: Path | str) -> Fingerprints:
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
+        if "meta" not in data:
+            raise FingerprintError(f"{path}: no meta entry: not a fingerprint file; record it again")
         meta = json.loads(bytes(data.pop("meta")).decode())
+        if not isinstance(meta, dict):
+            raise FingerprintError(f"{path}: meta is not a JSON object; record it again")
         if meta.get("schema") != SCHEMA:
             raise FingerprintError(f"{path}: fingerprint schema {meta.get('schema')!r}, this code reads {SCHEMA}; "
                                    f"record it again with this code")
-        prints = Fingerprints(meta)
-        for step_text, phases in meta["layout"].items():
-            step = int(step_text)
-            prints.steps[step] = {}
-            for phase, info in phases.items():
-                stats, sketch = data[_key(step, phase, "stats")], data[_key(step, phase, "sketch")]
-                n = len(info["names"])
-                if stats.shape != (n, len(STATS)) or sketch.shape != (n, meta["sketch_dim"]):
-                    raise FingerprintError(f"{path}: step {step} {phase}: arrays do not match the {n} names")
-                whole = [data[_key(step, phase, f"whole{i}")] for i in range(n)] if info.get("whole") else None
-                prints.steps[step][phase] = PhasePrints(list(info["names"]), [list(s) for s in info["shapes"]],
-                                                        stats, sketch, whole)
-                spread = data.get(_key(step, phase, "spread"))
-                if spread is not None:
-                    if spread.ndim != 2 or spread.shape[1] != n or spread.shape[0] != len(prints.variants):
-                        raise FingerprintError(f"{path}: step {step} {phase}: spread is not one row per envelope "
-                                               f"variant and one column per entry")
-                    prints.spread.setdefault(step, {})[phase] = spread
-        return prints
+        if meta.get("digest") != digest(meta, data):
+            raise FingerprintError(f"{path}: meta.digest does not match the file's content (edited or corrupt); "
+                                   f"record it again (the train stage, or make baseline for a baseline's)")
+        return _from_arrays(path, meta, data)
     except FingerprintError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError, OverflowError,
+            NotImplementedError, RuntimeError, struct.error, zlib.error, zipfile.BadZipFile) as exc:
+        # what a damaged zip or .npy raises (a bad CRC, deflate stream, header, compression method or size)
         raise FingerprintError(f"{path}: not a readable fingerprint file ({type(exc).__name__}: "
                                f"{str(exc)[:120]}); record it again") from None
+
+
+def _from_arrays(path: Path, meta: dict, data: dict[str, np.ndarray]) -> Fingerprints:
+    """The checked Fingerprints of a file's meta and arrays (its digest already matched)."""
+    def bad(where: str, what: str) -> FingerprintError:
+        return FingerprintError(f"{path}: {where}: {what}; record it again")
+
+    dim = meta.get("sketch_dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise bad("meta.sketch_dim", f"{dim!r} is not a positive whole number")
+    variants = meta.get("envelope_variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants) \
+            or len(set(variants)) != len(variants):
+        raise bad("meta.envelope_variants", "not a list of distinct names")
+    layout = meta.get("layout")
+    if not isinstance(layout, dict):
+        raise bad("meta.layout", "missing or not an object")
+    prints = Fingerprints(meta)
+    known = set()
+    for step_text, phases in layout.items():
+        if not step_text.isdigit() or not isinstance(phases, dict):
+            raise bad(f"meta.layout.{step_text}", "not a step number with its phases")
+        step = int(step_text)
+        prints.steps[step] = {}
+        for phase, info in phases.items():
+            where = f"step {step} {phase}"
+            if phase not in PHASES or not isinstance(info, dict):
+                raise bad(where, f"not one of the phases {', '.join(PHASES)}")
+            names, shapes = info.get("names"), info.get("shapes")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+                    or len(set(names)) != len(names):
+                raise bad(f"{where} names", "not a list of distinct entry names")
+            n = len(names)
+            if not isinstance(shapes, list) or len(shapes) != n or not all(
+                    isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                    for d in shape) for shape in shapes):
+                raise bad(f"{where} shapes", f"not one shape (a list of sizes >= 0) per each of the {n} names")
+            stats, sketch = data[_key(step, phase, "stats")], data[_key(step, phase, "sketch")]
+            known.update({_key(step, phase, "stats"), _key(step, phase, "sketch")})
+            if stats.dtype != np.float64 or sketch.dtype != np.float64 or stats.shape != (n, len(STATS)) \
+                    or sketch.shape != (n, dim):
+                raise bad(where, f"stats {stats.dtype}{list(stats.shape)} and sketch {sketch.dtype}"
+                                 f"{list(sketch.shape)} do not match the {n} names (float64 [{n}, {len(STATS)}] "
+                                 f"and [{n}, {dim}])")
+            counts = stats[:, STATS.index("nonfinite")]
+            wrong = np.flatnonzero(~((counts >= 0) & (counts == np.round(counts))))
+            if wrong.size:
+                raise bad(f"{where} {names[wrong[0]]}", f"stats.nonfinite {float(counts[wrong[0]])!r} is not a count")
+            whole = None
+            if info.get("whole"):
+                whole = []
+                for i in range(n):
+                    key = _key(step, phase, f"whole{i}")
+                    known.add(key)
+                    tensor = data[key]
+                    if list(tensor.shape) != shapes[i]:
+                        raise bad(f"{where} {names[i]}", f"whole tensor of shape {list(tensor.shape)}, "
+                                                         f"the layout says {shapes[i]}")
+                    whole.append(tensor)
+            prints.steps[step][phase] = PhasePrints(list(names), [list(s) for s in shapes], stats, sketch, whole)
+            spread = data.get(_key(step, phase, "spread"))
+            if spread is not None:
+                known.add(_key(step, phase, "spread"))
+                if spread.dtype != np.float64 or spread.shape != (len(variants), n):
+                    raise bad(f"{where} spread", f"{spread.dtype}{list(spread.shape)} is not one float64 row per "
+                                                 f"envelope variant ({len(variants)}) and one column per entry ({n})")
+                _check_spread(spread, names, variants, f"{path}: {where}")
+                prints.spread.setdefault(step, {})[phase] = spread
+    extra = sorted(set(data) - known)
+    if extra:
+        raise bad(extra[0], "an array the layout does not name")
+    return prints
+
+
+def _check_spread(spread: np.ndarray, names: list[str], variants: list[str], where: str) -> None:
+    """Each value a relative error: finite and >= 0, or NaN where a variant lacked the entry (it adds none)."""
+    wrong = np.argwhere(~(np.isnan(spread) | (np.isfinite(spread) & (spread >= 0))))
+    if wrong.size:
+        v, j = wrong[0]
+        raise FingerprintError(f"{where} {names[j]} spread ({variants[v]}): {float(spread[v, j])!r} is not a "
+                               f"relative error (finite, >= 0); record it again")
+
+
+def load_reference(path: Path | str) -> Fingerprints:
+    """Read a reference fingerprint file (a baseline's, or `localize replay --envelope`'s): `load`, then what a
+    tolerance is made of must be there and be numbers. A run's own file (no envelope spread: meta has no
+    envelope_variants) is refused: used as a reference, its tolerance would be the floor alone, without a word.
+    Every stats and sketch value must be finite: a reference that is NaN or inf somewhere makes every
+    comparison with it NaN, which reads as a divergence (or hides one)."""
+    prints = load(path)
+    check_reference(prints, path)
+    return prints
+
+
+def check_reference(prints: Fingerprints, path: Path | str) -> None:
+    """Refuse, naming `path` and the entry, fingerprints that cannot be a reference (see load_reference)."""
+    if "envelope_variants" not in prints.meta:
+        raise FingerprintError(f"{path}: a run's fingerprints, not a reference (no envelope spread: "
+                               f"meta.envelope_variants missing); use the baseline's fingerprints.npz (make baseline) "
+                               f"or a `localize replay --envelope` file")
+    for step, phases in prints.steps.items():
+        for phase, pp in phases.items():
+            where = f"{path}: step {step} {phase}"
+            for what, values in (("stats", pp.stats), ("sketch", pp.sketch)):
+                bad = np.argwhere(~np.isfinite(values))
+                if bad.size:
+                    i, col = bad[0]
+                    label = STATS[col] if what == "stats" else f"bucket {col}"
+                    raise FingerprintError(f"{where} {pp.names[i]}: {what} {label} is {float(values[i, col])!r}; a "
+                                           f"reference must be finite everywhere: record it again (make baseline)")
+            for name, tensor in zip(pp.names, pp.whole or []):
+                if not np.isfinite(tensor).all():
+                    raise FingerprintError(f"{where} {name}: the whole tensor holds non-finite values; a reference "
+                                           f"must be finite everywhere: record it again (make baseline)")
+            spread = prints.spread.get(step, {}).get(phase)
+            if spread is not None:
+                _check_spread(spread, pp.names, prints.variants, where)

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from cait.fingerprints import PHASES, STATS, FingerprintError, Fingerprints, PhasePrints
+from cait.errors import RecordError
+from cait.fingerprints import PHASES, STATS, FingerprintMismatch, Fingerprints, PhasePrints, load
 from pipelines.params import diff_keys
+from pipelines.provenance import file_sha256, read_record
 
 PHASE_LABELS = {"weights": "weights before the step", "forward": "forward (module outputs)",
                 "backward": "backward (output gradients)", "param_grad": "backward (parameter gradients)",
@@ -77,6 +80,7 @@ class Localization:
     k: float = 0.0
     floor: float = 0.0
     exclude: str | None = None
+    floor_only: bool = False  # the reference has no envelope runs: every tolerance is the floor alone
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -115,9 +119,9 @@ def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate
         if key == "params_hash":
             keys = diff_keys(candidate.meta.get("curve_params"), reference.meta.get("curve_params"))
             shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-            raise FingerprintError(f"{candidate_source}: made with other params than {reference_source} "
+            raise FingerprintMismatch(f"{candidate_source}: made with other params than {reference_source} "
                                    f"({shown or 'params hash'} differ); record both with the same params")
-        raise FingerprintError(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
+        raise FingerprintMismatch(f"{candidate_source}: {key} {mine!r}, but {reference_source} has {theirs!r}; "
                                f"fingerprints compare only runs of the same {key}")
     mine, theirs = candidate.meta.get("precision"), reference.meta.get("precision")
     if mine and theirs and mine != theirs:  # older files do not say theirs: nothing to check against
@@ -249,7 +253,8 @@ def localize(candidate: Fingerprints, baseline: Fingerprints, *, k: float, floor
     """Compare phase by phase, step by step; name the first entry that leaves the tolerance."""
     check_compatible(candidate, baseline, candidate_source, baseline_source)
     steps = sorted(set(candidate.steps) & set(baseline.steps))
-    result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude)
+    result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude,
+                          floor_only=not [v for v in baseline.variants if v != exclude])
     if not steps:
         result.message = (f"no fingerprint step in common: {candidate_source} has {sorted(candidate.steps)}, "
                           f"{baseline_source} {sorted(baseline.steps)}; record the same train.fingerprints.steps")
@@ -294,6 +299,9 @@ def describe(result: Localization) -> str:
         return result.message
     steps = ", ".join(str(s) for s in result.steps)
     if result.first is None:
+        if result.floor_only:
+            return (f"fingerprints agree within the floor at step(s) {steps} in every phase (the reference has no "
+                    f"envelope runs)")
         return f"fingerprints agree within the envelope at step(s) {steps} in every phase"
     d = result.first
     if d.kind == "tolerance":
@@ -309,6 +317,8 @@ def describe(result: Localization) -> str:
     line = f"step {d.step}, {PHASE_LABELS[d.phase]}{agree}: {_where(d)} leaves the tolerance first: {how}"
     if d.phase == "update":
         line += "; weights, forward and backward agree, so look at the optimizer and the lr schedule"
+    if result.floor_only:
+        line += "; the reference has no envelope runs, so every tolerance is the floor alone"
     if result.accumulated:
         line += (f"; every phase agreed at step(s) {', '.join(str(s) for s in result.steps if s < d.step)}, so "
                  f"the divergence accumulated in between: replay the step where the curves part to find where "
@@ -319,3 +329,24 @@ def describe(result: Localization) -> str:
 def loss_digest(loss: np.ndarray) -> str:
     """SHA-256 of a baseline's reference loss (float64 bytes): ties a fingerprint file to its baseline."""
     return hashlib.sha256(np.ascontiguousarray(loss, dtype=np.float64).tobytes()).hexdigest()
+
+
+# ---- reading a run's file -------------------------------------------------------------------------------------
+
+def read_run_fingerprints(fingerprints_path: Path | str, record_path: Path | str) -> Fingerprints:
+    """(The one function here that reads files.) A train run's layer fingerprints, checked against the record beside them as a curve is (`read_run`): the
+    record names the file's SHA-256 (fingerprints_sha256), so another run's file dropped into the folder (a
+    port-bug run's beside a passing curve, or the reverse) is refused, never localized as this run's."""
+    fingerprints_path = Path(fingerprints_path)
+    record = read_record(record_path)
+    expected = record.get("fingerprints_sha256")
+    if not isinstance(expected, str):
+        raise RecordError(f"{record_path}: run record lacks fingerprints_sha256 (written by an older harness); rerun "
+                          f"the train stage (dvc repro -f train)")
+    if fingerprints_path.is_file():
+        actual = file_sha256(fingerprints_path)
+        if actual != expected:
+            raise RecordError(f"{fingerprints_path}: SHA-256 {actual[:12]}, but {record_path} names {expected[:12]} "
+                              f"(fingerprints_sha256: edited, corrupt or another run's file); rerun the train stage "
+                              f"(dvc repro -f train)")
+    return load(fingerprints_path)

@@ -134,6 +134,39 @@ def check_verdict(data, path: Path | str = "verdict") -> None:
         if role not in INPUT_ROLES or not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
                 or not isinstance(entry.get("sha256"), (str, type(None))):
             raise _malformed(path, f"inputs.{role} is not one of {', '.join(INPUT_ROLES)} with a path and sha256")
+    contradiction = status_contradiction(data)
+    if contradiction:
+        raise _malformed(path, contradiction)
+
+
+def status_contradiction(data: dict) -> str:
+    """Why a verdict's status is not the one its own recorded rules give (pipelines.verdict.decide), or "".
+
+    decide: any reason that makes the numbers meaningless -> inconclusive; otherwise fail when a gating rule
+    failed, else pass. A `pass` therefore needs every rule named in `gate` recorded, gating, applicable and
+    passed, and no gating rule that failed; a `fail` needs a gating rule that failed. (An inconclusive verdict
+    never exits 0 and is not rechecked.) So a FAIL edited to "pass" by hand is refused, not gated."""
+    status, rules = data["status"], data["rules"]
+    gating = sorted(name for name, rule in rules.items() if rule["gating"])
+    failed = [name for name in gating if not rules[name]["passed"]]
+    named = data.get("gate")
+    if status == "pass":
+        if not isinstance(named, list) or not named or not all(isinstance(name, str) for name in named):
+            return "status 'pass' but field 'gate' names no rule that decided it"
+        unrecorded = [name for name in named if name not in rules]
+        if unrecorded:
+            return f"status 'pass' but the gating rule {unrecorded[0]} has no result in 'rules'"
+        if sorted(named) != gating:
+            return f"status 'pass' but 'gate' names {', '.join(named)} and the rules gating are " \
+                   f"{', '.join(gating) or 'none'}"
+        if failed:
+            return f"status 'pass' but its gating rule {failed[0]} failed (rules.{failed[0]}.passed is false)"
+        unjudged = [name for name in gating if rules[name].get("applicable") is False]
+        if unjudged:
+            return f"status 'pass' but its gating rule {unjudged[0]} was not applied"
+    elif status == "fail" and not failed:
+        return "status 'fail' but no gating rule failed"
+    return ""
 
 
 def read_verdict(path: Path | str) -> VerdictFile:
@@ -157,7 +190,7 @@ def stale_reasons(verdict: VerdictFile, compare_params: dict | None = None) -> l
     """Why the verdict no longer describes the files on disk: an input gone or changed since it was
     written, or other compare params now. Empty when it still holds. Inputs that are no file (an MLflow
     run) cannot be rechecked and are not reasons (`unchecked_inputs` lists them)."""
-    reasons = []
+    reasons = unverifiable_reasons(verdict)
     for role, entry in verdict.inputs.items():
         if entry["sha256"] is None:
             continue
@@ -171,6 +204,25 @@ def stale_reasons(verdict: VerdictFile, compare_params: dict | None = None) -> l
                            f"{now[:12]} now)")
     if compare_params is not None and compare_params_sha256(compare_params) != verdict.data["compare_params_sha256"]:
         reasons.append("the compare params in params.yaml changed since it was decided")
+    return reasons
+
+
+def unverifiable_reasons(verdict: VerdictFile) -> list[str]:
+    """Why a verdict cannot be tied to any files: it names no SHA-256 at all, or none for an input that must be
+    a file (the chain's curve, record and baseline; any input whose path is a file on disk now). Only an input
+    that was read from MLflow (a run id: `sources.<role>.format` "mlflow" in a verdict of logs) may lack one.
+    A verdict whose hashes were set to null could otherwise be gated against any files."""
+    inputs = verdict.inputs
+    if all(entry["sha256"] is None for entry in inputs.values()):
+        return ["it names no SHA-256 of any input, so it cannot be tied to any files"]
+    sources = verdict.data.get("sources") if isinstance(verdict.data.get("sources"), dict) else {}
+    reasons = []
+    for role, entry in inputs.items():
+        if entry["sha256"] is not None:
+            continue
+        read_from = sources.get(role, {}).get("format") if isinstance(sources.get(role), dict) else None
+        if verdict.from_train_run or Path(entry["path"]).is_file() or read_from != "mlflow":
+            reasons.append(f"it names no SHA-256 for its {role} {entry['path']}, which is a file (or must be one)")
     return reasons
 
 

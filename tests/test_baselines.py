@@ -218,6 +218,60 @@ def test_promote_several_run_folders_makes_a_multi_run_baseline(project, capsys)
     assert load_baseline(project / "b/one.json").seeds == [1]
 
 
+def test_promote_refuses_one_run_twice_and_a_file_its_record_does_not_name(project, capsys):
+    """issue 30: one run given twice made a band of zero width; a fingerprints.npz the run's train.json does not
+    name was copied beside the baseline. Both are one line, exit 2, and nothing is written."""
+    import shutil
+
+    from pipelines import cli
+    from pipelines.stages import baseline as stage
+
+    from cait.fingerprints import Fingerprints, PhasePrints, save
+
+    folder = project / "runs/seed0"
+    curve = curve_for(0)
+    write_curve_csv(folder / "curve.csv", [{"step": s, "loss": v, "lr": 0.1, "samples_per_s": 1.0, "elapsed_s": 0.0}
+                                           for s, v in zip(curve.steps, curve.loss)])
+    prints = Fingerprints({"schema": 2, "model": "m", "sketch_dim": 4},
+                          {0: {"forward": PhasePrints(["a"], [[4]], np.zeros((1, 10)), np.ones((1, 4)))}})
+    save(folder / "fingerprints.npz", prints)
+    write_record(folder / "train.json", {**record_for(0), "steps_done": len(curve), "date": "2026-12-01T00:00:00",
+                                         "wall_s": 12.5, "curve_sha256": file_sha256(folder / "curve.csv"),
+                                         "fingerprints_sha256": file_sha256(folder / "fingerprints.npz")})
+    shutil.copytree(folder, project / "runs/copy")  # the same run again, in another folder
+    for args, said in ((["--run-dir", "runs/seed0", "--run-dir", "runs/seed0"], "(the same file:"),
+                       (["--run-dir", "runs/seed0", "--run-dir", "runs/./seed0/"], "(the same file:"),
+                       (["--run-dir", "runs/seed0", "--run-dir", "runs/copy"], "(MLflow run: run0)")):
+        capsys.readouterr()
+        assert cli.run(stage.main, ["promote", *args, "--out", "b/twice.json"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert len(err) == 1 and "the same run as runs/seed0/curve.csv " + said in err[0], err
+    record = json.loads((project / "runs/copy/train.json").read_text())
+    (project / "runs/copy/train.json").write_text(json.dumps({**record, "mlflow_run_id": ""}))  # untracked: no MLflow id
+    assert cli.run(stage.main, ["promote", "--run-dir", "runs/seed0", "--run-dir", "runs/copy", "--out", "b/x.json"]) == 2
+    assert "trained at the same date and wall time (run.json)" in capsys.readouterr().err
+    assert not (project / "b").exists()
+    # the record names another fingerprints file than the one beside the curve: refused before any file is written
+    save(folder / "fingerprints.npz", Fingerprints(prints.meta, {1: prints.steps[0]}))
+    assert cli.run(stage.main, ["promote", "--run-dir", "runs/seed0", "--out", "b/one.json"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and "runs/seed0/fingerprints.npz: SHA-256" in err[0] and "fingerprints_sha256" in err[0]
+    assert not (project / "b").exists()
+
+
+def test_record_refuses_a_seed_params_yaml_would_refuse(project, capsys):
+    """`record --seeds -1` ended in a traceback, exit 4: it is a usage error, exit 2, before any training."""
+    from pipelines import cli
+    from pipelines.stages import baseline as stage
+
+    for seeds, said in (("-1", "--seeds -1: train.seed: input should be greater than or equal to 0 (got -1)"),
+                        ("0,x", "--seeds '0,x': give whole numbers"), (",", "--seeds ',': give at least one seed")):
+        capsys.readouterr()
+        assert cli.run(stage.main, ["-q", "record", "--seeds", seeds]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert len(err) == 1 and said in err[0], err
+
+
 def test_the_stored_default_baseline_has_several_runs():
     """baselines/default/baseline.json is the committed multi-run baseline the default chain compares against."""
     from pathlib import Path

@@ -14,36 +14,57 @@ from pipelines.review import VIEW_COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX
 from pipelines.stages import compare, gate
 
 
+def executor_info(root, name: str, runs_in, status: int = 2, folder: str = "run/workspace"):
+    """The info file `dvc exp run` keeps while an experiment runs (dvc/repo/experiments/executor/base.py),
+    as DVC 3 writes it: .dvc/tmp/exps/run/workspace/workspace.run, or standalone/run/<rev>/<rev>.run for --temp."""
+    path = root / ".dvc/tmp/exps" / folder / f"{folder.rsplit('/', 1)[-1]}.run"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"git_url": f"file://{root}", "baseline_rev": "0" * 40, "location": "workspace",
+                                "root_dir": str(runs_in), "dvc_dir": ".dvc", "name": name, "wdir": ".",
+                                "result_hash": None, "result_ref": None, "result_force": False, "status": status}))
+    return path
+
+
 def test_gate_inside_an_experiment_reports_and_exits_0(project, monkeypatch, capsys):
     write_params(project, {"tracking": {"enabled": False}})
     base = reference_loss(60)
     write_run(project, base * 1.10, baseline_loss=base)
     assert cli.run(compare.main, ["-q"]) == 0
     assert cli.run(gate.main, []) == 1
+    # DVC gives every stage of `dvc exp run` DVC_EXP_NAME and DVC_ROOT and keeps a RUNNING executor info file
     monkeypatch.setenv("DVC_EXP_NAME", "brisk-exp")
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    info = executor_info(project, "brisk-exp", project)
+    capsys.readouterr()
     assert cli.run(gate.main, []) == 0
-    assert "experiment brisk-exp is saved with verdict fail" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "gate: FAIL" in err and "FAIL: experiment brisk-exp is saved with verdict fail" in err
+    info.unlink()  # --temp: the stages run in a copy under .dvc/tmp/exps/standalone
+    copy = project / ".dvc/tmp/exps/standalone/tmpabc"
+    executor_info(project, "brisk-exp", copy, folder="standalone/run/" + "1" * 40)
+    assert gate.running_experiment(cwd=copy) == "brisk-exp" and gate.running_experiment(cwd=project / "x") == ""
     metrics = json.loads((project / "reports/default/metrics.json").read_text())
     assert metrics["verdict"] == "fail" and metrics["verdict_code"] == 1
 
 
-def test_runs_of_a_temp_experiment_are_tracked_in_the_workspace(tmp_path, monkeypatch):
-    """`dvc exp run --temp` runs the stages in a copy under .dvc/tmp/exps, deleted afterwards; DVC_ROOT (set by
-    DVC for every stage) names the workspace, where the store and the spool stay."""
-    from pipelines.params import TrackingConfig
-    from pipelines.tracking import spool_path, tracking_uri
-
-    workspace, copy = tmp_path / "ws", tmp_path / "ws/.dvc/tmp/exps/tmp1234"
-    copy.mkdir(parents=True)
-    monkeypatch.chdir(copy)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = TrackingConfig()
-    monkeypatch.setenv("DVC_ROOT", str(workspace))
-    assert tracking_uri(cfg) == f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
-    assert spool_path(cfg) == workspace.resolve() / ".mlflow-spool"
-    assert spool_path(TrackingConfig(spool_dir=str(tmp_path / "s"))) == tmp_path / "s"
-    monkeypatch.delenv("DVC_ROOT")
-    assert tracking_uri(cfg) == f"sqlite:///{copy.resolve() / 'mlflow.db'}"  # outside DVC: the current folder
+def test_an_experiment_name_alone_never_turns_a_fail_into_0(project, monkeypatch, capsys, tmp_path):
+    """Any CI job may carry $DVC_EXP_NAME: only a `dvc exp run` that is running here (its executor info file on
+    disk, naming it, RUNNING, in the folder the gate runs in) is saved with exit 0."""
+    write_params(project, {"tracking": {"enabled": False}})
+    base = reference_loss(60)
+    write_run(project, base * 1.10, baseline_loss=base)
+    assert cli.run(compare.main, ["-q"]) == 0
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-exp")
+    cases = {"name only": lambda: None, "no info file": lambda: monkeypatch.setenv("DVC_ROOT", str(project)),
+             "another experiment": lambda: executor_info(project, "other-exp", project),
+             "finished (status SUCCESS, left behind)": lambda: executor_info(project, "brisk-exp", project, status=3),
+             "running elsewhere": lambda: executor_info(project, "brisk-exp", tmp_path / "another-copy")}
+    for case, make in cases.items():
+        make()
+        capsys.readouterr()
+        assert cli.run(gate.main, []) == 1, case
+        err = capsys.readouterr().err
+        assert "gate: FAIL" in err and "no `dvc exp run` of that name is running here" in err, case
 
 
 def find(tree, key):

@@ -113,7 +113,9 @@ def test_summary_gives_the_worst_status_of_the_night(untracked, tmp_path, capsys
     verdict = json.loads((night / "b" / "verdict.json").read_text())
     (night / "b" / "verdict.json").write_text(json.dumps({**verdict, "status": "inconclusive"}))
     assert cli.run(summary.main, [str(night)]) == 3
-    (night / "a" / "verdict.json").write_text(json.dumps({**verdict, "status": "fail"}))
+    write_run(untracked, base * 1.10, baseline_loss=base)  # a failing run on device a
+    assert cli.run(compare.main, ["-q"]) == 0
+    (night / "a" / "verdict.json").write_bytes((untracked / "reports/default/verdict.json").read_bytes())
     assert cli.run(summary.main, [str(night), "--format", "markdown"]) == 1
     assert "❌ fail" in capsys.readouterr().out
     assert cli.run(summary.main, [str(tmp_path / "empty-night")]) == 2

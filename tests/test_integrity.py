@@ -279,6 +279,63 @@ def test_every_reader_refuses_an_old_or_malformed_verdict_naming_the_file(untrac
         read_verdict(out / "none.json")
 
 
+def failed_chain(project, capsys) -> Path:
+    """A run that fails (10% above the baseline), compared and reported: a FAIL verdict.json and report.html."""
+    base = reference_loss(60)
+    out = write_run(project, base * 1.10, baseline_loss=base)
+    assert run(compare.main, ["-q"], capsys)[0] == 0
+    assert run(report.main, ["-q"], capsys)[0] == 0
+    assert run(gate.main, [], capsys)[0] == 1
+    return out
+
+
+def test_a_fail_edited_to_pass_is_refused_by_its_own_rules(untracked, capsys):
+    """issue 31: "status": "pass" written over a FAIL (report.html deleted) gated 0."""
+    out = failed_chain(untracked, capsys)
+    (out / "report.html").unlink()
+    good = json.loads((out / "verdict.json").read_text())
+    assert good["status"] == "fail" and not good["rules"]["envelope"]["passed"]
+    edits = [({**good, "status": "pass"}, "status 'pass' but its gating rule envelope failed"),
+             ({**good, "status": "pass", "gate": ["modelzoo"]}, "status 'pass' but 'gate' names modelzoo"),
+             ({**good, "status": "pass", "rules": {k: v for k, v in good["rules"].items() if k != "envelope"}},
+              "status 'pass' but the gating rule envelope has no result")]
+    for data, message in edits:
+        (out / "verdict.json").write_text(json.dumps(data))
+        for main, argv in ((gate.main, []), (summary.main, [str(out)])):
+            code, err = run(main, argv, capsys)
+            line = one_error_line(err)
+            assert code == 2 and "reports/default/verdict.json: malformed verdict (" + message in line, line
+    passed = passed_chain(untracked, capsys)
+    data = json.loads((passed / "verdict.json").read_text())
+    (passed / "verdict.json").write_text(json.dumps({**data, "status": "fail"}))
+    code, err = run(gate.main, [], capsys)
+    assert code == 2 and "status 'fail' but no gating rule failed" in one_error_line(err)
+
+
+def test_a_verdict_that_names_no_hashes_is_not_a_verdict(untracked, capsys):
+    """issue 31: the inputs' SHA-256 set to null, then curve.csv and train.json cut, gated 0 with only a note."""
+    out = passed_chain(untracked, capsys)
+    good = json.loads((out / "verdict.json").read_text())
+    nulled = {**good, "inputs": {role: {**entry, "sha256": None} for role, entry in good["inputs"].items()}}
+    (out / "verdict.json").write_text(json.dumps(nulled))
+    cut_curve(out / "curve.csv", 30)
+    (out / "train.json").write_text("{}")
+    for main, argv in ((gate.main, []), (report.main, ["-q"])):
+        code, err = run(main, argv, capsys)
+        line = one_error_line(err)
+        assert code == 3 and "names no SHA-256 of any input" in line, line
+    # one hash taken away (the curve's, a file): as stale as a changed one
+    one = {**good, "inputs": {**good["inputs"], "candidate": {**good["inputs"]["candidate"], "sha256": None}}}
+    (out / "verdict.json").write_text(json.dumps(one))
+    code, err = run(gate.main, [], capsys)
+    assert code == 3 and "names no SHA-256 for its candidate reports/default/curve.csv" in one_error_line(err)
+    # and a chain verdict relabelled as one of logs (no record) still names a file without its hash
+    relabelled = {**one, "inputs": {k: v for k, v in one["inputs"].items() if k != "record"}}
+    (out / "verdict.json").write_text(json.dumps(relabelled))
+    code, err = run(gate.main, [], capsys)
+    assert code == 3 and "names no SHA-256 for its candidate" in one_error_line(err)
+
+
 def test_the_summary_reads_verdicts_without_numpy(untracked):
     """The nightly summary job runs on the system Python: the verdict reader imports no third-party package."""
     code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('numpy', 'pydantic', 'yaml', 'scipy')]; "

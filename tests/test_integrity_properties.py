@@ -1,4 +1,4 @@
-"""Property tests over the curve, run-record and baseline readers: any corruption of a valid file (cut at
+"""Property tests over the curve, run-record, baseline and layer-fingerprint readers: any corruption of a valid file (cut at
 a byte, a flipped or replaced byte, a line dropped or doubled, a number changed) is either rejected with
 the project's error or read to the same numbers as the whole file. So a corrupted input is never judged
 as if it were whole, and can never give a different `pass`.
@@ -153,3 +153,143 @@ def test_a_vertical_tab_in_the_header_is_refused_not_a_crash():
            b"1,1.0,0.001,101.0,0.1,0000000000000001\r\n")
     with pytest.raises(CurveError):
         parse_curve_csv(raw, "curve.csv")
+
+
+# ---- layer fingerprints (cait/fingerprints.py) ---------------------------------------------------------------
+# A fingerprint file is an .npz whose meta holds the SHA-256 of its content (meta.digest): a changed number, array
+# or meta field that is not signed again is refused; bytes the zip cannot read are refused; anything else reads
+# the same numbers. A run's file is also named by its train.json (tests/test_localize.py).
+
+finite = st.floats(-1e6, 1e6, allow_nan=False)
+
+
+@st.composite
+def fingerprint_files(draw):
+    from cait.fingerprints import PHASES, STATS, Fingerprints, PhasePrints
+
+    dim = draw(st.integers(2, 6))
+    variants = draw(st.lists(st.sampled_from(["threads_1", "weights_ulp", "tf32"]), max_size=2, unique=True))
+    reference = draw(st.booleans())
+    prints = Fingerprints({"schema": 2, "model": "m", "profile": "default", "sketch_dim": dim,
+                           **({"envelope_variants": variants} if reference else {})})
+    for step in draw(st.lists(st.integers(0, 200), min_size=1, max_size=2, unique=True)):
+        prints.steps[step] = {}
+        for phase in draw(st.lists(st.sampled_from(PHASES), min_size=1, max_size=2, unique=True)):
+            n = draw(st.integers(1, 3))
+            names = [f"blocks.{i}.attn" for i in range(n)]
+            values = st.lists(finite, min_size=n * dim, max_size=n * dim)
+            stats = np.array(draw(st.lists(finite, min_size=n * len(STATS), max_size=n * len(STATS)))).reshape(n, -1)
+            stats[:, -1] = np.abs(np.round(stats[:, -1]))  # the non-finite count
+            prints.steps[step][phase] = PhasePrints(names, [[draw(st.integers(0, 9))] for _ in names], stats,
+                                                    np.array(draw(values)).reshape(n, dim))
+            if reference:
+                spread = st.one_of(st.floats(0, 1e3), st.just(float("nan")))
+                cells = len(variants) * n
+                prints.spread.setdefault(step, {})[phase] = np.array(
+                    draw(st.lists(spread, min_size=cells, max_size=cells))).reshape(len(variants), n)
+    return prints
+
+
+def same_prints(a, b) -> bool:
+    if sorted(a.steps) != sorted(b.steps) or a.variants != b.variants:
+        return False
+    for step, phases in a.steps.items():
+        if sorted(phases) != sorted(b.steps[step]):
+            return False
+        for phase, pp in phases.items():
+            qq = b.steps[step][phase]
+            if (pp.names, pp.shapes) != (qq.names, qq.shapes) or not np.array_equal(pp.stats, qq.stats) \
+                    or not np.array_equal(pp.sketch, qq.sketch):
+                return False
+            sa, sb = a.spread.get(step, {}).get(phase), b.spread.get(step, {}).get(phase)
+            if (sa is None) != (sb is None) or (sa is not None and not np.array_equal(sa, sb, equal_nan=True)):
+                return False
+    return True
+
+
+@SETTINGS
+@given(prints=fingerprint_files(), data=st.data())
+def test_a_corrupted_fingerprint_file_is_refused_or_reads_the_same(tmp_path_factory, prints, data):
+    from cait.fingerprints import FingerprintError, load, save
+
+    path = save(tmp_path_factory.mktemp("fp") / "fingerprints.npz", prints)
+    original = path.read_bytes()
+    whole = load(path)
+    assert same_prints(whole, prints)
+    corrupted = data.draw(corruptions(original))
+    assume(corrupted != original)
+    path.write_bytes(corrupted)
+    try:
+        read = load(path)
+    except FingerprintError:
+        event("refused")
+        return
+    event("read: the same numbers")
+    assert same_prints(read, whole)
+
+
+@SETTINGS
+@given(prints=fingerprint_files(), data=st.data())
+def test_an_edited_fingerprint_array_is_refused_or_reads_the_same(tmp_path_factory, prints, data):
+    """Edits a hand or a script makes with numpy: a number changed (NaN, inf, negative, any), an array cut,
+    dropped or added, a meta field changed; the file written again as a valid .npz (not signed again)."""
+    from cait.fingerprints import FingerprintError, load, save
+
+    folder = tmp_path_factory.mktemp("fp")
+    path = save(folder / "fingerprints.npz", prints)
+    whole = load(path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    key = data.draw(st.sampled_from(sorted(arrays)))
+    kind = data.draw(st.sampled_from(["value", "cut", "drop", "add", "meta"]))
+    if kind == "value" and key != "meta" and arrays[key].size:
+        changed = arrays[key].astype(np.float64).copy()
+        changed.flat[data.draw(st.integers(0, changed.size - 1))] = data.draw(
+            st.one_of(st.just(np.nan), st.just(np.inf), st.just(-1.0), finite))
+        arrays[key] = changed.astype(arrays[key].dtype)
+    elif kind == "cut" and arrays[key].size:
+        arrays[key] = arrays[key].reshape(-1)[:data.draw(st.integers(0, arrays[key].size - 1))]
+    elif kind == "drop":
+        del arrays[key]
+    elif kind == "add":
+        arrays[data.draw(st.sampled_from(["s0.forward.spread", "s1.update.stats", "extra"]))] = np.zeros((1, 2))
+    else:
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        field = data.draw(st.sampled_from(sorted(meta)))
+        meta[field] = data.draw(st.one_of(st.none(), st.integers(-2, 9), st.text(max_size=3), st.just([]),
+                                          st.just({"0": {"forward": {"names": ["x"], "shapes": [[1]]}}})))
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(folder / "edited.npz", **arrays)
+    try:
+        read = load(folder / "edited.npz")
+    except FingerprintError:
+        event("refused")
+        return
+    event("read: the same numbers")
+    assert same_prints(read, whole)
+
+
+@SETTINGS
+@given(prints=fingerprint_files(), data=st.data())
+def test_a_signed_fingerprint_file_with_values_no_reference_has_is_refused_as_one(tmp_path_factory, prints, data):
+    """Written (and signed) by code: a non-finite stats or sketch value, or a spread that is no relative error
+    (NaN is one: a variant that lacked the entry), is read as a run's file (a run may diverge) but never as a
+    reference (load_reference)."""
+    from cait.fingerprints import FingerprintError, load, load_reference, save
+
+    step = data.draw(st.sampled_from(sorted(prints.steps)))
+    phase = data.draw(st.sampled_from(sorted(prints.steps[step])))
+    pp = prints.steps[step][phase]
+    spread = prints.spread.get(step, {}).get(phase)
+    target = data.draw(st.sampled_from(["stats", "sketch"] + (["spread"] if spread is not None and spread.size else [])))
+    values = {"stats": pp.stats, "sketch": pp.sketch, "spread": spread}[target]
+    values.flat[data.draw(st.integers(0, values.size - 1))] = data.draw(
+        st.sampled_from([np.inf, -np.inf, -1e-9, -16.0] if target == "spread" else [np.nan, np.inf, -np.inf]))
+    if target == "stats" and np.isnan(pp.stats[:, -1]).any() | np.isinf(pp.stats[:, -1]).any():
+        pp.stats[:, -1] = 0.0  # the non-finite count is checked as a count on load anyway
+        pp.sketch.flat[0] = np.nan
+    path = save(tmp_path_factory.mktemp("fp") / "fingerprints.npz", prints)
+    if target != "spread":
+        load(path)  # a run's file may hold what a diverged run computed
+    with pytest.raises(FingerprintError, match=f"^{re.escape(str(path))}: "):
+        load_reference(path)

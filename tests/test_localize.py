@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import yaml
 
-from cait.fingerprints import STATS, FingerprintError, Fingerprints, PhasePrints, load, save, to_bytes
+from cait.fingerprints import (SCHEMA, STATS, FingerprintError, Fingerprints, PhasePrints, load, load_reference, save,
+                               to_bytes)
 from pipelines.localize import check_compatible, localize, with_spread
 
-META = {"schema": 1, "model": "cait_XXS24_224", "profile": "default", "params_hash": "h", "world_size": 1,
+META = {"schema": SCHEMA, "model": "cait_XXS24_224", "profile": "default", "params_hash": "h", "world_size": 1,
         "global_batch": 32, "sketch_dim": 8, "curve_params": {"train": {"lr": 0.001}}}
 
 
 def phase(names, sketch, nonfinite=None):
-    sketch = np.asarray(sketch, dtype=float)
+    sketch = np.array(sketch, dtype=float)  # a copy: tests edit it
     stats = np.zeros((len(names), len(STATS)))
     if nonfinite is not None:
         stats[:, -1] = nonfinite
@@ -113,6 +114,170 @@ def test_file_round_trip_is_byte_stable_and_corruption_is_refused(tmp_path):
         load(tmp_path / "bad.npz")
     with pytest.raises(FingerprintError, match=r"missing\.npz: not found"):
         load(tmp_path / "missing.npz")
+
+
+# ---- files that lie are refused, never localized (issue 30) --------------------------------------------------
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def reference(spread_value=1e-3):
+    """A baseline's reference file: the reference run with one envelope variant's spread."""
+    return with_spread(prints(REF_F, REF_U), {"v": prints(REF_F * (1 + spread_value), REF_U * (1 + spread_value))})
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda r: r.steps[0]["forward"].sketch.__setitem__((1, 0), np.nan), r"step 0 forward b: sketch bucket 0 is nan"),
+    (lambda r: r.steps[0]["update"].stats.__setitem__((0, 2), np.inf), r"step 0 update a.weight: stats max_abs is inf"),
+    (lambda r: r.spread[0]["forward"].__setitem__((0, 2), np.inf), r"step 0 forward c spread \(v\): inf is not a"),
+    (lambda r: r.spread[0]["forward"].__setitem__((0, 0), -16.0), r"step 0 forward a spread \(v\): -16.0 is not a"),
+    (lambda r: r.meta.pop("envelope_variants") and r.spread.clear(), r"a run's fingerprints, not a reference"),
+])
+def test_a_reference_that_lies_is_refused_naming_the_entry(tmp_path, edit, field):
+    """NaN in the reference's sketch blamed a good module (relative error nan); an inf spread let a port bug pass
+    as clean; a negative one blamed a good run; a run's own file gave a floor-only tolerance without a word."""
+    ref = reference()
+    edit(ref)
+    path = save(tmp_path / "reference.npz", ref)  # written (and signed) as the baseline command would
+    with pytest.raises(FingerprintError, match=field) as info:
+        load_reference(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_a_file_whose_numbers_changed_after_it_was_written_is_refused(tmp_path):
+    path = save(tmp_path / "fp.npz", reference())
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key, value in (("s0.forward.sketch", 0.5), ("s0.forward.spread", 0.0), ("s0.update.stats", 1.0)):
+        changed = {**arrays, key: arrays[key].copy()}
+        changed[key].flat[0] = value
+        np.savez(tmp_path / "edited.npz", **changed)
+        with pytest.raises(FingerprintError, match=r"edited\.npz: meta.digest does not match"):
+            load(tmp_path / "edited.npz")
+    odd = dict(arrays)
+    odd["s0.forward.stats"] = arrays["s0.forward.stats"][:2]  # re-signed: the layout still names 3 entries
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    from cait.fingerprints import digest
+
+    meta["digest"] = digest(meta, {k: v for k, v in odd.items() if k != "meta"})
+    odd["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "shape.npz", **odd)
+    with pytest.raises(FingerprintError, match=r"shape\.npz: step 0 forward: stats float64\[2, 10\]"):
+        load(tmp_path / "shape.npz")
+
+
+def fake_run_with_fingerprints(project, loss, forward):
+    """A train-stage run folder (fake_runs) with its fingerprints.npz named by its train.json, the baseline it is
+    judged against and that baseline's reference fingerprints (tied to it by its reference loss)."""
+    from fake_runs import reference_loss, write_run
+
+    from pipelines.baselines import load_baseline
+    from pipelines.localize import loss_digest
+    from pipelines.provenance import file_sha256
+
+    out = write_run(project, loss, baseline_loss=reference_loss(60))
+    save(out / "fingerprints.npz", prints(forward, REF_U))
+    record = json.loads((out / "train.json").read_text())
+    record["fingerprints_sha256"] = file_sha256(out / "fingerprints.npz")
+    (out / "train.json").write_text(json.dumps(record))
+    ref = reference()
+    ref.meta["baseline_loss_sha256"] = loss_digest(load_baseline(project / "baselines/default/baseline.json").loss)
+    save(project / "baselines/default/fingerprints.npz", ref)
+    return out
+
+
+def test_fingerprints_not_named_by_their_run_record_are_refused_in_the_chain(project, capsys):
+    """A port-bug run's file dropped into a passing run's folder blamed a module of a passing run, and the
+    reverse made a failing gate print "fingerprints agree": train.json names the file's SHA-256."""
+    from conftest import write_params
+    from fake_runs import reference_loss
+
+    from pipelines import cli
+    from pipelines.stages import localize as stage
+
+    write_params(project, {"tracking": {"enabled": False}})
+    out = fake_run_with_fingerprints(project, reference_loss(60), REF_F)
+    capsys.readouterr()
+    assert cli.run(stage.main, ["-q"]) == 0
+    assert json.loads((out / "localize.json").read_text())["status"] == "clean"
+    good = (out / "localize.json").read_bytes()
+    bug = REF_F.copy()
+    bug[1] *= 1.01
+    for dropped in (bug, REF_F * 1.0):  # another run's file (a bug's), then a clean file of another run
+        save(out / "fingerprints.npz", prints(dropped, REF_U * (1 + 1e-9)))
+        capsys.readouterr()
+        assert cli.run(stage.main, ["-q"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "reports/default/fingerprints.npz: SHA-256" in line and "fingerprints_sha256" in line
+        assert (out / "localize.json").read_bytes() == good  # nothing good overwritten
+        # given by hand, a run's file beside its record is checked the same way
+        assert cli.run(stage.main, ["--candidate", str(out / "fingerprints.npz")]) == 2
+        assert "fingerprints_sha256" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_run_file_as_baseline_and_a_reference_with_nan_are_exit_2(project, capsys):
+    from conftest import write_params
+    from fake_runs import reference_loss
+
+    from pipelines import cli
+    from pipelines.stages import localize as stage
+
+    write_params(project, {"tracking": {"enabled": False}})
+    out = fake_run_with_fingerprints(project, reference_loss(60), REF_F)
+    capsys.readouterr()
+    run_file = str(out / "fingerprints.npz")
+    assert cli.run(stage.main, ["--candidate", run_file, "--baseline", run_file]) == 2
+    assert "a run's fingerprints, not a reference" in one_error_line(capsys.readouterr().err)
+    ref = load(project / "baselines/default/fingerprints.npz")
+    ref.steps[0]["forward"].sketch[0, 3] = np.nan
+    save(project / "baselines/default/fingerprints.npz", ref)
+    assert cli.run(stage.main, ["-q"]) == 2  # in the chain too: a corrupt reference is no "diverged"
+    line = one_error_line(capsys.readouterr().err)
+    assert "baselines/default/fingerprints.npz: step 0 forward a: sketch bucket 3 is nan" in line
+    assert not (out / "localize.json").exists()
+
+
+def test_a_reference_with_no_envelope_runs_says_its_tolerance_is_the_floor():
+    result = localize(prints(REF_F, REF_U), with_spread(prints(REF_F, REF_U), {}), k=4, floor=1e-6)
+    assert result.status == "clean" and "the reference has no envelope runs" in result.message
+
+
+def test_replay_refuses_a_step_the_run_never_reaches_before_training(project, capsys):
+    """An 8-step run (train.steps null: 1 epoch of 64 images in batches of 8): --step 1000 trained the whole run,
+    exited 0 and claimed fingerprints at step 1000."""
+    from conftest import write_params
+
+    from cait.manifest import Manifest, write_manifest
+    from pipelines import cli
+    from pipelines.stages import localize as stage
+
+    write_params(project, {"tracking": {"enabled": False}, "train": {"steps": None, "epochs": 1, "batch_size": 8,
+                                                                     "warmup_steps": 2}})
+    images = [(f"train/c0/{i}.png", 0, "0" * 64) for i in range(64)]
+    write_manifest(Manifest("synthetic", project / "data/prepared", ["c0"], {"train": images, "val": []}, True),
+                   project / "data/prepared", ".")
+    capsys.readouterr()
+    assert cli.run(stage.main, ["-q", "replay", "--step", "1000"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--step 1000: outside the run's steps 0..7" in line
+    assert not (project / "reports/default/replay-1000").exists()
+
+
+def test_a_replay_that_stopped_before_its_step_is_refused(tmp_path):
+    from pipelines.provenance import file_sha256
+    from pipelines.stages.localize import replayed
+
+    run = Fingerprints(dict(META), {0: {"forward": phase(["a"], REF_F[:1])}})
+    save(tmp_path / "fingerprints.npz", run)
+    (tmp_path / "train.json").write_text(json.dumps({"environment": {}, "params_hash": "h", "curve_params": {},
+                                                     "data_manifest_hash": "d",
+                                                     "fingerprints_sha256": file_sha256(tmp_path / "fingerprints.npz")}))
+    assert sorted(replayed(tmp_path, 0).steps) == [0]
+    with pytest.raises(FingerprintError, match=r"holds no fingerprints at step 5 \(steps \[0\]"):
+        replayed(tmp_path, 5)
 
 
 # ---- the whole path on the tiny profile -------------------------------------------------------------------

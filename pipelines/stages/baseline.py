@@ -41,7 +41,7 @@ from pipelines import cli
 from pipelines.baselines import baseline_from_runs, load_baseline, record_precision, save_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, RECORD, RUN_INFO, run_dir
 from pipelines.logs import read_mlflow_run
-from pipelines.params import Params, load_params
+from pipelines.params import Params, load_params, parse_params
 from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
 from pipelines.training import train_once, with_numerics
@@ -82,11 +82,17 @@ def run_from_mlflow(run_id: str, params: Params) -> tuple:
 
 
 def seeds_for(params: Params, runs: int, repeat: bool, seeds: str | None) -> list[int]:
-    if seeds:
+    if seeds is not None:
         try:
-            return [int(s) for s in seeds.split(",") if s.strip()]
+            chosen = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             raise ConfigError(f"--seeds {seeds!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+        if not chosen:
+            raise ConfigError(f"--seeds {seeds!r}: give at least one seed, e.g. 0,1,2")
+        for seed in chosen:  # each as train.seed would be checked in params.yaml (e.g. >= 0), before any run
+            parse_params({**params.model_dump(mode="json"), "train": {**params.train.model_dump(mode="json"),
+                                                                      "seed": seed}}, f"--seeds {seeds}")
+        return chosen
     if runs < 1:
         raise ConfigError(f"--runs {runs}: must be at least 1")
     first = params.train.seed
@@ -157,8 +163,28 @@ def default_policies(device_type: str) -> list[str]:
 def save_fingerprints(out: Path, baseline, reference: Path | None, variants: dict[str, Path]) -> Path | None:
     """The reference run's layer fingerprints with the envelope runs' spread, beside the baseline file and
     tied to it (its reference loss's digest): what `localize` compares a device under test with."""
-    from cait.fingerprints import load, save
-    from pipelines.localize import loss_digest, with_spread
+    return write_fingerprints(out, baseline_prints(out, baseline, reference, variants))
+
+
+def write_fingerprints(out: Path, prints) -> Path | None:
+    from cait.fingerprints import save
+
+    if prints is None:
+        return None
+    path = save(out.with_name(FINGERPRINTS), prints)
+    print(f"baseline: layer fingerprints of the reference run at steps {sorted(prints.steps)}, tolerance from "
+          f"{len(prints.variants)} envelope run(s) -> {path}", flush=True)
+    return path
+
+
+def baseline_prints(out: Path, baseline, reference: Path | None, variants: dict[str, Path]):
+    """The fingerprints `save_fingerprints` writes, made and checked before anything is written: each run's file
+    must be the one its train.json names (fingerprints_sha256), and the result a valid reference (finite)."""
+    from cait.fingerprints import check_reference
+    from pipelines.localize import loss_digest, read_run_fingerprints, with_spread
+
+    def load(path: Path):
+        return read_run_fingerprints(path, path.parent / RECORD)
 
     if reference is None or not reference.exists():
         print("baseline: the reference run has no layer fingerprints; localize will not be available", flush=True)
@@ -169,10 +195,27 @@ def save_fingerprints(out: Path, baseline, reference: Path | None, variants: dic
               flush=True)
     prints = with_spread(load(reference), {n: load(p) for n, p in variants.items() if p.exists()})
     prints.meta["baseline_loss_sha256"] = loss_digest(baseline.loss)
-    path = save(out.with_name(FINGERPRINTS), prints)
-    print(f"baseline: layer fingerprints of the reference run at steps {sorted(prints.steps)}, tolerance from "
-          f"{len(prints.variants)} envelope run(s) -> {path}", flush=True)
-    return path
+    check_reference(prints, out.with_name(FINGERPRINTS))
+    return prints
+
+
+def refuse_repeated_runs(runs: list[tuple]) -> None:
+    """One run given twice is not two repeats (their spread would be zero: a band of no width): refuse a run
+    named twice, by its curve file (resolved), its MLflow run, or its run.json (the date and wall time a run was
+    trained in: a copied folder keeps them). Repeats of one seed are separate trainings (record --repeat)."""
+    seen: dict = {}
+    for curve, record, source in runs:
+        keys = [("the same file", str(Path(source).resolve()))] if not source.startswith("MLflow run ") else []
+        if record.get("mlflow_run_id"):
+            keys.append(("MLflow run", record["mlflow_run_id"]))
+        if record.get("date") and record.get("wall_s") is not None:
+            keys.append(("trained at the same date and wall time (run.json)", (record["date"], record["wall_s"])))
+        for what, key in keys:
+            if (what, key) in seen:
+                shown = key if isinstance(key, str) else f"{key[0]}, {key[1]} s"
+                raise BaselineError(f"{source}: the same run as {seen[what, key]} ({what}: {shown}); give each run "
+                                    f"once (repeats of one seed are separate trainings: record --runs N --repeat)")
+            seen[what, key] = source
 
 
 def main(argv=None) -> int:
@@ -270,9 +313,12 @@ def main(argv=None) -> int:
         for i, curve_path in enumerate(args.curve):
             record_path = Path(args.record[i]) if args.record else Path(curve_path).parent / RECORD
             runs.append(run_from_files(Path(curve_path), record_path))
+        folders = {id(run): Path(run[2]).parent for run in runs}  # where each run's fingerprints are
         runs += [run_from_mlflow(run_id, params) for run_id in args.mlflow_run]
         if not runs:
             runs = [run_from_folder(run_dir(params.profile))]
+            folders = {id(runs[0]): run_dir(params.profile)}
+        refuse_repeated_runs(runs)
         # runs of a numerics variant are envelope runs; the reference run (the baseline's own curve) is
         # the one of train.seed, whatever order they came in
         # (and so are runs under another precision policy than train.seed's plain run: that policy's reference)
@@ -283,13 +329,14 @@ def main(argv=None) -> int:
         runs = [run for run in runs if not run[1].get("numerics_variant") and record_precision(run[1]) == own]
         runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
         # fingerprints beside each run's curve, when it came from a folder (not from MLflow)
-        reference_prints = Path(runs[0][2]).parent / FINGERPRINTS
-        own = record_precision(runs[0][1])
-        variant_prints = {run[1]["numerics_variant"]: Path(run[2]).parent / FINGERPRINTS for run in envelope_runs
-                          if run[1].get("numerics_variant") and record_precision(run[1]) == own}
+        reference_prints = folders[id(runs[0])] / FINGERPRINTS if id(runs[0]) in folders else None
+        own = record_precision(runs[0][1])  # the own policy's variants give localize's tolerance
+        variant_prints = {run[1]["numerics_variant"]: folders[id(run)] / FINGERPRINTS for run in envelope_runs
+                          if id(run) in folders and run[1].get("numerics_variant") and record_precision(run[1]) == own}
     baseline = baseline_from_runs(runs, params.profile, envelope_runs)
+    prints = baseline_prints(out, baseline, reference_prints, variant_prints)  # checked before anything is written
     save_baseline(out, baseline)
-    save_fingerprints(out, baseline, reference_prints, variant_prints)
+    write_fingerprints(out, prints)
     keep.cleanup()
     prov = baseline.provenance
     print(f"baseline: {baseline.kind}, {len(baseline.loss)} steps, seeds {baseline.seeds} "

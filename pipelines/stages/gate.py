@@ -2,9 +2,9 @@
 
 Runs after the report, so a failed night still leaves its report behind. To run the chain without
 the gate failing the command: `dvc repro report`. `--verdict PATH` gates any verdict file (one of
-`compare --candidate/--baseline`, or a CI job's download). Inside `dvc exp run` (DVC sets $DVC_EXP_NAME) the
-gate prints the verdict and exits 0: an experiment is saved with its verdict whatever it is
-(`dvc exp show` lists it), instead of being thrown away by a failing stage.
+`compare --candidate/--baseline`, or a CI job's download). Inside a running `dvc exp run` (checked on disk, not
+only by $DVC_EXP_NAME: `running_experiment`) the gate prints the verdict and exits 0: an experiment is saved with
+its verdict whatever it is (`dvc exp show` lists it), instead of being thrown away by a failing stage.
 
 A verdict only counts for the files it judged: when the curve, run record or baseline it names (by
 SHA-256) is gone or changed, or the compare params changed, or report.html shows another verdict, the
@@ -26,6 +26,38 @@ from pipelines.params import load_params
 from pipelines.verdict_file import EXIT_BY_STATUS, read_verdict, require_fresh, require_report_of, unchecked_inputs
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
+# Where `dvc exp run` keeps its running executors' info files, under the workspace's .dvc/tmp/exps: the workspace
+# and celery queues in run/<name>/<name>.run, `--temp` in standalone/run/<rev>/<rev>.run (dvc/repo/experiments:
+# utils.EXEC_TMP_DIR, EXEC_PID_DIR, queue/tempdir.py, executor/base.py INFOFILE_EXT)
+EXPERIMENT_INFO_GLOBS = (".dvc/tmp/exps/run/*/*.run", ".dvc/tmp/exps/standalone/run/*/*.run")
+TASK_RUNNING = 2  # dvc.repo.experiments.executor.base.TaskStatus.RUNNING
+
+
+def running_experiment(env=os.environ, cwd: Path | None = None) -> str:
+    """The name of the `dvc exp run` this process is a stage of, or "" when it is none.
+
+    An environment variable alone proves nothing (any CI job can set one). What DVC itself does for an
+    experiment (dvc/repo/experiments/queue/base.py, executor/base.py, stage/run.py): it gives every stage
+    DVC_EXP_NAME (the experiment's name) and DVC_ROOT (the workspace, also for `--temp`, whose stages run in a
+    copy under DVC_ROOT/.dvc/tmp/exps/standalone/tmpXXXX), and while the experiment runs it keeps an executor info file
+    (JSON: name, root_dir = the folder the stages run in, status 2 = RUNNING) under DVC_ROOT/.dvc/tmp/exps,
+    removed when it ends. So this is an experiment only when that file exists, names this experiment, says
+    RUNNING, and its root_dir holds the current folder."""
+    name, root = env.get(EXPERIMENT_ENV, ""), env.get("DVC_ROOT", "")
+    if not name or not root:
+        return ""
+    here = (cwd or Path.cwd()).resolve()
+    for pattern in EXPERIMENT_INFO_GLOBS:
+        for info_file in Path(root).glob(pattern):
+            try:
+                info = json.loads(info_file.read_text())
+                runs_in = Path(info["root_dir"]).resolve()
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if info.get("name") == name and info.get("status") == TASK_RUNNING and (
+                    here == runs_in or runs_in in here.parents):
+                return name
+    return ""
 
 
 def localization_line(path: Path) -> str:
@@ -58,10 +90,14 @@ def main(argv=None) -> int:
         print(f"  where: {where}", file=stream)
     for name in unchecked_inputs(verdict):
         print(f"  note: {name} is not a file; the gate could not recheck it", file=stream)
-    experiment = os.environ.get(EXPERIMENT_ENV)
-    if experiment and code != EXIT_PASS:
-        print(f"gate: experiment {experiment} is saved with verdict {verdict.status} (exit {code} outside `dvc exp run`)",
-              file=stream)
+    if code != EXIT_PASS and os.environ.get(EXPERIMENT_ENV):
+        experiment = running_experiment()
+        if not experiment:
+            print(f"gate: ${EXPERIMENT_ENV} is set but no `dvc exp run` of that name is running here (no executor "
+                  f"info under $DVC_ROOT/.dvc/tmp/exps): exit {code}", file=stream)
+            return code
+        print(f"gate: {verdict.status.upper()}: experiment {experiment} is saved with verdict {verdict.status} "
+              f"(exit {code} outside `dvc exp run`)", file=stream)
         return EXIT_PASS
     return code
 

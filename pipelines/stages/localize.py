@@ -4,14 +4,18 @@
   python -m pipelines.stages.localize --candidate A.npz --baseline B.npz   # any two fingerprint files
   python -m pipelines.stages.localize replay --step 57      # train up to step 57 with fingerprints there
   python -m pipelines.stages.localize replay --step 57 --envelope   # the same on the baseline's machine,
-                                                            # with the envelope runs: a reference file
+                                                            # with the envelope runs: replay-57/reference.npz
 
 Writes reports/<profile>/localize.json (the first divergence, msprobe-style metrics beside its
 tolerance, the per-phase picture the report draws) and tags the train run in MLflow (localize.*). It
 informs: the gate still decides on the curves. In the chain it exits 0 whatever it finds: when the
 baseline has no fingerprints, the candidate none, or they cannot be compared (another baseline, model,
-profile or params: named), localize.json says so and why and the chain goes on to its verdict. Given two
-files (--candidate/--baseline), unreadable or incompatible ones are exit 2.
+profile or params: named), localize.json says so and why and the chain goes on to its verdict. Files that
+lie are exit 2, in the chain too: a run's fingerprints.npz that is not the file its train.json names
+(fingerprints_sha256), a file whose digest does not match its content, a reference with a non-finite value
+or a spread that is no relative error (cait/fingerprints.py `load_reference`). Given two files
+(--candidate/--baseline), unreadable or incompatible ones are exit 2, and so is a --baseline that is a run's
+file (no envelope spread) rather than a reference.
 
 When every phase agrees at step 0 and the curves part later, the step where they part can be replayed
 on each machine (keyed randomness: the same batches and drop-path masks; the same full-run schedule):
@@ -25,14 +29,16 @@ import json
 import sys
 from pathlib import Path
 
-from cait.fingerprints import FingerprintError, load
+from cait.fingerprints import FingerprintError, FingerprintMismatch, load, load_reference
 from cait.files import atomic_write_text
 from pipelines import cli
 from pipelines.baselines import load_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
-from pipelines.localize import Localization, describe, localize, loss_digest, with_spread
+from pipelines.localize import Localization, describe, localize, loss_digest, read_run_fingerprints, with_spread
 from pipelines.params import Params, load_params
 from pipelines.provenance import file_sha256
+
+REPLAY_REFERENCE = "reference.npz"  # replay --envelope: the replayed run's fingerprints with the envelope's spread
 
 
 def baseline_fingerprints(params: Params):
@@ -41,10 +47,10 @@ def baseline_fingerprints(params: Params):
     if not path.exists():
         return None, (f"{path}: the baseline has no layer fingerprints; record them with the baseline "
                       f"(make baseline) to localize a failing run")
-    prints = load(path)
+    prints = load_reference(path)
     baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
     if prints.meta.get("baseline_loss_sha256") != loss_digest(baseline.loss):
-        raise FingerprintError(f"{path}: belongs to another baseline than {params.compare.baseline} (its reference "
+        raise FingerprintMismatch(f"{path}: belongs to another baseline than {params.compare.baseline} (its reference "
                                f"loss differs); record both together (make baseline) or point "
                                f"localize.baseline_fingerprints at the right file")
     return prints, str(path)
@@ -120,11 +126,13 @@ def run_chain(params: Params, quiet: bool) -> int:
             why = where if reference is None else f"{candidate_path}: not written by the train stage"
             result = Localization("unavailable", why)
         else:
-            result = localize(load(candidate_path), reference, k=params.localize.k, floor=params.localize.floor,
+            candidate = read_run_fingerprints(candidate_path, folder / RECORD)  # the file train.json names
+            result = localize(candidate, reference, k=params.localize.k, floor=params.localize.floor,
                               candidate_source=str(candidate_path), baseline_source=where)
-    except FingerprintError as exc:
+    except FingerprintMismatch as exc:
         # in the chain localize informs: fingerprints it cannot compare (another baseline, other params: the
-        # verdict says so too) leave the verdict, the report and the gate to run, and say why here
+        # verdict says so too) leave the verdict, the report and the gate to run, and say why here. A file that
+        # is corrupt or lies (not the one its record names, NaN in a reference) is an error: exit 2
         result = Localization("unavailable", f"not compared: {exc}")
         print(f"localize: warning: {result.message}", file=sys.stderr)
     next_step = advice(result, status, parted_at, params.profile)
@@ -142,27 +150,53 @@ def replay(params: Params, step: int, envelope: bool, quiet: bool) -> int:
     from cait.portbugs import envelope_variants
     from pipelines.training import train_once, with_numerics
 
-    total = params.train.steps
-    if total is not None and not 0 <= step < total:
-        raise FingerprintError(f"--step {step}: outside the run's steps 0..{total - 1}")
+    total = run_length(params)
+    if not 0 <= step < total:
+        raise FingerprintError(f"--step {step}: outside the run's steps 0..{total - 1} (train.steps "
+                               f"{params.train.steps}, {total} in all); give the verdict's first_divergence_step")
     train = params.train.model_copy(update={"fingerprints": params.train.fingerprints.model_copy(
         update={"steps": [step]})})
     replay_params = params.model_copy(update={"train": train})
     folder = run_dir(params.profile) / f"replay-{step}"
     train_once(replay_params, f"replay to step {step}", quiet=quiet, out_dir=folder, stop_after=step)
-    prints = load(folder / FINGERPRINTS)
+    prints = replayed(folder, step)
     if envelope:
         variants = {}
         for name in envelope_variants(params.device.type):
             sub = folder / name
             train_once(with_numerics(replay_params, name), f"replay {name}", quiet=quiet, out_dir=sub, stop_after=step)
-            variants[name] = load(sub / FINGERPRINTS)
+            variants[name] = replayed(sub, step)
         from cait.fingerprints import save
 
-        save(folder / FINGERPRINTS, with_spread(prints, variants))
-    print(f"localize: fingerprints at step {step} -> {folder / FINGERPRINTS}"
-          + (" (with the envelope runs' spread: a reference file)" if envelope else ""))
+        # beside the run's own file, which stays the one its train.json names
+        path = save(folder / REPLAY_REFERENCE, with_spread(prints, variants))
+        print(f"localize: reference fingerprints at step {step}, with the spread of {len(variants)} envelope run(s) "
+              f"-> {path}")
+        return 0
+    print(f"localize: fingerprints at step {step} -> {folder / FINGERPRINTS}")
     return 0
+
+
+def run_length(params: Params) -> int:
+    """Steps of the run params.yaml describes, as one process trains it (cait/session.py): train.steps, or
+    epochs x steps per epoch of the prepared data."""
+    if params.train.steps is not None:
+        return params.train.steps
+    from cait.manifest import read_manifest
+    from pipelines.layout import PREPARED_DIR
+
+    images = len(read_manifest(PREPARED_DIR).splits.get("train", []))  # no manifest: a DataError naming it
+    return params.train.epochs * max(1, images // params.train.batch_size)
+
+
+def replayed(folder: Path, step: int):
+    """The fingerprints a replay run wrote (the file its train.json names), refused unless they hold `step`
+    (a run that stopped early, e.g. on a non-finite loss, never reached it)."""
+    prints = read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD)
+    if step not in prints.steps:
+        raise FingerprintError(f"{folder / FINGERPRINTS}: holds no fingerprints at step {step} (steps "
+                               f"{sorted(prints.steps) or 'none'}: the run stopped before it?); see {folder / RECORD}")
+    return prints
 
 
 def main(argv=None) -> int:
@@ -184,7 +218,9 @@ def main(argv=None) -> int:
         return run_chain(params, args.quiet)
     candidate = args.candidate or str(run_dir(params.profile) / FINGERPRINTS)
     baseline = args.baseline or params.localize.baseline_fingerprints
-    result = localize(load(candidate), load(baseline), k=params.localize.k, floor=params.localize.floor,
+    record = Path(candidate).parent / RECORD  # a run's folder: the file must be the one its record names
+    result = localize(read_run_fingerprints(candidate, record) if record.is_file() else load(candidate),
+                      load_reference(baseline), k=params.localize.k, floor=params.localize.floor,
                       candidate_source=candidate, baseline_source=baseline)
     out = Path(args.out) if args.out else run_dir(params.profile) / "localize.files.json"
     write_result(out, result, candidate=candidate, baseline=baseline)
