@@ -20,8 +20,6 @@ from dataclasses import asdict
 
 import numpy as np
 
-from cait.errors import EXIT_INCONCLUSIVE
-from pipelines.verdict_file import EXIT_BY_STATUS
 
 BASELINE_ROLE = "baseline"
 BASELINE_HASH_TAG = "cait.baseline_sha256"
@@ -234,28 +232,41 @@ def with_timing(verdict: dict, rule) -> dict:
     return shown
 
 
-def flat_metrics(verdict: dict) -> dict[str, float | int | str]:
-    """A small flat metrics file for `dvc metrics show` and `dvc exp show`: the verdict as a word and as
-    the gate's number, and each rule's outcome and numbers. DVC rounds metrics to 5 decimals, which
-    shows a relative error of 3.2e-6 as 0.0, so relative numbers are given in parts per million
-    (`..._ppm`). Only the gating rules' numbers: the full verdict stays in verdict.json."""
+# The figures `dvc metrics show` and `dvc exp show` list per gating rule: (column, the rule's number). A verdict
+# holds dozens of numbers; these say how far from its threshold each rule is. The rest stays in verdict.json.
+HEADLINES = {"envelope": (("x_tol", "max_ratio"),),  # the worst step's |d|, in multiples of its tolerance
+             "modelzoo": (("mre", "mean_relative_error"), ("mae", "mean_absolute_error")),
+             "strict": (("rel", "mean_abs_relative_error"),),
+             "band": (("outside", "outside_fraction"),),
+             "trend": (("drift", "drift_relative"),),
+             "throughput": (("x", "ratio"),)}
+FIGURE_DIGITS = 4  # significant digits of every non-integer figure in metrics.json
+
+
+def figure(value) -> int | str:
+    """An integer as it is; any other number as text with FIGURE_DIGITS significant digits. `dvc metrics show`
+    rounds numbers to 5 decimals (4.2e-6 shows as 0.0) and cannot be told otherwise per file: text it shows
+    as written."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return f"{float(value):.{FIGURE_DIGITS}g}"
+
+
+def flat_metrics(verdict: dict) -> dict[str, int | str]:
+    """A small flat metrics file for `dvc metrics show` and `dvc exp show`, one line of at most 120 columns for
+    the default gate: the verdict, the rule(s) that decided it, the first divergence step (absent when the
+    curves never leave the gating tolerance) and each gating rule's headline figures (HEADLINES), every one
+    with its significant digits (`figure`). The full verdict stays in verdict.json."""
     first = verdict.get("first_divergence_step")
-    out: dict[str, float | int | str] = {
-        "verdict": str(verdict.get("status", "")),
-        "verdict_code": EXIT_BY_STATUS.get(verdict.get("status"), EXIT_INCONCLUSIVE),
-        "decided_by": deciding_rules(verdict),
-        "compared_steps": int(verdict.get("compared_steps", 0)),
-        "first_divergence_step": -1 if first is None else int(first),
-    }
+    out: dict[str, int | str] = {"verdict": str(verdict.get("status", "")), "rule": deciding_rules(verdict)}
+    if first is not None:
+        out["first_step"] = int(first)
     for name, rule in verdict.get("rules", {}).items():
-        out[f"{name}.passed"] = int(bool(rule.get("passed"))) if rule.get("applicable", True) else -1
-        if not rule.get("gating"):
+        if not rule.get("gating") or not rule.get("applicable", True):
             continue  # an informing rule's numbers are in verdict.json
-        for key, value in rule.get("numbers", {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if "relative" in key and isinstance(value, float):
-                out[f"{name}.{key}_ppm"] = value * 1e6
-            else:
-                out[f"{name}.{key}"] = value
+        numbers = rule.get("numbers", {})
+        for column, key in HEADLINES.get(name, ()):
+            value = numbers.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{name}.{column}"] = figure(value)
     return out

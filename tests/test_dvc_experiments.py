@@ -24,7 +24,21 @@ def test_gate_inside_an_experiment_reports_and_exits_0(project, monkeypatch, cap
     assert cli.run(gate.main, []) == 0
     assert "experiment brisk-exp is saved with verdict fail" in capsys.readouterr().err
     metrics = json.loads((project / "reports/default/metrics.json").read_text())
-    assert metrics["verdict"] == "fail" and metrics["verdict_code"] == 1
+    assert metrics["verdict"] == "fail" and metrics["rule"] == "modelzoo,envelope"
+
+    # `dvc metrics show` as the README gives it: one line of at most 120 columns (DVC wraps nothing), and every
+    # figure of the verdict with its significant digits (DVC rounds numbers to 5 decimals: 4.2e-6 shows as 0.0)
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=project, capture_output=True, text=True, check=True)
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 2 and max(map(len, lines)) <= 120, shown.stdout
+    row = dict(zip(lines[0].split(), lines[1].split()))
+    verdict = json.loads((project / "reports/default/verdict.json").read_text())
+    assert row["verdict"] == "fail" and int(row["first_step"]) == verdict["first_divergence_step"] \
+        == verdict["rules"]["envelope"]["numbers"]["first_outside_step"]
+    for column, key in (("envelope.x_tol", "max_ratio"), ("modelzoo.mre", "mean_relative_error"),
+                        ("modelzoo.mae", "mean_absolute_error")):
+        rule, _ = column.split(".")
+        assert float(row[column]) == pytest.approx(verdict["rules"][rule]["numbers"][key], rel=1e-3), (column, row)
 
 
 def test_runs_of_a_temp_experiment_are_tracked_in_the_workspace(tmp_path, monkeypatch):

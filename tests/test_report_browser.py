@@ -39,6 +39,7 @@ window.addEventListener('load', () => {
     device_row: rowColour('environments', 'device'),
     python_row: rowColour('environments', 'python'),
     strict_row: rowColour('rules', 'strict'),
+    envelope_row: rowColour('rules', 'envelope'),
   };
   const pre = document.createElement('pre');
   pre.id = 'probe';
@@ -72,9 +73,8 @@ def test_report_renders_in_chromium(project, tmp_path):
     assert run_stage("compare", project).returncode == 0
     verdict_path = out / "verdict.json"
     verdict = json.loads(verdict_path.read_text())
-    # the verdict names the first divergence step (comparison rules); a verdict without one still renders
-    verdict.setdefault("first_divergence_step", 30)
-    verdict_path.write_text(json.dumps(verdict))
+    # the first divergence is where the gating envelope rule first finds the candidate outside its tolerance
+    assert verdict["first_divergence_step"] == verdict["rules"]["envelope"]["numbers"]["first_outside_step"] >= 30
     done = run_stage("report", project)
     assert done.returncode == 0, done.stderr
     page = out / "report.html"
@@ -99,18 +99,20 @@ def test_report_renders_in_chromium(project, tmp_path):
         for key, value in rule["numbers"].items():
             assert f"{key} = {value:.6g}" in text
     assert "max_mean_abs_relative_error = 0.02" in text
-    assert seen["strict_row"] == "rgb(255, 235, 233)"
+    assert seen["envelope_row"] == "rgb(255, 235, 233)"  # the failing gating rule: the verdict's colour
+    assert seen["strict_row"] == "rgb(234, 238, 242)"  # a failing informing rule: flagged in its own
     # figures: the overlay with its difference panel, and the zoom around step 30, decoded and shown
     images = {i["alt"]: i for i in seen["images"]}
     assert set(images) == {"loss overlay and difference panel", "zoom around the first divergence"}
     assert all(i["w"] > 500 and i["h"] > 200 for i in images.values()), images
-    assert f"first part beyond tolerance at step {verdict['first_divergence_step']}" in text
+    assert f"First divergence at step {verdict['first_divergence_step']}: the first step outside the gating " \
+        "envelope rule's tolerance" in text
     # environments: the device differs (highlighted), the python version does not
     assert "NVIDIA A100-SXM4-40GB" in text and "Tecorigin T100" in text
     assert seen["device_row"] == "rgb(255, 248, 197)"
     assert seen["python_row"] == "rgba(0, 0, 0, 0)"
     # throughput of both sides and the MLflow run it came from
-    assert re.search(r"mean samples/s\s+400\.0\s+210\.0\s+0\.525x\s+FLAGGED: outside \[0\.8, 100\]", text), text
+    assert re.search(r"mean samples/s\s+400\.0\s+210\.0\s+0\.525x\s+flagged \(informs\): outside \[0\.8, 100\]", text), text
     assert f"MLflow run {RUN_ID}" in text
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -177,17 +177,24 @@ def test_model_card_runs_go_to_their_own_experiment(project):
 
 
 def test_flat_metrics_keep_small_numbers_visible():
-    from pipelines.review import flat_metrics
+    from pipelines.review import HEADLINES, flat_metrics
 
+    numbers = {"mean_abs_relative_error": 3.2123456e-6, "steps_used": 120}
     verdict = {"status": "fail", "compared_steps": 120, "first_divergence_step": None,
-               "rules": {"strict": {**rule(False), "numbers": {"mean_abs_relative_error": 3.2e-6, "steps_used": 120}},
+               "rules": {"strict": {**rule(False), "numbers": numbers},
                          "band": {**rule(True, gating=False), "numbers": {"outside_fraction": 0.0}}}}
     flat = flat_metrics(verdict)
-    assert flat["verdict"] == "fail" and flat["verdict_code"] == 1 and flat["decided_by"] == "strict"
-    assert flat["strict.mean_abs_relative_error_ppm"] == pytest.approx(3.2)  # dvc's 5-decimal rounding keeps it
-    assert flat["strict.steps_used"] == 120 and flat["first_divergence_step"] == -1
-    assert flat["band.passed"] == 1 and "band.outside_fraction" not in flat
-    assert all(not isinstance(v, (dict, list)) for v in flat.values())
+    assert flat == {"verdict": "fail", "rule": "strict", "strict.rel": "3.212e-06"}  # no step: the column is absent
+    assert float(flat["strict.rel"]) == pytest.approx(numbers["mean_abs_relative_error"], rel=1e-3)
+    envelope = {"max_ratio": 1234.5678, "first_outside_step": 23, "first_outside_tolerance": 4.2e-6}
+    mz = {"mean_relative_error": -0.000123456, "mean_absolute_error": 2.5e-9}
+    flat = flat_metrics({"status": "fail", "first_divergence_step": 23,
+                         "rules": {"envelope": {**rule(False), "numbers": envelope},
+                                   "modelzoo": {**rule(True), "numbers": mz}}})
+    assert flat == {"verdict": "fail", "rule": "envelope", "first_step": 23, "envelope.x_tol": "1235",
+                    "modelzoo.mre": "-0.0001235", "modelzoo.mae": "2.5e-09"}
+    assert set(HEADLINES) >= {"envelope", "modelzoo", "strict", "band", "trend", "throughput"}
+    assert all(not isinstance(v, (dict, list, float)) for v in flat.values())  # DVC rounds floats, not text
 
 
 def test_the_report_compares_params_hashes_like_with_like():
