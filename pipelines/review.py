@@ -27,7 +27,8 @@ BASELINE_HASH_TAG = "cait.baseline_sha256"
 # `#/experiments/<id>/runs?viewStateShareKey=<key>`: its columns, their order and widths
 VIEW_KEY = "cait-verdicts"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
-VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module")
+EXPERIMENT_TAG = "dvc.experiment"  # the run's DVC experiment name (`dvc exp show`, `dvc exp apply <name>`)
+VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", EXPERIMENT_TAG)
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -78,7 +79,7 @@ def execution_tags(parent: dict[str, str], profile: str, device: str, tags: dict
     return out
 
 
-def description(verdict: dict, report: str, report_link: str = "") -> str:
+def description(verdict: dict, report: str, report_link: str = "", run_id: str = "") -> str:
     """The run's description (MLflow shows it on top of the run page): the verdict line, its reasons,
     each rule's summary and where the report is."""
     status = str(verdict.get("status", "")).upper()
@@ -90,8 +91,7 @@ def description(verdict: dict, report: str, report_link: str = "") -> str:
         result = ("pass" if rule.get("passed") else "fail") if rule.get("applicable", True) else "n/a"
         summary = str(rule.get("summary", "")).replace("|", "\\|")
         lines.append(f"| {name} | {'gates' if rule.get('gating') else 'informs'} | {result} | {summary} |")
-    where = f"[{report}]({report_link})" if report_link else f"`{report}`"
-    lines += ["", f"Report: {where}"]
+    lines += ["", f"Report: {report_where(report, report_link, run_id)}"]
     return "\n".join(lines)
 
 
@@ -127,7 +127,7 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             logger.log_metrics({name: float(value)}, step=int(step), timestamp_ms=stamp)
     logger.flush()
     tags = verdict_tags(verdict)
-    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link)})
+    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link, logger.run_id)})
     if logger.parent_run_id:
         logger.set_tags(execution_tags(logger.run_tags(logger.parent_run_id), profile, device, tags),
                         run_id=logger.parent_run_id)
@@ -160,7 +160,7 @@ def verdict_view() -> dict:
     curves part, which module localize names. An execution's parent run (nightly) carries them for its
     worst device: its row is the one the list shows, with the device runs folded under it."""
     columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
-    widths = dict(zip(columns, (90, 210, 210, 260)))
+    widths = dict(zip(columns, (90, 210, 210, 260, 160)))
     return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
             "columnWidths": {"attributes.`Run Name`": 300, **widths}}
 
@@ -194,12 +194,34 @@ def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
 
 
+REPORT_ARTIFACT = "report/report.html"  # where the report stage attaches the page in the run
+
+
 def report_link(tracking_cfg, record: dict) -> str:
-    """Where a reviewer opens the report from MLflow: the run's artifacts (the report stage attaches it)."""
+    """The report that judged the run, in the MLflow UI: the run's artifact (the report stage attaches it), which
+    exists for every run, also for one of `dvc exp run --temp` whose folder is gone ('' without a real run id)."""
     ui = mlflow_ui(getattr(tracking_cfg, "ui_url", None), record.get("tracking_uri", ""))
-    return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")
+    return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""),
+                    f"artifactPath/{REPORT_ARTIFACT}")
 
 
+def workspace_path(path) -> str:
+    """`path` where it stays after the run: in the workspace. '' inside `dvc exp run --temp` (or a queued
+    experiment), whose stages run in a copy under .dvc/tmp/exps that DVC deletes afterwards."""
+    from pathlib import Path
+
+    from pipelines.tracking import project_root
+
+    return str(path) if Path.cwd().resolve() == project_root() else ""
+
+
+def report_where(path: str, link: str, run_id: str = "") -> str:
+    """Where the run's report is, as markdown: its artifact (a link in the UI), and its path where it exists."""
+    artifact = f"[{REPORT_ARTIFACT}]({link})" if link else f"`{REPORT_ARTIFACT}`"
+    where = f"the run's artifact {artifact}" if run_id or link else ""
+    if path:
+        where += ("; " if where else "") + f"in the workspace `{path}` (until the next run replaces it)"
+    return where or "none (tracking off and no workspace copy)"
 
 
 def timing_rule(verdict: dict, record: dict | None, baseline, rules):

@@ -33,7 +33,12 @@ def test_deciding_rules_name_what_made_the_verdict():
     text = description({"status": "fail", "rules": rules, "reasons": ["strict: too far"], "compared_steps": 60},
                        "reports/default/report.html", "http://ui/#/x")
     assert text.startswith("**Verdict: FAIL** over 60 steps (decided by strict)")
-    assert "- strict: too far" in text and "[reports/default/report.html](http://ui/#/x)" in text
+    assert "- strict: too far" in text
+    assert text.endswith("Report: the run's artifact [report/report.html](http://ui/#/x); in the workspace "
+                         "`reports/default/report.html` (until the next run replaces it)")
+    # inside `dvc exp run --temp` the folder is gone afterwards: only the artifact is named
+    temp = description({"status": "fail", "rules": rules, "reasons": []}, "", "", run_id="abc")
+    assert temp.endswith("Report: the run's artifact `report/report.html`")
 
 
 def test_an_execution_shows_its_worst_device_and_why():

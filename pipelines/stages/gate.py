@@ -21,11 +21,9 @@ from pathlib import Path
 
 from cait.errors import EXIT_PASS
 from pipelines import cli
-from pipelines.layout import HTML, LOCALIZE, VERDICT, run_dir
+from pipelines.layout import EXPERIMENT_ENV, HTML, LOCALIZE, VERDICT, run_dir
 from pipelines.params import load_params
 from pipelines.verdict_file import EXIT_BY_STATUS, read_verdict, require_fresh, require_report_of, unchecked_inputs
-
-EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
 
 
 def localization_line(path: Path) -> str:
