@@ -154,15 +154,36 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             logger.set_tags({"cait.baseline_run_id": run_id})
 
 
+CHART_SECTION = "cait-curves"
+
+
+def _line_chart(uuid: str, title: str, keys: list[str]) -> dict:
+    """A line chart of the runs-list's chart view (MLflow's RunsChartsLineCardConfig, as the UI stores it)."""
+    return {"uuid": uuid, "type": "LINE", "deleted": False, "isGenerated": False, "metricSectionId": CHART_SECTION,
+            "displayName": title, "metricKey": keys[0], "selectedMetricKeys": keys, "xAxisKey": "step",
+            "xAxisScaleType": "linear", "scaleType": "linear", "lineSmoothness": 0, "runsCountToCompare": 10,
+            "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": False,
+            "useGlobalLineSmoothing": False, "selectedXAxisMetricKey": "",
+            "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None}}
+
+
 def verdict_view() -> dict:
     """The runs list with the verdict as its first columns (the UI's default shows source, models and
     datasets instead, and a user's column choice stays in their browser): what decided it, where the
-    curves part, which module localize names. An execution's parent run (nightly) carries them for its
-    worst device: its row is the one the list shows, with the device runs folded under it."""
+    curves part, which module localize names, the DVC experiment. An execution's parent run (nightly) carries
+    them for its worst device: its row is the one the list shows, with the device runs folded under it.
+    Its chart view (`&compareRunsMode=CHART`) opens on the candidate's `loss` and the baseline's `baseline_loss`
+    on one chart, then the per-step difference."""
     columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
     widths = dict(zip(columns, (90, 210, 210, 260, 160)))
+    charts = [_line_chart("cait-loss-vs-baseline", "loss (candidate) and baseline_loss (reference)",
+                          ["loss", "baseline_loss"]),
+              _line_chart("cait-loss-diff-rel", "loss_diff_rel: (candidate - baseline) / |baseline|", ["loss_diff_rel"])]
     return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
-            "columnWidths": {"attributes.`Run Name`": 300, **widths}}
+            "columnWidths": {"attributes.`Run Name`": 300, **widths},
+            "compareRunCharts": charts, "isAccordionReordered": True,
+            "compareRunSections": [{"uuid": CHART_SECTION, "name": "Loss against the baseline", "display": True,
+                                    "isReordered": False}]}
 
 
 def experiment_tags() -> dict[str, str]:
@@ -179,12 +200,17 @@ def view_link(ui: str, experiment_id: str) -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
+DEFAULT_UI_HOST, DEFAULT_UI_PORT = "127.0.0.2", 5000  # where `make ui` (pipelines/ui.py) serves a local store
+
+
 def mlflow_ui(ui_url: str | None, tracking_uri: str) -> str:
-    """The MLflow UI's address: tracking.ui_url, else the tracking server itself when it is one
-    (a SQLite store has no UI until someone runs `mlflow ui`; then set tracking.ui_url)."""
+    """The MLflow UI's address: tracking.ui_url, else the tracking server itself when it is one, else (a local
+    store) the address `make ui` serves it at; '' when the run was not tracked."""
     if ui_url:
         return ui_url.rstrip("/")
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return f"http://{DEFAULT_UI_HOST}:{DEFAULT_UI_PORT}" if tracking_uri else ""
 
 
 def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:

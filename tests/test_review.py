@@ -234,3 +234,42 @@ def test_the_report_links_the_run_and_the_verdict_view_when_there_is_a_ui():
     assert f'href="http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"' in page
     served = tracking_html({**record, "tracking_uri": "https://mlflow.example"})  # a server is its own UI
     assert "https://mlflow.example/#/experiments/7/runs?viewStateShareKey=" in served
+
+
+@pytest.mark.slow  # starts `mlflow server` (5-20 s)
+def test_the_ui_command_serves_the_verdict_view_as_printed(project):
+    """`make ui` (python -m pipelines.ui) on the project's store: the address it prints opens, and the view it
+    names holds the verdict columns and a chart of the candidate's loss with the baseline's."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipelines.ui import port_free
+
+    params = load_params(project / "params.yaml")
+    logger = RunLogger(params.tracking)  # an acceptance run in the project's store, as the train stage makes one
+    logger.start(run_name("default", "cpu"), params={}, tags={"profile": "default"})
+    logger.finish()
+    port = next(p for p in range(5100, 5200) if port_free("127.0.0.2", p))
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.ui", "--port", str(port)], cwd=project,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ui.stdout.readline()
+        found = re.search(r"(http://127\.0\.0\.2:\d+)/#/experiments/(\d+)/runs\?viewStateShareKey=" + VIEW_KEY, line)
+        assert found, line + ui.stderr.read() if ui.poll() is not None else line
+        base, experiment_id = found.groups()
+        page = urllib.request.urlopen(found.group(0), timeout=30).read().decode()
+        assert "Invalid Host header" not in page and "<div id=\"root\"" in page
+        got = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
+                                                timeout=30).read())
+        tags = {t["key"]: t["value"] for t in got["experiment"]["tags"]}
+        view = json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY])
+        assert view["selectedColumns"][:3] == ["tags.`verdict`", "tags.`verdict.rule`",
+                                               "tags.`verdict.first_divergence_step`"]
+        charts = [c for c in view["compareRunCharts"] if c["type"] == "LINE" and not c["deleted"]]
+        assert ["loss", "baseline_loss"] in [c["selectedMetricKeys"] for c in charts]
+    finally:
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0
