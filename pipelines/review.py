@@ -231,16 +231,6 @@ def report_link(tracking_cfg, record: dict) -> str:
                     f"artifactPath/{REPORT_ARTIFACT}")
 
 
-def workspace_path(path) -> str:
-    """`path` where it stays after the run: in the workspace. '' inside `dvc exp run --temp` (or a queued
-    experiment), whose stages run in a copy under .dvc/tmp/exps that DVC deletes afterwards."""
-    from pathlib import Path
-
-    from pipelines.tracking import project_root
-
-    return str(path) if Path.cwd().resolve() == project_root() else ""
-
-
 def report_where(path: str, link: str, run_id: str = "") -> str:
     """Where the run's report is, as markdown: its artifact (a link in the UI), and its path where it exists."""
     artifact = f"[{REPORT_ARTIFACT}]({link})" if link else f"`{REPORT_ARTIFACT}`"

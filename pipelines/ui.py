@@ -32,7 +32,7 @@ from pipelines import cli
 from pipelines.params import load_params
 from pipelines.review import DEFAULT_UI_HOST, DEFAULT_UI_PORT, experiment_tags, view_link
 
-START_TIMEOUT_S = 120  # the first start migrates a new SQLite store: tens of seconds on a loaded machine
+START_TIMEOUT_S = 300  # a first start migrates a new SQLite store; on a loaded 2-core machine a start took 40-150 s
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:

@@ -28,8 +28,8 @@ from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.report import write_report
-from pipelines.review import flat_metrics, log_review, report_link, timing_rule, with_timing, workspace_path
-from pipelines.tracking import RunLogger, tracking_uri
+from pipelines.review import flat_metrics, log_review, report_link, timing_rule, with_timing
+from pipelines.tracking import RunLogger, tracking_uri, workspace_path
 from pipelines.verdict import decide
 from pipelines.verdict_file import EXIT_BY_STATUS, input_entry, write_verdict
 

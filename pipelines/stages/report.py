@@ -26,8 +26,8 @@ from pipelines.layout import EXPERIMENT_ENV, CURVE, FINGERPRINTS, HTML, JUNIT, L
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run
 from pipelines.report import write_report
-from pipelines.review import EXPERIMENT_TAG, REPORT_ARTIFACT, report_link, workspace_path
-from pipelines.tracking import RunLogger
+from pipelines.review import EXPERIMENT_TAG, REPORT_ARTIFACT, report_link
+from pipelines.tracking import RunLogger, workspace_path
 from pipelines.verdict_file import VerdictFile, read_verdict, require_fresh
 
 
