@@ -44,6 +44,19 @@ def test_gate_inside_an_experiment_reports_and_exits_0(project, monkeypatch, cap
         assert float(row[column]) == pytest.approx(verdict["rules"][rule]["numbers"][key], rel=1e-3), (column, row)
 
 
+def test_a_running_experiment_shows_no_previous_verdict(project, monkeypatch):
+    """`dvc exp show` reads a running experiment's folder: while train runs, metrics.json (the previous curve's
+    verdict) is gone, so the row shows no verdict instead of the old "pass"."""
+    from pipelines.stages import train
+
+    metrics = project / "reports/default/metrics.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"verdict": "pass"}')
+    seen = []
+    monkeypatch.setattr(train, "run_training", lambda params, out, **kw: seen.append((out / "metrics.json").exists()))
+    assert cli.run(train.main, ["-q"]) == 0 and seen == [False]
+
+
 def test_runs_of_a_temp_experiment_are_tracked_in_the_workspace(tmp_path, monkeypatch):
     """`dvc exp run --temp` runs the stages in a copy under .dvc/tmp/exps, deleted afterwards; DVC_ROOT (set by
     DVC for every stage) names the workspace, where the store and the spool stay."""

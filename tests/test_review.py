@@ -228,7 +228,9 @@ def test_the_report_links_the_run_and_the_verdict_view_when_there_is_a_ui():
     from pipelines.report import tracking_html
 
     record = {"mlflow_run_id": "abc123", "mlflow_experiment_id": "7", "tracking_uri": "sqlite:///x/mlflow.db"}
-    assert "href" not in tracking_html(record)  # a SQLite store has no UI until one is named
+    # a SQLite store: the address `make ui` serves it at (pipelines/ui.py)
+    assert 'href="http://127.0.0.2:5000/#/experiments/7/runs/abc123"' in tracking_html(record)
+    assert "href" not in tracking_html({**record, "tracking_uri": ""})  # not tracked
     page = tracking_html(record, ui_url="http://127.0.0.1:5000/")
     assert 'href="http://127.0.0.1:5000/#/experiments/7/runs/abc123"' in page
     assert f'href="http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"' in page
