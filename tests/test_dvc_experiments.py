@@ -111,7 +111,7 @@ def gate_as_printed(project, env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(900)
 def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(project):
     write_params(project, {**TINY, "tracking": {"system_metrics_every_s": 0}})
     env = stage_env(project)
