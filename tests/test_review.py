@@ -149,7 +149,8 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
     columns = [c.removeprefix("tags.`").removesuffix("`") for c in view["selectedColumns"]]
     assert columns[:3] == ["verdict", "verdict.rule", "verdict.first_divergence_step"]
     # localize tags the run (and the parent) after compare (tests/test_localize.py)
-    assert set(columns) - {"localize.module"} <= set(child.data.tags)
+    # (dvc.experiment only inside `dvc exp run`: tests/test_dvc_experiments.py)
+    assert set(columns) - {"localize.module", "dvc.experiment"} <= set(child.data.tags)
     assert set(columns[:3]) <= set(parent.data.tags)
     assert view["columnOrder"][1:] == view["selectedColumns"]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
