@@ -134,7 +134,8 @@ def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(pr
     assert (project / "params.yaml").read_text() == before
     assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True,
                           text=True).stdout == ""
-    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=project, env=env, capture_output=True, text=True)
+    listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], cwd=project, env=env,
+                            capture_output=True, text=True)  # the plain one's base is the commit before HEAD
     names = listed.stdout.split()
     assert len(names) == 2, listed.stdout
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True)
