@@ -14,7 +14,7 @@ endif
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro report plots baseline test test-fast test-tools clean
+.PHONY: setup repro report plots baseline ui test test-fast test-tools clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -55,6 +55,10 @@ baseline: setup
 # Offline `dvc plots` page plus SVG/PNG of the loss overlay in reports/plots/ (no CDN, no browser).
 plots: setup
 	python -m pipelines.stages.plots
+
+# The MLflow UI on the project's store (mlflow.db): prints the address of the cait-verdicts view; Ctrl-C stops it.
+ui: setup
+	python -m pipelines.ui
 
 # The browser test renders the report in Debian's chromium; installed here when missing and root.
 test-tools:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from cait.distributed import RankFailure, process_env
-from cait.errors import ConfigError, HarnessError
+from cait.errors import ConfigError, DataError, HarnessError
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cait_deit.yaml"
 
@@ -57,8 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+QUIET_ENV = "CAIT_QUIET"  # as every harness command (pipelines/cli.py)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    p = argparse.ArgumentParser(prog="python -m cait.run", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", default=os.environ.get(QUIET_ENV, "") not in ("", "0"),
+                   help=f"no per-step lines, only results and errors (or set {QUIET_ENV}=1)")
+    return add_arguments(p)
 
 
 def recipe_sections(args) -> dict:
@@ -111,6 +117,9 @@ def data_folder(data_path: str, out_dir: Path, *, scanned: bool = False) -> Path
     path = Path(data_path).expanduser()
     if (path / MANIFEST_NAME).is_file():
         return path
+    if not path.is_dir():  # named as the flag it came from (the scan's own message names params.yaml's data.path)
+        raise DataError(f"--data-path {path}: not a folder; pass a prepared folder holding {MANIFEST_NAME} or an "
+                        f"ImageNet root holding train/ and val/")
     folder = out_dir / "data"
     if scanned and (folder / MANIFEST_NAME).is_file():
         return folder
@@ -174,7 +183,7 @@ def train_untracked(args, configs: dict, out_dir: Path, data_dir: Path) -> None:
     from cait.session import Callbacks, run_session
 
     def on_step(row: dict) -> None:
-        if rank_zero:
+        if rank_zero and not getattr(args, "quiet", False):
             print(f"step {row['step']} loss {row['loss']:.4f} lr {row['lr']:.6g} "
                   f"samples/s {row['samples_per_s']:.1f}", flush=True)
 

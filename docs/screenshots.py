@@ -1,54 +1,34 @@
-"""Screenshots of what a reviewer sees in the MLflow UI, taken by headless Chromium (docs/mlflow-*.png).
+"""Screenshots of what a reviewer sees, taken by headless Chromium (docs/*.png).
 
   python docs/screenshots.py                 # after `make repro`: ./mlflow.db, the newest judged device run
   python docs/screenshots.py --verdict fail  # the chart of the newest failing run (the curves then part)
+  python docs/screenshots.py --report reports/default/report.html   # also that report, as docs/report-fail.png
 
-Starts `mlflow server` on the project's store and writes:
+Serves the project's store as `make ui` does (pipelines/ui.py: the same address, flags and view) and writes:
   docs/mlflow-runs.png     the runs list in the experiment's saved `cait-verdicts` view (pipelines/review.py):
                            runs named profile · device · date, the verdict, its rule and first diverging step
-  docs/mlflow-compare.png  a device run's `loss` (solid) and `baseline_loss` (dashed: the stored reference) on one chart
-  docs/mlflow-charts.png   the view's charts: each device run and the baseline run in a colour of its own, per metric
-
-The server listens on 127.0.0.2 (loopback): the UI opens its assistant panel by itself for a server it sees
-at localhost/127.0.0.1 (a local-only feature a reviewer of a shared server does not get), which would
-cover a third of the page.
+  docs/mlflow-charts.png   the same view's charts: the candidate's `loss` and the baseline's `baseline_loss` on one
+                           chart, then the per-step relative difference
+  docs/mlflow-compare.png  a device run's `loss` (solid) and `baseline_loss` on one chart (its metric page)
+  docs/report-fail.png     with --report: the report page (a failing night's, for the docs)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipelines.review import VIEW_KEY, experiment_tags  # noqa: E402
+from pipelines.review import DEFAULT_UI_HOST  # noqa: E402
+from pipelines.ui import port_free, serve, view_url  # noqa: E402
 
 EXPERIMENT = "cait-acceptance"
-HOST = "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"screenshots: {url} did not answer within {timeout_s:.0f} s")
 
 
 def post(base: str, path: str, body: dict) -> dict:
@@ -77,21 +57,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs/)")
     p.add_argument("--verdict", choices=["any", "pass", "fail", "inconclusive"], default="any",
                    help="chart the newest device run of this verdict (default: the newest judged one)")
+    p.add_argument("--report", type=Path, help="a report.html to shoot as report-fail.png")
     args = p.parse_args(argv)
     store = args.store.resolve()
     if not store.is_file():
         raise SystemExit("screenshots: no mlflow.db; run `make repro` first")
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
-                               "--host", HOST, "--port", str(port), "--workers", "1",
-                               "--allowed-hosts", f"{HOST}:{port}", "--cors-allowed-origins", base],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(f"{base}/health")
-        experiment = json.loads(urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}", timeout=10).read())
-        exp_id = experiment["experiment"]["experiment_id"]
+    docs = args.out
+    if args.report:
+        shoot(args.report.resolve().as_uri(), docs / "report-fail.png", size="1200,4200", budget_ms=5000)
+    port = next(p for p in range(5000, 5100) if port_free(DEFAULT_UI_HOST, p))
+    with serve(f"sqlite:///{store}", DEFAULT_UI_HOST, port) as base:
+        view = view_url(base, EXPERIMENT)  # the address `make ui` prints (the view's tags brought up to date)
+        exp_id = view.split("/experiments/")[1].split("/")[0]
         wanted = "tags.verdict != ''" if args.verdict == "any" else f"tags.verdict = '{args.verdict}'"
         runs = post(base, "runs/search", {"experiment_ids": [exp_id], "max_results": 50,
                                           "filter": f"tags.`cait.role` != 'parent' and {wanted}",
@@ -102,18 +79,11 @@ def main(argv=None) -> int:
         child = runs[0]
         if not any(m["key"] == "baseline_loss" for m in child["data"].get("metrics", [])):
             raise SystemExit("screenshots: the newest run has no baseline_loss (tracking offline during compare?)")
-        docs = args.out
-        for key, value in experiment_tags().items():  # a store from before the view existed gets it now
-            post(base, "experiments/set-experiment-tag", {"experiment_id": exp_id, "key": key, "value": value})
-        view = f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
         shoot(view, docs / "mlflow-runs.png")
         shoot(f"{view}&compareRunsMode=CHART", docs / "mlflow-charts.png", budget_ms=90000)  # charts load slowly
-        ids = json.dumps([child["info"]["run_id"]])  # with the baseline run too, both runs get one colour here
+        ids = json.dumps([child["info"]["run_id"]])
         shoot(f'{base}/#/metric?runs={ids}&metric="loss"&experiments={json.dumps([exp_id])}'
               f'&plot_metric_keys=["loss","baseline_loss"]&x_axis=step', docs / "mlflow-compare.png")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return 0
 
 

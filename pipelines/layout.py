@@ -32,3 +32,4 @@ HTML = "report.html"
 JUNIT = "junit.xml"
 ZOOM = "zoom.png"  # only when the verdict names a first divergence step
 PLOTS = "plots.csv"  # step, candidate, baseline: the loss overlay `dvc plots` draws
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`: the experiment's name

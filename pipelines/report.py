@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -127,10 +128,15 @@ def divergence_window(steps: np.ndarray, first_step: int, half_width: int | None
     return first_step - half, first_step + half
 
 
-def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tolerance: float | None = None) -> None:
-    """Both curves, raw, around the first step where they part; below, the per-step relative difference.
+def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tolerance: float | None = None,
+                envelope=None, rule: str = "") -> None:
+    """Both curves, raw, around the first step where they part; below, the per-step difference.
 
-    `band`: a multi-run baseline's (lower, upper[, label]) on the baseline's steps, or None."""
+    `envelope` is the envelope rule's (per-step tolerance on the baseline's steps, label), as on the overlay:
+    it is drawn around the reference and the lower panel shows |d| against it on a log scale, the steps
+    outside it in red. Without it the lower panel shows (c - b) / b in %, with `tolerance` (relative) dotted.
+    `band`: a multi-run baseline's (lower, upper[, label]) on the baseline's steps, or None. `rule`: the rule
+    that named the step (the verdict's divergence "by")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,37 +147,60 @@ def render_zoom(path: Path, candidate, baseline, first_step: int, band=None, tol
     lo, hi = divergence_window(candidate.steps, first_step)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[3, 1.4],
                                       constrained_layout=True)
+    near = np.flatnonzero((baseline.steps >= lo) & (baseline.steps <= hi))
+    near = near[_stride(len(near))]
     if band is not None:
         lower, upper = band[0], band[1]
-        keep = np.flatnonzero((baseline.steps >= lo) & (baseline.steps <= hi))
-        keep = keep[_stride(len(keep))]
-        top.fill_between(baseline.steps[keep], np.asarray(lower)[keep], np.asarray(upper)[keep], color="#57606a",
+        top.fill_between(baseline.steps[near], np.asarray(lower)[near], np.asarray(upper)[near], color="#57606a",
                          alpha=0.18, label=band[2] if len(band) > 2 else "baseline band")
-    for curve, label, style, colour in ((baseline, "baseline", "--", "#57606a"), (candidate, "candidate", "-", "#0969da")):
+    if envelope is not None:
+        tol = np.asarray(envelope[0], dtype=np.float64)
+        top.fill_between(baseline.steps[near], (baseline.loss - tol)[near], (baseline.loss + tol)[near],
+                         color="#bf8700", alpha=0.45, linewidth=0, label="envelope tolerance")
+    for curve, label, style, colour in ((baseline, "baseline", "--", BASELINE_COLOUR),
+                                        (candidate, "candidate", "-", "#0969da")):
         keep = (curve.steps >= lo) & (curve.steps <= hi)
         marked = int(keep.sum()) <= MAX_MARKED_POINTS  # one marker per step while they can be told apart
         top.plot(*for_display(curve.steps[keep], curve.loss[keep]), style + ("o" if marked else ""), color=colour,
                  markersize=3, linewidth=1.2, label=label)
-    top.axvline(first_step, color="#cf222e", linewidth=1, label=f"first divergence (step {first_step})")
+    named = f" ({rule})" if rule else ""
+    top.axvline(first_step, color="#cf222e", linewidth=1, label=f"first divergence{named}: step {first_step}")
     top.set_ylabel("Loss")
     top.set_title(f"Around the first divergence: steps {max(lo, int(candidate.steps[0]))} to {hi}")
     top.legend(loc="upper right")
     top.grid(alpha=0.3)
-    n = min(len(candidate.loss), len(baseline.loss))
-    keep = (candidate.steps[:n] >= lo) & (candidate.steps[:n] <= hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (candidate.loss[:n] - baseline.loss[:n]) / baseline.loss[:n] * 100
-    if int(keep.sum()) <= MAX_MARKED_POINTS:
-        bottom.bar(candidate.steps[:n][keep], rel[keep], color="#8250df", width=0.8)
-    else:  # a bar per step is a matplotlib patch per step: seconds for a long window, and no more legible
-        x, y = for_display(candidate.steps[:n][keep], rel[keep])
-        bottom.fill_between(x, 0, np.nan_to_num(y), color="#8250df", linewidth=0.6)
-    if tolerance is not None:
-        for sign in (1, -1):
-            bottom.axhline(sign * tolerance * 100, color="#cf222e", linewidth=0.8, linestyle=":")
+    paired, ic, ib = np.intersect1d(candidate.steps, baseline.steps, return_indices=True)
+    keep = (paired >= lo) & (paired <= hi)
+    x, c, b = paired[keep], candidate.loss[ic][keep], baseline.loss[ib][keep]
+    if envelope is not None:
+        diff = np.abs(c - b)
+        tol = np.asarray(envelope[0], dtype=np.float64)[ib][keep]
+        with np.errstate(invalid="ignore"):
+            outside = ~(diff <= tol)
+        shown = np.where(diff > 0, diff, np.nan)  # log scale: exact agreement is drawn as a gap
+        if len(x) <= MAX_MARKED_POINTS:
+            bottom.bar(x, shown, color=np.where(outside, "#cf222e", "#8c959f"), width=0.8,
+                       label="|d| (red: outside the tolerance)")
+        else:
+            bottom.plot(*for_display(x, shown), color="#8250df", linewidth=0.8, label="|d|")
+        bottom.plot(x, tol, color="#bf8700", linewidth=1.4, label="envelope tolerance")
+        bottom.set_yscale("log")
+        bottom.set_ylabel("|d| (log)")
+        bottom.legend(loc="upper left", fontsize="small")
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (c - b) / b * 100
+        if len(x) <= MAX_MARKED_POINTS:
+            bottom.bar(x, rel, color="#8250df", width=0.8)
+        else:  # a bar per step is a matplotlib patch per step: seconds for a long window, and no more legible
+            fx, fy = for_display(x, rel)
+            bottom.fill_between(fx, 0, np.nan_to_num(fy), color="#8250df", linewidth=0.6)
+        if tolerance is not None:
+            for sign in (1, -1):
+                bottom.axhline(sign * tolerance * 100, color="#cf222e", linewidth=0.8, linestyle=":")
+        bottom.set_ylabel("difference, %")
     bottom.axvline(first_step, color="#cf222e", linewidth=1)
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
-    bottom.set_ylabel("difference, %")
     bottom.set_xlabel("Iteration")
     bottom.grid(alpha=0.3)
     try:
@@ -186,13 +215,32 @@ def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | N
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td{_cell_class(c)}>{html.escape(str(c))}</td>" for c in row) + "</tr>")
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _cell_class(value) -> str:
+    """Numbers never wrap ("6.4619e-" / "05"): a cell that holds one is kept on one line."""
+    return ' class="num"' if isinstance(value, (int, float)) or _NUMBER.fullmatch(str(value)) else ""
+
+
+_NUMBER = re.compile(r"[-+]?(\d[\d.]*(e[-+]?\d+)?|1 - \S+)(x)?")
+
+
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _fmt3(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _cosine(value) -> str:
+    """A cosine near 1 as how far it is from 1 (0.99999998 would print as "1")."""
+    if isinstance(value, float) and 0.99 <= value < 1.0:
+        return f"1 - {1.0 - value:.2g}"
+    return _fmt(value)
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -214,7 +262,7 @@ def throughput_rows(baseline_ips, candidate_ips, rule: dict | None = None) -> li
     flag = ""
     if rule and rule.get("applicable", True):
         low, high = rule["thresholds"]["min_ratio"], rule["thresholds"]["max_ratio"]
-        flag = f"within [{low:g}, {high:g}]" if rule["passed"] else f"FLAGGED: outside [{low:g}, {high:g}]"
+        flag = f"within [{low:g}, {high:g}]" if rule["passed"] else f"flagged (informs): outside [{low:g}, {high:g}]"
     return [["mean samples/s", _speed(baseline_ips), _speed(candidate_ips), ratio, flag]]
 
 
@@ -279,8 +327,11 @@ def render_strip(path: Path, localization: dict) -> bool:
         ax.tick_params(labelsize=7)
         if first.get("phase") == phase and first.get("entry") in strip[phase]["names"]:
             i = strip[phase]["names"].index(first["entry"])
-            ax.annotate(first["entry"], (i, min(shown[i], 1e5)), fontsize=7, color="#cf222e",
-                        xytext=(4, -10), textcoords="offset points")
+            # dark text on a white box, with an arrow: a red label on red bars cannot be read
+            ax.annotate(first["entry"], (i, min(shown[i], 1e5)), fontsize=7, color="#1f2328",
+                        xytext=(12, -14), textcoords="offset points",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#cf222e", "lw": 0.8},
+                        arrowprops={"arrowstyle": "->", "color": "#1f2328", "lw": 0.8})
     axes[-1, 0].set_xlabel("entry, in execution order (modules; parameters for backward (params) and update)")
     step = first.get("step", (localization.get("steps") or ["?"])[-1])
     fig.suptitle(f"relative L2 error / tolerance per entry at step {step} (above 1: outside)", fontsize=9)
@@ -299,17 +350,40 @@ def localization_html(localization: dict | None, strip_png: Path | None) -> str:
     first = localization.get("first")
     body = f'<p id="localize"><b>{message}</b></p>'
     if first:
-        row = [first["step"], first["phase"], first["entry"], first["module"] or "(model)", first["kind"],
-               _fmt(first["cosine"]), _fmt(first["rel_l2"]), _fmt(first["max_abs_error"]),
-               _fmt(first["max_rel_error"]), _fmt(first["tolerance"]), _fmt(first["spread"]),
-               "whole tensors" if first.get("exact") else "sketch"]
-        body += _table(["step", "phase", "entry", "module", "kind", "cosine", "rel. L2 error", "max abs error",
-                        "max rel error", "tolerance", "envelope spread", "from"], [row], ["bad"], "localize-first")
+        module = first["module"] or "(model)"
+        same = module == first["entry"]  # a module's output: entry and module are one name
+        head = ["step", "phase", "module" if same else "entry"] + ([] if same else ["module"])
+        row = [first["step"], first["phase"], first["entry"]] + ([] if same else [module])
+        row += [first["kind"], _cosine(first["cosine"])] + [_fmt3(first[k]) for k in
+                                                           ("rel_l2", "max_abs_error", "max_rel_error", "tolerance",
+                                                            "spread")]
+        row.append("whole tensors" if first.get("exact") else "sketch")
+        body += _table(head + ["kind", "cosine", "rel. L2 error", "max abs error", "max rel error", "tolerance",
+                               "envelope spread", "from"], [row], ["bad"], "localize-first")
     if localization.get("next"):
         body += f"<p>Next: {html.escape(localization['next'])}</p>"
     if strip_png is not None:
         body += _img(strip_png, "per-entry error over tolerance by depth, per phase")
     return body
+
+
+def differs(base: str, cand: str) -> bool:
+    """An environment field differs when both sides recorded it and they disagree: an unknown is no difference."""
+    return bool(base) and bool(cand) and base != cand
+
+
+def divergence_words(verdict: dict) -> str:
+    """What the verdict's first divergence step is: the first step a gating rule finds outside its tolerance
+    (pipelines.verdict.first_failing_step), or compare.divergence's fixed tolerance where no gating rule
+    judges single steps."""
+    by = str(verdict.get("divergence", {}).get("by", ""))
+    if by == "compare.divergence":
+        d = verdict["divergence"]
+        return (f"|d| > max({d['max_relative_error']:g} x |b|, {d['max_abs_error']:g}) for {d['consecutive_steps']} "
+                f"steps in a row, compare.divergence: no gating rule judges single steps")
+    if by:
+        return f"the first step outside the gating {by} rule's tolerance"
+    return "the curves' first step beyond tolerance"
 
 
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict | None,
@@ -327,25 +401,32 @@ def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, st
                   ", ".join(f"{k} = {_fmt(v)}" for k, v in r["numbers"].items()),
                   ", ".join(f"{k} = {_fmt(v)}" for k, v in r["thresholds"].items()), r["summary"]]
                  for name, r in verdict["rules"].items()]
-    rule_classes = ["" if r["passed"] else "bad" for r in verdict["rules"].values()]
-    env_rows = [[name, base, cand, "differs" if base != cand else ""] for name, base, cand in environments]
-    env_classes = ["diff" if base != cand else "" for _, base, cand in environments]
+    # a failing informing rule is flagged in its own colour: only the verdict's rules look like the verdict
+    rule_classes = ["" if r["passed"] else "bad" if r["gating"] else "inform" for r in verdict["rules"].values()]
+    env_rows = [[name, base or "not recorded", cand or "not recorded", "differs" if differs(base, cand) else ""]
+                for name, base, cand in environments]
+    env_classes = ["diff" if differs(base, cand) else "" for _, base, cand in environments]
     first = verdict.get("first_divergence_step")
+    where = divergence_words(verdict)
     numbers = [["compared steps", verdict["compared_steps"]], ["candidate steps", verdict["candidate_steps"]],
                ["baseline steps", verdict["baseline_steps"]],
-               ["first divergence step", first if first is not None else "none: the curves stay within tolerance"]]
+               ["first divergence step", f"{first} ({where})" if first is not None else f"none ({where})"]]
     numbers += [[k.replace("_", " "), _fmt(v)] for k, v in verdict.get("absolute", {}).items()]
     if first is None:
-        zoom = "<p id=\"zoom-note\">No step where the curves part beyond tolerance: nothing to zoom on.</p>"
+        zoom = f"<p id=\"zoom-note\">No first divergence ({html.escape(where)}): nothing to zoom on.</p>"
     else:
-        zoom = (f"<p id=\"zoom-note\">The curves first part beyond tolerance at step <b>{html.escape(str(first))}</b>.</p>"
-                + _img(zoom_png, "zoom around the first divergence"))
+        zoom = (f"<p id=\"zoom-note\">First divergence at step <b>{html.escape(str(first))}</b>: "
+                f"{html.escape(where)}.</p>" + _img(zoom_png, "zoom around the first divergence"))
     band_note = ("The grey band is the seed band: the baseline runs' mean &plusmn; z&sigma; over other seeds "
                  "(other randomness, far wider than numerics; it informs)." if band_shown else
                  "The baseline is a single run: no seed band to draw.")
     if envelope_shown:
         band_note += (" The amber band is the envelope rule's tolerance around the reference (k &times; the "
-                      "numerics envelope + a relative floor); the bottom panel shows |d| against it on a log scale.")
+                      "numerics envelope + a relative floor). Bottom: |candidate - baseline| per step (purple) "
+                      "against that tolerance (amber), on a log scale: a step above the amber line is outside.")
+    else:
+        band_note += (" Bottom: the per-step difference (candidate - baseline) / baseline in %, with the strict "
+                      "rule's tolerance dotted.")
     where = localization_html(localization, strip_png)
     failing = status != "pass" or (localization or {}).get("status") == "diverged"
     where_top = f"<h2>Where it parts: layer fingerprints</h2>{where}" if failing else ""
@@ -360,6 +441,7 @@ table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; width: 100%; }}
 th, td {{ border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; font-size: 0.9rem; vertical-align: top; }}
 th {{ background: #f6f8fa; }}
 tr.bad td {{ background: #ffebe9; }} tr.diff td {{ background: #fff8c5; font-weight: 600; }}
+tr.inform td {{ background: #eaeef2; font-style: italic; }} td.num {{ white-space: nowrap; }}
 pre {{ background: #f6f8fa; padding: 0.8rem; overflow-x: auto; }}
 img {{ max-width: 100%; }}
 </style></head><body>
@@ -371,15 +453,14 @@ recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 {('<h2>Notes</h2><ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in verdict['notes']) + '</ul>') if verdict.get('notes') else ''}
 <h2>Loss curves and difference</h2>
 <p>Top: candidate (solid blue) and baseline (dashed orange, drawn on top; the legend names its run), raw
-and smoothed. Bottom: the per-step difference (candidate - baseline) / baseline in %, with the strict rule's
-tolerance dotted. {band_note}</p>
+and smoothed. {band_note}</p>
 {_img(overlay_png, "loss overlay and difference panel")}
 <h2>First divergence</h2>{zoom}
 <h2>Rules</h2>{_table(['rule', 'role', 'result', 'numbers', 'thresholds', 'summary'], rule_rows, rule_classes, 'rules')}
 <h2>ModelZoo output</h2><pre>{html.escape(chr(10).join(verdict.get('modelzoo_lines', [])))}</pre>
 <h2>Numbers</h2>{_table(['quantity', 'value'], numbers, table_id='numbers')}
 <h2>Throughput</h2>{_table(['', 'baseline', 'candidate', 'candidate / baseline', 'throughput rule'], throughput,
-                             ['bad' if row[-1].startswith('FLAGGED') else '' for row in throughput], 'throughput')}
+                             ['inform' if row[-1].startswith('flagged') else '' for row in throughput], 'throughput')}
 <h2>Environments</h2><p>Rows that differ are highlighted.</p>
 {_table(['', 'baseline', 'candidate', ''], env_rows, env_classes, 'environments')}
 {where_bottom}
@@ -436,6 +517,15 @@ def write_plot_table(path: Path, candidate, baseline) -> None:
         f.write(b"step,candidate,baseline\n")
         pcsv.write_csv(pa.table(columns), f, write_options=pcsv.WriteOptions(include_header=False,
                                                                              quoting_style="none"))
+
+
+CUDA_ONLY = ("cuda",)  # beside a CPU or SDAA run, the "cuda 13.0" of a CPU-capable torch build misleads
+
+
+def relevant(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The environment rows that say something about these two runs: the CUDA rows only when a side ran on CUDA."""
+    devices = {base for name, base, _ in rows if name == "device"} | {cand for name, _, cand in rows if name == "device"}
+    return [row for row in rows if row[0] not in CUDA_ONLY or "cuda" in devices]
 
 
 def divergence_tolerance(verdict: dict) -> float | None:
@@ -501,10 +591,11 @@ def write_report(out_dir: Path, verdict: dict, candidate, reference, *, baseline
     zoom = None
     if first is not None:
         zoom = paths["zoom"] = out_dir / ZOOM
-        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict))
+        render_zoom(zoom, candidate, reference, int(first), band, divergence_tolerance(verdict), envelope,
+                    str(verdict.get("divergence", {}).get("by", "")))
     else:
         (out_dir / ZOOM).unlink(missing_ok=True)
-    environments = environment_table(baseline, record) if baseline is not None and record else []
+    environments = relevant(environment_table(baseline, record)) if baseline is not None and record else []
     environments += _source_rows(verdict)
     from pipelines.review import timing_rule, with_timing
 

@@ -20,8 +20,6 @@ from dataclasses import asdict
 
 import numpy as np
 
-from cait.errors import EXIT_INCONCLUSIVE
-from pipelines.verdict_file import EXIT_BY_STATUS
 
 BASELINE_ROLE = "baseline"
 BASELINE_HASH_TAG = "cait.baseline_sha256"
@@ -29,7 +27,8 @@ BASELINE_HASH_TAG = "cait.baseline_sha256"
 # `#/experiments/<id>/runs?viewStateShareKey=<key>`: its columns, their order and widths
 VIEW_KEY = "cait-verdicts"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
-VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module")
+EXPERIMENT_TAG = "dvc.experiment"  # the run's DVC experiment name (`dvc exp show`, `dvc exp apply <name>`)
+VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", EXPERIMENT_TAG)
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -80,7 +79,7 @@ def execution_tags(parent: dict[str, str], profile: str, device: str, tags: dict
     return out
 
 
-def description(verdict: dict, report: str, report_link: str = "") -> str:
+def description(verdict: dict, report: str, report_link: str = "", run_id: str = "") -> str:
     """The run's description (MLflow shows it on top of the run page): the verdict line, its reasons,
     each rule's summary and where the report is."""
     status = str(verdict.get("status", "")).upper()
@@ -92,8 +91,7 @@ def description(verdict: dict, report: str, report_link: str = "") -> str:
         result = ("pass" if rule.get("passed") else "fail") if rule.get("applicable", True) else "n/a"
         summary = str(rule.get("summary", "")).replace("|", "\\|")
         lines.append(f"| {name} | {'gates' if rule.get('gating') else 'informs'} | {result} | {summary} |")
-    where = f"[{report}]({report_link})" if report_link else f"`{report}`"
-    lines += ["", f"Report: {where}"]
+    lines += ["", f"Report: {report_where(report, report_link, run_id)}"]
     return "\n".join(lines)
 
 
@@ -129,7 +127,7 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             logger.log_metrics({name: float(value)}, step=int(step), timestamp_ms=stamp)
     logger.flush()
     tags = verdict_tags(verdict)
-    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link)})
+    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link, logger.run_id)})
     if logger.parent_run_id:
         logger.set_tags(execution_tags(logger.run_tags(logger.parent_run_id), profile, device, tags),
                         run_id=logger.parent_run_id)
@@ -156,15 +154,36 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             logger.set_tags({"cait.baseline_run_id": run_id})
 
 
+CHART_SECTION = "cait-curves"
+
+
+def _line_chart(uuid: str, title: str, keys: list[str]) -> dict:
+    """A line chart of the runs-list's chart view (MLflow's RunsChartsLineCardConfig, as the UI stores it)."""
+    return {"uuid": uuid, "type": "LINE", "deleted": False, "isGenerated": False, "metricSectionId": CHART_SECTION,
+            "displayName": title, "metricKey": keys[0], "selectedMetricKeys": keys, "xAxisKey": "step",
+            "xAxisScaleType": "linear", "scaleType": "linear", "lineSmoothness": 0, "runsCountToCompare": 10,
+            "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": False,
+            "useGlobalLineSmoothing": False, "selectedXAxisMetricKey": "",
+            "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None}}
+
+
 def verdict_view() -> dict:
     """The runs list with the verdict as its first columns (the UI's default shows source, models and
     datasets instead, and a user's column choice stays in their browser): what decided it, where the
-    curves part, which module localize names. An execution's parent run (nightly) carries them for its
-    worst device: its row is the one the list shows, with the device runs folded under it."""
+    curves part, which module localize names, the DVC experiment. An execution's parent run (nightly) carries
+    them for its worst device: its row is the one the list shows, with the device runs folded under it.
+    Its chart view (`&compareRunsMode=CHART`) opens on the candidate's `loss` and the baseline's `baseline_loss`
+    on one chart, then the per-step difference."""
     columns = [f"tags.`{tag}`" for tag in VIEW_COLUMNS]
-    widths = dict(zip(columns, (90, 210, 210, 260)))
+    widths = dict(zip(columns, (90, 210, 210, 260, 160)))
+    charts = [_line_chart("cait-loss-vs-baseline", "loss (candidate) and baseline_loss (reference)",
+                          ["loss", "baseline_loss"]),
+              _line_chart("cait-loss-diff-rel", "loss_diff_rel: (candidate - baseline) / |baseline|", ["loss_diff_rel"])]
     return {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
-            "columnWidths": {"attributes.`Run Name`": 300, **widths}}
+            "columnWidths": {"attributes.`Run Name`": 300, **widths},
+            "compareRunCharts": charts, "isAccordionReordered": True,
+            "compareRunSections": [{"uuid": CHART_SECTION, "name": "Loss against the baseline", "display": True,
+                                    "isReordered": False}]}
 
 
 def experiment_tags() -> dict[str, str]:
@@ -181,12 +200,17 @@ def view_link(ui: str, experiment_id: str) -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
+DEFAULT_UI_HOST, DEFAULT_UI_PORT = "127.0.0.2", 5000  # where `make ui` (pipelines/ui.py) serves a local store
+
+
 def mlflow_ui(ui_url: str | None, tracking_uri: str) -> str:
-    """The MLflow UI's address: tracking.ui_url, else the tracking server itself when it is one
-    (a SQLite store has no UI until someone runs `mlflow ui`; then set tracking.ui_url)."""
+    """The MLflow UI's address: tracking.ui_url, else the tracking server itself when it is one, else (a local
+    store) the address `make ui` serves it at; '' when the run was not tracked."""
     if ui_url:
         return ui_url.rstrip("/")
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return f"http://{DEFAULT_UI_HOST}:{DEFAULT_UI_PORT}" if tracking_uri else ""
 
 
 def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
@@ -196,12 +220,24 @@ def run_link(ui: str, experiment_id: str, run_id: str, tab: str = "") -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
 
 
+REPORT_ARTIFACT = "report/report.html"  # where the report stage attaches the page in the run
+
+
 def report_link(tracking_cfg, record: dict) -> str:
-    """Where a reviewer opens the report from MLflow: the run's artifacts (the report stage attaches it)."""
+    """The report that judged the run, in the MLflow UI: the run's artifact (the report stage attaches it), which
+    exists for every run, also for one of `dvc exp run --temp` whose folder is gone ('' without a real run id)."""
     ui = mlflow_ui(getattr(tracking_cfg, "ui_url", None), record.get("tracking_uri", ""))
-    return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""), "artifacts")
+    return run_link(ui, record.get("mlflow_experiment_id", ""), record.get("mlflow_run_id", ""),
+                    f"artifactPath/{REPORT_ARTIFACT}")
 
 
+def report_where(path: str, link: str, run_id: str = "") -> str:
+    """Where the run's report is, as markdown: its artifact (a link in the UI), and its path where it exists."""
+    artifact = f"[{REPORT_ARTIFACT}]({link})" if link else f"`{REPORT_ARTIFACT}`"
+    where = f"the run's artifact {artifact}" if run_id or link else ""
+    if path:
+        where += ("; " if where else "") + f"in the workspace `{path}` (until the next run replaces it)"
+    return where or "none (tracking off and no workspace copy)"
 
 
 def timing_rule(verdict: dict, record: dict | None, baseline, rules):
@@ -234,28 +270,41 @@ def with_timing(verdict: dict, rule) -> dict:
     return shown
 
 
-def flat_metrics(verdict: dict) -> dict[str, float | int | str]:
-    """A small flat metrics file for `dvc metrics show` and `dvc exp show`: the verdict as a word and as
-    the gate's number, and each rule's outcome and numbers. DVC rounds metrics to 5 decimals, which
-    shows a relative error of 3.2e-6 as 0.0, so relative numbers are given in parts per million
-    (`..._ppm`). Only the gating rules' numbers: the full verdict stays in verdict.json."""
+# The figures `dvc metrics show` and `dvc exp show` list per gating rule: (column, the rule's number). A verdict
+# holds dozens of numbers; these say how far from its threshold each rule is. The rest stays in verdict.json.
+HEADLINES = {"envelope": (("x_tol", "max_ratio"),),  # the worst step's |d|, in multiples of its tolerance
+             "modelzoo": (("mre", "mean_relative_error"), ("mae", "mean_absolute_error")),
+             "strict": (("rel", "mean_abs_relative_error"),),
+             "band": (("outside", "outside_fraction"),),
+             "trend": (("drift", "drift_relative"),),
+             "throughput": (("x", "ratio"),)}
+FIGURE_DIGITS = 4  # significant digits of every non-integer figure in metrics.json
+
+
+def figure(value) -> int | str:
+    """An integer as it is; any other number as text with FIGURE_DIGITS significant digits. `dvc metrics show`
+    rounds numbers to 5 decimals (4.2e-6 shows as 0.0) and cannot be told otherwise per file: text it shows
+    as written."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return f"{float(value):.{FIGURE_DIGITS}g}"
+
+
+def flat_metrics(verdict: dict) -> dict[str, int | str]:
+    """A small flat metrics file for `dvc metrics show` and `dvc exp show`, one line of at most 120 columns for
+    the default gate: the verdict, the rule(s) that decided it, the first divergence step (absent when the
+    curves never leave the gating tolerance) and each gating rule's headline figures (HEADLINES), every one
+    with its significant digits (`figure`). The full verdict stays in verdict.json."""
     first = verdict.get("first_divergence_step")
-    out: dict[str, float | int | str] = {
-        "verdict": str(verdict.get("status", "")),
-        "verdict_code": EXIT_BY_STATUS.get(verdict.get("status"), EXIT_INCONCLUSIVE),
-        "decided_by": deciding_rules(verdict),
-        "compared_steps": int(verdict.get("compared_steps", 0)),
-        "first_divergence_step": -1 if first is None else int(first),
-    }
+    out: dict[str, int | str] = {"verdict": str(verdict.get("status", "")), "rule": deciding_rules(verdict)}
+    if first is not None:
+        out["first_step"] = int(first)
     for name, rule in verdict.get("rules", {}).items():
-        out[f"{name}.passed"] = int(bool(rule.get("passed"))) if rule.get("applicable", True) else -1
-        if not rule.get("gating"):
+        if not rule.get("gating") or not rule.get("applicable", True):
             continue  # an informing rule's numbers are in verdict.json
-        for key, value in rule.get("numbers", {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if "relative" in key and isinstance(value, float):
-                out[f"{name}.{key}_ppm"] = value * 1e6
-            else:
-                out[f"{name}.{key}"] = value
+        numbers = rule.get("numbers", {})
+        for column, key in HEADLINES.get(name, ()):
+            value = numbers.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{name}.{column}"] = figure(value)
     return out

@@ -51,6 +51,12 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
+def workspace_path(path) -> str:
+    """`path` where it stays after the run: in the workspace. '' inside `dvc exp run --temp` (or a queued
+    experiment), whose stages run in a copy under .dvc/tmp/exps that DVC deletes afterwards."""
+    return str(path) if Path.cwd().resolve() == project_root() else ""
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     """$MLFLOW_TRACKING_URI wins; then tracking.uri; then a SQLite file at the project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{project_root() / 'mlflow.db'}"

@@ -151,7 +151,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         "best_top1": summary.best_top1,
     }
     sidecars = write_run_record(record_path, record, rows)  # timing.csv, run.json, then train.json
-    logger.log_metrics({"wall_s": summary.wall_s, "final_loss": rows[-1]["loss"] if rows else float("nan")})
+    # one-value numbers are tags (columns), not metrics: the UI would draw each as a chart of one bar
+    logger.set_tags({"wall_s": f"{summary.wall_s:.1f}", "final_loss": repr(rows[-1]["loss"]) if rows else "nan"})
     if summary.best_top1 is not None:
         logger.log_metrics({"best_top1": summary.best_top1})
     logger.log_artifact(curve_path)

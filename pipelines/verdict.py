@@ -12,7 +12,9 @@
 - `envelope_rule` (pipelines/envelope.py) keeps the per-step |d| within k x the numerics envelope measured on
   the reference device plus a relative floor: the tolerance that legitimate numeric differences produce,
   step by step. It needs a baseline with envelope runs (schema 3).
-- `first_divergence` finds the step where the curves part beyond tolerance.
+- `first_divergence` finds the step where the curves part beyond a fixed tolerance; the verdict's first
+  divergence is the first step a gating rule judges outside its tolerance (`first_failing_step`), and that
+  fixed tolerance (compare.divergence) only where no gating rule judges single steps (e.g. compare.foreign).
 
 `decide` pairs the curves as each rule does (modelzoo by position, as loss.py; the others on step numbers,
 pipelines/align.py), applies the rules the policy names (`gate`: decide; `inform`: reported only) and returns a
@@ -318,6 +320,19 @@ def first_divergence(steps, candidate, baseline, *, max_relative_error, max_abs_
     return int(np.asarray(steps)[hits[0]]) if len(hits) else None
 
 
+STEP_RULES = ("envelope", "band")  # rules that judge each step (and record first_outside_step)
+
+
+def first_failing_step(rules: dict[str, RuleResult]) -> tuple[int | None, str]:
+    """(step, rule): the first step a gating rule that judges single steps finds outside its tolerance (the
+    earliest over such rules, from each rule's recorded first_outside_step). (None, their names) when none
+    of them leaves its tolerance; (None, "") when no gating rule judges single steps."""
+    judging = [name for name, r in rules.items() if name in STEP_RULES and r.gating and r.applicable]
+    found = sorted((int(rules[name].numbers.get("first_outside_step", -1)), name) for name in judging)
+    found = [(step, name) for step, name in found if step >= 0]
+    return found[0] if found else (None, ",".join(judging))
+
+
 def _first_nonfinite(values: np.ndarray, steps: np.ndarray) -> str | None:
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad) == 0:
@@ -416,7 +431,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     rules: dict[str, RuleResult] = dict(too_few)
     lines: list[str] = []
     absolute: dict[str, float] = {}
-    first_split = None
+    fixed_split = None
     with np.errstate(divide="ignore", invalid="ignore"):
         if n_pos:
             mz = modelzoo_rule(candidate, baseline, gating="modelzoo" in gate, **modelzoo)
@@ -426,7 +441,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                                    **modelzoo)
         if compared:
             absolute = absolute_errors(pair_c, pair_b)
-            first_split = first_divergence(pair_steps, pair_c, pair_b, **divergence)
+            fixed_split = first_divergence(pair_steps, pair_c, pair_b, **divergence)
         if n:
             s, c, b = aligned.steps, aligned.candidate, aligned.baseline
             if "strict" in active and "strict" not in too_few:
@@ -480,11 +495,19 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                         + f"; the verdict's {compared} steps are paired "
                         + ("on step numbers" if by_step else "by position"))
 
-    split_line = (f"curves part at step {first_split}: |d| > max({divergence['max_relative_error']} x |b|, "
-                  f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} logged steps in a row"
-                  if first_split is not None else
-                  f"curves never part beyond max({divergence['max_relative_error']} x |b|, "
-                  f"{divergence['max_abs_error']}) for {divergence['consecutive_steps']} steps in a row")
+    first_split, by = first_failing_step(rules)
+    if not by:  # no gating rule judges single steps: compare.divergence's fixed tolerance says where they part
+        first_split, by = (fixed_split if compared else None), "compare.divergence"
+        divergence["by"] = by
+        tol = (f"max({divergence['max_relative_error']} x |b|, {divergence['max_abs_error']}) for "
+               f"{divergence['consecutive_steps']} logged steps in a row (compare.divergence: no gating rule judges "
+               f"single steps)")
+        split_line = (f"curves part at step {first_split}: |d| > {tol}" if first_split is not None
+                      else f"curves never part beyond {tol}")
+    else:
+        divergence = {"by": by}
+        split_line = (f"first divergence at step {first_split}: the first step outside the gating {by} rule's "
+                      f"tolerance" if first_split is not None else f"no step outside the gating {by} rule's tolerance")
     if reasons:
         status = INCONCLUSIVE
         if compared:

@@ -253,6 +253,17 @@ def require_report_of(verdict: VerdictFile, html_path: Path) -> bool:
     except FileNotFoundError:
         return False
     if report_mark(verdict.sha256) not in page:
+        # not `dvc repro report`: after `dvc exp apply` or `dvc checkout` DVC finds the stage up to date (report.html
+        # is no DVC output) and renders nothing
         raise StaleVerdictError(f"{html_path}: the report shows another verdict than {verdict.path} (an older run, "
-                                f"or a report stage that failed); rerun the report stage (dvc repro report)")
+                                f"a report stage that failed, or outputs restored by dvc exp apply / dvc checkout); "
+                                f"render it for this verdict: {report_command(verdict)}")
     return True
+
+
+def report_command(verdict: VerdictFile) -> str:
+    """The command that renders the report of this verdict file, as it can be run from the project root."""
+    from pipelines.layout import VERDICT, run_dir
+
+    default = verdict.path.resolve() == (run_dir(verdict.profile) / VERDICT).resolve()
+    return "python -m pipelines.stages.report" + ("" if default else f" --verdict {verdict.path}")

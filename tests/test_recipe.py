@@ -95,3 +95,17 @@ def test_slurm_variables_give_rank_world_and_master():
     assert process_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_NTASKS": "8"}) == (1, 2, 1)
     assert process_env({}) == (0, 1, 0)
     assert first_slurm_host("node7") == "node7" and first_slurm_host("a[1,4]") == "a1"
+
+
+def test_cait_run_takes_q_like_every_command_and_names_its_own_flags(tmp_path):
+    """README: every command takes -q. cait.run's usage names the command as it is typed, and a missing data folder
+    is named as the flag it came from (not params.yaml's data.path, which cait.run has none of)."""
+    from cait import run
+    from cait.errors import DataError
+
+    parser = run.build_parser()
+    assert parser.prog == "python -m cait.run" and parser.format_usage().startswith("usage: python -m cait.run ")
+    assert parser.parse_args(["-q", "--model", "cait_XXS24_224", "--data-path", "d"]).quiet
+    assert not parser.parse_args(["--model", "cait_XXS24_224", "--data-path", "d"]).quiet
+    with pytest.raises(DataError, match=r"^--data-path \S*nowhere: not a folder; pass a prepared folder"):
+        run.data_folder(str(tmp_path / "nowhere"), tmp_path)

@@ -33,7 +33,12 @@ def test_deciding_rules_name_what_made_the_verdict():
     text = description({"status": "fail", "rules": rules, "reasons": ["strict: too far"], "compared_steps": 60},
                        "reports/default/report.html", "http://ui/#/x")
     assert text.startswith("**Verdict: FAIL** over 60 steps (decided by strict)")
-    assert "- strict: too far" in text and "[reports/default/report.html](http://ui/#/x)" in text
+    assert "- strict: too far" in text
+    assert text.endswith("Report: the run's artifact [report/report.html](http://ui/#/x); in the workspace "
+                         "`reports/default/report.html` (until the next run replaces it)")
+    # inside `dvc exp run --temp` the folder is gone afterwards: only the artifact is named
+    temp = description({"status": "fail", "rules": rules, "reasons": []}, "", "", run_id="abc")
+    assert temp.endswith("Report: the run's artifact `report/report.html`")
 
 
 def test_an_execution_shows_its_worst_device_and_why():
@@ -144,7 +149,8 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
     columns = [c.removeprefix("tags.`").removesuffix("`") for c in view["selectedColumns"]]
     assert columns[:3] == ["verdict", "verdict.rule", "verdict.first_divergence_step"]
     # localize tags the run (and the parent) after compare (tests/test_localize.py)
-    assert set(columns) - {"localize.module"} <= set(child.data.tags)
+    # (dvc.experiment only inside `dvc exp run`: tests/test_dvc_experiments.py)
+    assert set(columns) - {"localize.module", "dvc.experiment"} <= set(child.data.tags)
     assert set(columns[:3]) <= set(parent.data.tags)
     assert view["columnOrder"][1:] == view["selectedColumns"]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -177,17 +183,24 @@ def test_model_card_runs_go_to_their_own_experiment(project):
 
 
 def test_flat_metrics_keep_small_numbers_visible():
-    from pipelines.review import flat_metrics
+    from pipelines.review import HEADLINES, flat_metrics
 
+    numbers = {"mean_abs_relative_error": 3.2123456e-6, "steps_used": 120}
     verdict = {"status": "fail", "compared_steps": 120, "first_divergence_step": None,
-               "rules": {"strict": {**rule(False), "numbers": {"mean_abs_relative_error": 3.2e-6, "steps_used": 120}},
+               "rules": {"strict": {**rule(False), "numbers": numbers},
                          "band": {**rule(True, gating=False), "numbers": {"outside_fraction": 0.0}}}}
     flat = flat_metrics(verdict)
-    assert flat["verdict"] == "fail" and flat["verdict_code"] == 1 and flat["decided_by"] == "strict"
-    assert flat["strict.mean_abs_relative_error_ppm"] == pytest.approx(3.2)  # dvc's 5-decimal rounding keeps it
-    assert flat["strict.steps_used"] == 120 and flat["first_divergence_step"] == -1
-    assert flat["band.passed"] == 1 and "band.outside_fraction" not in flat
-    assert all(not isinstance(v, (dict, list)) for v in flat.values())
+    assert flat == {"verdict": "fail", "rule": "strict", "strict.rel": "3.212e-06"}  # no step: the column is absent
+    assert float(flat["strict.rel"]) == pytest.approx(numbers["mean_abs_relative_error"], rel=1e-3)
+    envelope = {"max_ratio": 1234.5678, "first_outside_step": 23, "first_outside_tolerance": 4.2e-6}
+    mz = {"mean_relative_error": -0.000123456, "mean_absolute_error": 2.5e-9}
+    flat = flat_metrics({"status": "fail", "first_divergence_step": 23,
+                         "rules": {"envelope": {**rule(False), "numbers": envelope},
+                                   "modelzoo": {**rule(True), "numbers": mz}}})
+    assert flat == {"verdict": "fail", "rule": "envelope", "first_step": 23, "envelope.x_tol": "1235",
+                    "modelzoo.mre": "-0.0001235", "modelzoo.mae": "2.5e-09"}
+    assert set(HEADLINES) >= {"envelope", "modelzoo", "strict", "band", "trend", "throughput"}
+    assert all(not isinstance(v, (dict, list, float)) for v in flat.values())  # DVC rounds floats, not text
 
 
 def test_the_report_compares_params_hashes_like_with_like():
@@ -216,9 +229,50 @@ def test_the_report_links_the_run_and_the_verdict_view_when_there_is_a_ui():
     from pipelines.report import tracking_html
 
     record = {"mlflow_run_id": "abc123", "mlflow_experiment_id": "7", "tracking_uri": "sqlite:///x/mlflow.db"}
-    assert "href" not in tracking_html(record)  # a SQLite store has no UI until one is named
+    # a SQLite store: the address `make ui` serves it at (pipelines/ui.py)
+    assert 'href="http://127.0.0.2:5000/#/experiments/7/runs/abc123"' in tracking_html(record)
+    assert "href" not in tracking_html({**record, "tracking_uri": ""})  # not tracked
     page = tracking_html(record, ui_url="http://127.0.0.1:5000/")
     assert 'href="http://127.0.0.1:5000/#/experiments/7/runs/abc123"' in page
     assert f'href="http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"' in page
     served = tracking_html({**record, "tracking_uri": "https://mlflow.example"})  # a server is its own UI
     assert "https://mlflow.example/#/experiments/7/runs?viewStateShareKey=" in served
+
+
+@pytest.mark.slow  # starts `mlflow server` (5-20 s)
+def test_the_ui_command_serves_the_verdict_view_as_printed(project):
+    """`make ui` (python -m pipelines.ui) on the project's store: the address it prints opens, and the view it
+    names holds the verdict columns and a chart of the candidate's loss with the baseline's."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipelines.ui import port_free
+
+    params = load_params(project / "params.yaml")
+    logger = RunLogger(params.tracking)  # an acceptance run in the project's store, as the train stage makes one
+    logger.start(run_name("default", "cpu"), params={}, tags={"profile": "default"})
+    logger.finish()
+    port = next(p for p in range(5100, 5200) if port_free("127.0.0.2", p))
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.ui", "--port", str(port)], cwd=project,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ui.stdout.readline()
+        found = re.search(r"(http://127\.0\.0\.2:\d+)/#/experiments/(\d+)/runs\?viewStateShareKey=" + VIEW_KEY, line)
+        assert found, line + ui.stderr.read() if ui.poll() is not None else line
+        base, experiment_id = found.groups()
+        page = urllib.request.urlopen(found.group(0), timeout=30).read().decode()
+        assert "Invalid Host header" not in page and "<div id=\"root\"" in page
+        got = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
+                                                timeout=30).read())
+        tags = {t["key"]: t["value"] for t in got["experiment"]["tags"]}
+        view = json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY])
+        assert view["selectedColumns"][:3] == ["tags.`verdict`", "tags.`verdict.rule`",
+                                               "tags.`verdict.first_divergence_step`"]
+        charts = [c for c in view["compareRunCharts"] if c["type"] == "LINE" and not c["deleted"]]
+        assert ["loss", "baseline_loss"] in [c["selectedMetricKeys"] for c in charts]
+    finally:
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0

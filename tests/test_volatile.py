@@ -74,7 +74,7 @@ def test_two_runs_of_the_same_curve_give_the_same_dvc_outputs(project, capsys):
     assert "throughput" not in verdict["rules"] and "mlflow_run_id" not in verdict
     html = (out / "report.html").read_text()
     assert html != first_html and "second" in html and "another-runner" in html
-    assert "FLAGGED: outside [0.8, 100]" in html and "informative rule throughput fails" in html
+    assert "flagged (informs): outside [0.8, 100]" in html and "informative rule throughput fails" in html
     assert "informative rule throughput fails: candidate 100 samples/s" in printed
 
 

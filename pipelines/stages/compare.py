@@ -29,7 +29,7 @@ from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.report import write_report
 from pipelines.review import flat_metrics, log_review, report_link, timing_rule, with_timing
-from pipelines.tracking import RunLogger, tracking_uri
+from pipelines.tracking import RunLogger, tracking_uri, workspace_path
 from pipelines.verdict import decide
 from pipelines.verdict_file import EXIT_BY_STATUS, input_entry, write_verdict
 
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
                      "baseline.source": baseline_obj.provenance.get("source", "") if baseline_obj else ""})
     log_review(logger, shown, profile=params.profile, device=record["environment"]["device"], candidate=candidate,
                reference=baseline_curve, baseline=baseline_obj, baseline_path=cfg.baseline,
-               baseline_sha256=file_sha256(cfg.baseline), report=str(chain_dir / HTML),
+               baseline_sha256=file_sha256(cfg.baseline), report=workspace_path(chain_dir / HTML),
                report_link=report_link(params.tracking, record))
     logger.log_artifact(out)
     logger.close()

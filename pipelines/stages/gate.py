@@ -21,11 +21,11 @@ from pathlib import Path
 
 from cait.errors import EXIT_PASS
 from pipelines import cli
-from pipelines.layout import HTML, LOCALIZE, VERDICT, run_dir
+from pipelines.layout import EXPERIMENT_ENV, HTML, LOCALIZE, VERDICT, run_dir
 from pipelines.params import load_params
-from pipelines.verdict_file import EXIT_BY_STATUS, read_verdict, require_fresh, require_report_of, unchecked_inputs
+from pipelines.verdict_file import (EXIT_BY_STATUS, read_verdict, report_command, require_fresh, require_report_of,
+                                   unchecked_inputs)
 
-EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for every stage of `dvc exp run`
 # Where `dvc exp run` keeps its running executors' info files, under the workspace's .dvc/tmp/exps: the workspace
 # and celery queues in run/<name>/<name>.run, `--temp` in standalone/run/<rev>/<rev>.run (dvc/repo/experiments:
 # utils.EXEC_TMP_DIR, EXEC_PID_DIR, queue/tempdir.py, executor/base.py INFOFILE_EXT)
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     has_report = require_report_of(verdict, report)
     code = EXIT_BY_STATUS[verdict.status]
     stream = sys.stdout if code == EXIT_PASS else sys.stderr
-    where = f"report: {report}" if has_report else "no report rendered yet: python -m pipelines.stages.report"
+    where = f"report: {report}" if has_report else f"no report rendered yet: {report_command(verdict)}"
     print(f"gate: {verdict.status.upper()} for profile {verdict.profile} ({where})", file=stream)
     for reason in verdict.reasons:
         print(f"  - {reason}", file=stream)

@@ -15,17 +15,19 @@ reads them again the same way. Rendering is pipelines.report.write_report, which
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from cait.files import check_writable
 from pipelines import cli
 from pipelines.baselines import load_baseline
-from pipelines.layout import CURVE, FINGERPRINTS, HTML, JUNIT, LOCALIZE, OVERLAY, RECORD, VERDICT, run_dir
+from pipelines.layout import EXPERIMENT_ENV, CURVE, FINGERPRINTS, HTML, JUNIT, LOCALIZE, OVERLAY, RECORD, VERDICT, run_dir
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run
 from pipelines.report import write_report
-from pipelines.tracking import RunLogger
+from pipelines.review import EXPERIMENT_TAG, REPORT_ARTIFACT, report_link
+from pipelines.tracking import RunLogger, workspace_path
 from pipelines.verdict_file import VerdictFile, read_verdict, require_fresh
 
 
@@ -98,7 +100,12 @@ def main(argv=None) -> int:
           + (f", {zoom}" if zoom else "") + f"; JUnit {out / JUNIT}")
 
     logger.attach(record.get("mlflow_run_id", ""), record.get("mlflow_parent_run_id", ""))
-    logger.set_tags({"dvc_lock_hash": dvc_lock_hash(), "report": str(out / HTML)})
+    # the report that judged the run: its artifact (in the UI when there is one), its path only where it stays
+    link = report_link(params.tracking, record) or (f"runs:/{logger.run_id}/{REPORT_ARTIFACT}" if logger.run_id else "")
+    tags = {"dvc_lock_hash": dvc_lock_hash(), "report": link, "report.path": workspace_path(out / HTML)}
+    if os.environ.get(EXPERIMENT_ENV):  # inside `dvc exp run`: the experiment's name, as `dvc exp show` lists it
+        tags[EXPERIMENT_TAG] = os.environ[EXPERIMENT_ENV]
+    logger.set_tags({key: value for key, value in tags.items() if value})
     for artifact in (out / OVERLAY, zoom, paths.get("strip"), out / HTML, out / JUNIT):
         if artifact is not None:
             logger.log_artifact(artifact, "report")

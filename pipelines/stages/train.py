@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipelines import cli
-from pipelines.layout import run_dir
+from pipelines.layout import METRICS, run_dir
 from pipelines.params import load_params
 from pipelines.training import run_training
 
@@ -29,8 +29,11 @@ def main(argv=None) -> int:
                    help="continue from <out-dir>/checkpoints/last.pt (written with the same params)")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    run_training(params, Path(args.out_dir) if args.out_dir else run_dir(params.profile), resume=args.resume,
-                 quiet=args.quiet)
+    out = Path(args.out_dir) if args.out_dir else run_dir(params.profile)
+    # the verdict's flat figures describe the curve this run replaces: gone while it trains, so `dvc exp show`
+    # (which reads a running experiment's folder) never lists it with the previous verdict; compare writes them anew
+    (out / METRICS).unlink(missing_ok=True)
+    run_training(params, out, resume=args.resume, quiet=args.quiet)
     return 0
 
 
