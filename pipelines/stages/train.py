@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     out = Path(args.out_dir) if args.out_dir else run_dir(params.profile)
     # the verdict's flat figures describe the curve this run replaces: gone while it trains, so `dvc exp show`
     # (which reads a running experiment's folder) never lists it with the previous verdict; compare writes them anew
-    (out / METRICS).unlink(missing_ok=True)
+    if out.is_dir():  # (a folder that cannot be written is run_training's one-line error, before any work)
+        (out / METRICS).unlink(missing_ok=True)
     run_training(params, out, resume=args.resume, quiet=args.quiet)
     return 0
 
