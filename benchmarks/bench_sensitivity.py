@@ -1,6 +1,6 @@
 """Sensitivity, measured: the smallest change of one module's output the gate fails and localize names.
 
-  python benchmarks/bench_sensitivity.py --runs-dir /work/sens-runs             # both baselines, 3 depths, 1e-7..1e-2
+  python benchmarks/bench_sensitivity.py --runs-dir /work/sens-runs             # both baselines, 3 depths, 1e-7..1e-1
   python benchmarks/bench_sensitivity.py --runs-dir DIR --depths shallow --eps 1e-6,1e-4 --baseline B.json
   python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
 
@@ -13,9 +13,9 @@ baseline's fingerprints (fingerprints.npz beside it) with params.yaml's localize
 
 Localize: every eps of the grid, a run trained to step 0 with fingerprints there (as bench_localize does);
 found = the named module is the perturbed block or inside it. The gate needs the run's curve: per depth
-the grid is walked smallest eps first (`--order ascending`; `bisect` halves the undecided range instead,
-fewer runs, assuming a larger eps is never harder to see), and an eps is run only while some baseline is
-undecided there (no smaller eps fails it). With `max_outside_fraction: 0` a run stops at the first of
+the grid is walked smallest eps first (`--order ascending`; `descending` walks down from the largest,
+`bisect` halves the undecided range; both assume a larger eps is never harder to see), and an eps is run
+only while some baseline is undecided there (no smaller eps fails it, no larger one passes). With `max_outside_fraction: 0` a run stops at the first of
 STAGES steps where the envelope rule already fails against every baseline still undecided (a step outside
 a prefix is outside the whole run, so the full run fails too); otherwise it is resumed from its checkpoint
 (bitwise the uninterrupted run) to the end and judged whole. `--runs-dir` keeps every run and reuses it.
@@ -39,9 +39,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEPTHS = ("shallow", "middle", "deep")
-GRID = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+GRID = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 BASELINES = ("baselines/default/baseline.json", "baselines/default-cuda/baseline.json")
-STAGES = (20, 60)  # a gate run is judged after these many steps, and stops there if it already fails
+STAGES = (20, 60)
+ORDERS = ("ascending", "descending", "bisect")  # a gate run is judged after these many steps, and stops there if it already fails
 
 
 def depth_sites(params) -> dict[str, str]:
@@ -189,13 +190,16 @@ def _next(eps_status: dict, n: int, order: str) -> int | None:
     lo, hi = _undecided(eps_status, n)
     if hi - lo <= 1:
         return None
-    return lo + 1 if order == "ascending" else (lo + hi) // 2
+    return {"ascending": lo + 1, "descending": hi - 1}.get(order, (lo + hi) // 2)
 
 
 def measure(params, *, baselines: list[str] | None = None, depths: list[str] | None = None,
             eps: list[float] | None = None, runs_dir: Path | None = None, data_dir: Path | None = None,
             order: str = "ascending", gate: bool = True, log=print) -> dict:
-    """{baseline: {depth: {"module", "gate_eps", "localize_eps", "localize_names", "grid": {eps: {...}}}}} + "meta"."""
+    """{baseline: {depth: {"module", "gate_eps", "localize_eps", "localize_names", "grid": {eps: {...}}}}} + "meta".
+
+    The runs use params.device as given: device.threads other than the baseline's thread count is the
+    threads_1 / threads_2 numerics variant on top of the perturbation (inside the envelope by construction)."""
     import tempfile
 
     from cait.fingerprints import load
@@ -228,7 +232,7 @@ def measure(params, *, baselines: list[str] | None = None, depths: list[str] | N
                 todo = sorted({i for i in wanted.values() if i is not None})
                 if not todo:
                     break
-                i = todo[0]
+                i = todo[-1] if order == "descending" else todo[0]
                 undecided = [label for label in paths
                              if _undecided(status[label], len(grid))[0] < i < _undecided(status[label], len(grid))[1]]
                 judged = gate_run(params, perturbation_name(site, grid[i]), root, data_dir, loaded, undecided, log)
@@ -262,6 +266,7 @@ def measure(params, *, baselines: list[str] | None = None, depths: list[str] | N
                 for label in paths))
     env = params.compare.rules.envelope
     result["meta"] = {"sites": {d: sites[d] for d in chosen}, "eps": grid, "order": order,
+                      "threads": params.device.threads,
                       "gate": list(params.compare.gate), "envelope_k": env.k, "envelope_floor": env.floor_relative,
                       "max_outside_fraction": env.max_outside_fraction, "localize_k": params.localize.k,
                       "localize_floor": params.localize.floor, "stages": list(STAGES),
@@ -307,10 +312,13 @@ def main(argv=None) -> int:
                                                          f"default: {', '.join(BASELINES)})")
     p.add_argument("--depths", help=f"comma-separated of {', '.join(DEPTHS)} (default: all)")
     p.add_argument("--eps", help="comma-separated eps grid (default: " + ",".join(f"{e:g}" for e in GRID) + ")")
-    p.add_argument("--order", choices=("ascending", "bisect"), default="ascending",
-                   help="gate runs: smallest eps first, or halve the undecided range (fewer runs)")
+    p.add_argument("--order", choices=ORDERS, default="ascending",
+                   help="gate runs: smallest eps first; largest first (failing runs stop early: cheapest when "
+                        "most of the grid fails); or halve the undecided range")
     p.add_argument("--no-gate", action="store_true", help="localize only (step-0 runs)")
     p.add_argument("--runs-dir", help="keep (and reuse, resume) every run here")
+    p.add_argument("--threads", type=int, help="device.threads for the runs (default: params.yaml's; on a loaded "
+                                               "machine 1 is far faster, and is the threads_1 numerics variant)")
     p.add_argument("--json", help="write {baseline: {depth: {gate_eps, localize_eps, grid}}, meta} here")
     args = p.parse_args(argv)
     from cait.files import atomic_write_text
@@ -326,7 +334,10 @@ def main(argv=None) -> int:
     for b in args.baseline or []:
         if not _resolve(b).exists() or not (_resolve(b).parent / "fingerprints.npz").exists():
             p.error(f"--baseline {b}: needs the file and fingerprints.npz beside it")
-    result = measure(load_params(args.params), baselines=args.baseline, depths=depths, eps=eps,
+    params = load_params(args.params)
+    if args.threads:
+        params = params.model_copy(update={"device": params.device.model_copy(update={"threads": args.threads})})
+    result = measure(params, baselines=args.baseline, depths=depths, eps=eps,
                      runs_dir=Path(args.runs_dir) if args.runs_dir else None, order=args.order,
                      gate=not args.no_gate, log=lambda line: print(line, flush=True))
     print(table(result))

@@ -74,8 +74,9 @@ def test_perturbation_names_parse_and_bad_ones_are_refused(tiny_cait):
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # ~30 s alone on 2 cores: a tiny baseline (3 runs) and 2 + 2 tiny runs
 def test_sensitivity_benchmark_smoke(tiny_project, tmp_path, monkeypatch):
-    """One depth, two eps on the tiny profile: a gate run staged (stopped after 3 steps, resumed), every
-    result in the JSON shape; 1e-2 at blocks.0 fails the gate and is named by localize at blocks.0."""
+    """One depth, two eps on the tiny profile: gate runs staged (judged after 3 steps, resumed to the end),
+    every result in the JSON shape, localize names blocks.0 at eps 1e-2; a bug that fails the envelope at
+    step 0 (layernorm_eps) stops after the first stage."""
     import subprocess
     import sys
 
@@ -86,7 +87,7 @@ def test_sensitivity_benchmark_smoke(tiny_project, tmp_path, monkeypatch):
 
     env = {**stage_env(tiny_project), "OMP_NUM_THREADS": "1"}
     for args in (["pipelines.stages.prepare", "-q"],
-                 ["pipelines.stages.baseline", "-q", "record", "--envelope", "--variants", "weights_ulp,fused_attention"]):
+                 ["pipelines.stages.baseline", "-q", "record", "--envelope", "--variants", "weights_ulp"]):
         done = subprocess.run([sys.executable, "-m", *args], cwd=tiny_project, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     monkeypatch.setattr(bench_sensitivity, "STAGES", (3,))
@@ -99,10 +100,13 @@ def test_sensitivity_benchmark_smoke(tiny_project, tmp_path, monkeypatch):
     row = result[baseline]["shallow"]
     assert row["module"] == "blocks.0" and set(row["grid"]) == {"1e-06", "0.01"}
     big = row["grid"]["0.01"]
-    assert big["gate"]["status"] == "fail" and big["localize"]["found"], big
+    assert big["localize"]["found"] and row["localize_eps"] in (1e-6, 1e-2), big
     assert big["localize"]["named"]["module"] == "blocks.0" and big["localize"]["named"]["phase"] == "forward"
-    assert row["gate_eps"] in (1e-6, 1e-2) and row["localize_eps"] in (1e-6, 1e-2)
-    assert row["grid"]["1e-06"]["gate"]["status"] in ("pass", "fail")  # the smallest eps is always run
+    small = row["grid"]["1e-06"]["gate"]  # the smallest eps is always run (ascending)
+    assert small["status"] in ("pass", "fail") and row["gate_eps"] in (1e-6, 1e-2, None)
+    if small["status"] == "pass":
+        assert small["decided_on"] == "whole run" and small["steps"] == params.train.steps
+        assert (row["gate_eps"] is None) == (big["gate"]["status"] == "pass")
     assert result["meta"]["sites"] == {"shallow": "blocks.0"} and result["meta"]["envelope_k"] == params.compare.rules.envelope.k
     assert "| shallow | blocks.0 |" in bench_sensitivity.table(result)
     json.dumps(result, default=str)
@@ -111,3 +115,10 @@ def test_sensitivity_benchmark_smoke(tiny_project, tmp_path, monkeypatch):
                                       runs_dir=tmp_path / "runs", data_dir=tiny_project / "data/prepared",
                                       log=lambda line: None)
     assert again[baseline]["shallow"]["gate_eps"] == row["gate_eps"]
+    # a failing prefix ends the run: LayerNorm eps 1e-5 leaves the envelope at step 0
+    from pipelines.baselines import load_baseline
+
+    judged = bench_sensitivity.gate_run(params, "layernorm_eps", tmp_path / "runs", tiny_project / "data/prepared",
+                                        {baseline: load_baseline(baseline)}, [baseline], log=lambda line: None)
+    assert judged[baseline]["status"] == "fail" and judged[baseline]["decided_on"] == "first 3 steps", judged
+    assert judged[baseline]["first_fail_step"] == 0
