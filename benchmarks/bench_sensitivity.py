@@ -45,14 +45,15 @@ STAGES = (20, 60)
 ORDERS = ("ascending", "descending", "bisect")  # a gate run is judged after these many steps, and stops there if it already fails
 
 
-def depth_sites(params) -> dict[str, str]:
-    """{"shallow": "blocks.0", "middle": "blocks.<n // 2>", "deep": "blocks.<n - 1>"} of the profile's model."""
+def depth_sites(params, part: str = "") -> dict[str, str]:
+    """{"shallow": "blocks.0", "middle": "blocks.<n // 2>", "deep": "blocks.<n - 1>"} of the profile's model,
+    each followed by `part` (e.g. ".mlp.fc1": a module inside the block)."""
     from cait.models import build_model
 
     model = build_model(params.model.name, img_size=params.model.resolved_img_size,
                         patch_size=params.model.patch_size, num_classes=2)
     n = len(model.blocks)
-    return {"shallow": "blocks.0", "middle": f"blocks.{n // 2}", "deep": f"blocks.{n - 1}"}
+    return {"shallow": f"blocks.0{part}", "middle": f"blocks.{n // 2}{part}", "deep": f"blocks.{n - 1}{part}"}
 
 
 def _resolve(path: str | Path) -> Path:
@@ -195,7 +196,7 @@ def _next(eps_status: dict, n: int, order: str) -> int | None:
 
 def measure(params, *, baselines: list[str] | None = None, depths: list[str] | None = None,
             eps: list[float] | None = None, runs_dir: Path | None = None, data_dir: Path | None = None,
-            order: str = "ascending", gate: bool = True, log=print) -> dict:
+            order: str = "ascending", gate: bool = True, part: str = "", log=print) -> dict:
     """{baseline: {depth: {"module", "gate_eps", "localize_eps", "localize_names", "grid": {eps: {...}}}}} + "meta".
 
     The runs use params.device as given: device.threads other than the baseline's thread count is the
@@ -212,7 +213,7 @@ def measure(params, *, baselines: list[str] | None = None, depths: list[str] | N
     paths = {str(b): _resolve(b) for b in (baselines or BASELINES)}
     loaded = {label: load_baseline(p) for label, p in paths.items()}
     prints = {label: load(p.parent / "fingerprints.npz") for label, p in paths.items()}
-    sites = depth_sites(params)
+    sites = depth_sites(params, part)
     chosen = depths or list(DEPTHS)
     started = time.perf_counter()
     result: dict = {label: {} for label in paths}
@@ -316,6 +317,8 @@ def main(argv=None) -> int:
                    help="gate runs: smallest eps first; largest first (failing runs stop early: cheapest when "
                         "most of the grid fails); or halve the undecided range")
     p.add_argument("--no-gate", action="store_true", help="localize only (step-0 runs)")
+    p.add_argument("--part", default="", help="a module inside each block instead of the block's output, e.g. "
+                                              ".mlp.fc1 or .norm1 (default: the block itself)")
     p.add_argument("--runs-dir", help="keep (and reuse, resume) every run here")
     p.add_argument("--threads", type=int, help="device.threads for the runs (default: params.yaml's; on a loaded "
                                                "machine 1 is far faster, and is the threads_1 numerics variant)")
@@ -339,7 +342,7 @@ def main(argv=None) -> int:
         params = params.model_copy(update={"device": params.device.model_copy(update={"threads": args.threads})})
     result = measure(params, baselines=args.baseline, depths=depths, eps=eps,
                      runs_dir=Path(args.runs_dir) if args.runs_dir else None, order=args.order,
-                     gate=not args.no_gate, log=lambda line: print(line, flush=True))
+                     gate=not args.no_gate, part=args.part, log=lambda line: print(line, flush=True))
     print(table(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=1, default=str) + "\n")
