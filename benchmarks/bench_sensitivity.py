@@ -300,8 +300,8 @@ def table(result: dict) -> str:
                          f"{r['localize_names'] or '-'} | " + " | ".join(cell(r['grid'][e]) for e in eps_cols) + " |")
     lines.append("")
     lines.append(f"Cells: gate verdict (first step outside the envelope) / localize at step 0 (named: the perturbed "
-                 f"block or inside it; other: something else named; clean: nothing). *: implied from a smaller eps "
-                 f"that fails (not run). Gate {' + '.join(meta['gate'])}, envelope k {meta['envelope_k']:g}, floor "
+                 f"block or inside it; other: something else named; clean: nothing). *: not run, implied (a larger eps "
+                 f"passes, or a smaller one fails). Gate {' + '.join(meta['gate'])}, envelope k {meta['envelope_k']:g}, floor "
                  f"{meta['envelope_floor']:g}; localize k {meta['localize_k']:g}, floor {meta['localize_floor']:g}.")
     return "\n".join(lines)
 
