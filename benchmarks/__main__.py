@@ -50,7 +50,7 @@ FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
         "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
         "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None,
-        "sensitivity": {"depths": None, "eps": None}}
+        "sensitivity": {"depths": None, "eps": None, "order": "descending"}}  # failing runs stop early: cheapest
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
          "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,

@@ -139,7 +139,8 @@ def gate_run(params, name: str, root: Path, data_dir: Path, baselines: dict, und
                          stop_after=stop - 1 if stop < total else None)
             curve, record = read_curve_csv(folder / CURVE), read_record(folder / RECORD)
         if stop < total:
-            prefix = {b: _judge_prefix(params, curve, record, baselines[b]) for b in undecided}
+            part = type(curve)(curve.steps[:stop], curve.loss[:stop])  # a reused run may be longer
+            prefix = {b: _judge_prefix(params, part, record, baselines[b]) for b in undecided}
             if all(j["status"] == "fail" for j in prefix.values()):
                 log(f"{name}: fails every undecided baseline's envelope within {stop} steps "
                     f"({time.perf_counter() - started:.0f} s)")
