@@ -18,7 +18,8 @@ the grid is walked smallest eps first (`--order ascending`; `descending` walks d
 only while some baseline is undecided there (no smaller eps fails it, no larger one passes). With `max_outside_fraction: 0` a run stops at the first of
 STAGES steps where the envelope rule already fails against every baseline still undecided (a step outside
 a prefix is outside the whole run, so the full run fails too); otherwise it is resumed from its checkpoint
-(bitwise the uninterrupted run) to the end and judged whole. `--runs-dir` keeps every run and reuses it.
+(bitwise the uninterrupted run) to the end and judged whole. `--runs-dir` keeps every run and reuses it
+when its curve params, perturbation and thread count are this run's.
 
 The false-alarm side (legitimate runs must pass at this k) is not measured here: it is the legit rows of
 the power and localize benchmarks (bench_power.py, bench_localize.py) at the same params.
@@ -65,6 +66,16 @@ def _run_params(params, name: str, **train):
     return params.model_copy(update={"train": params.train.model_copy(update=train),
                                      "device": params.device.model_copy(update={"port_bug": name}),
                                      "tracking": params.tracking.model_copy(update={"enabled": False})})
+
+
+def _reusable(record: dict, params, name: str) -> bool:
+    """Whether a stored run is this one: the same curve params, perturbation and thread count (the runs-dir
+    cache must not hand a one-thread run to a two-thread measurement: another reduction order)."""
+    import torch
+
+    threads = params.device.threads or torch.get_num_threads()
+    return (record.get("params_hash") == params.curve_hash() and record.get("port_bug") == name
+            and (record.get("environment") or {}).get("threads") == threads)
 
 
 def _judge_prefix(params, curve, record, baseline) -> dict:
@@ -127,7 +138,7 @@ def gate_run(params, name: str, root: Path, data_dir: Path, baselines: dict, und
     curve = record = None
     if (folder / RECORD).exists() and (folder / CURVE).exists():
         record = read_record(folder / RECORD)
-        if record.get("params_hash") == run_params.curve_hash() and record.get("port_bug") == name:
+        if _reusable(record, run_params, name):
             curve = read_curve_csv(folder / CURVE)
         else:
             record = None
@@ -163,8 +174,7 @@ def localize_run(params, name: str, site: str, root: Path, data_dir: Path, finge
     cfg = params.localize
     record_path = root / f"{name}.step0" / RECORD
     if record_path.exists():  # a step-0 run of other params is trained again
-        record = read_record(record_path)
-        if record.get("params_hash") != params.curve_hash() or record.get("port_bug") != name:
+        if not _reusable(read_record(record_path), params, name):
             (root / f"{name}.step0" / FINGERPRINTS).unlink(missing_ok=True)
     folder = train_to_step0(params, name, root, data_dir, log)
     prints = load(folder / FINGERPRINTS)
