@@ -8,6 +8,9 @@
                                         # (~15 runs of the default profile; not in the default set)
   python -m benchmarks --only localize --json out.json   # localize on the same zoo: {entry: {expected, named}}
   python -m benchmarks --only power --only localize --power-runs-dir /tmp/zoo   # both, one training each
+  python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
+                                        # the smallest eps of output x (1 + eps) at 3 depths the gate fails
+                                        # and localize names, per baseline (--baseline, repeatable)
 
 Rows that share a measurement take it from the same run (the CPU efficiency and the tracking cost use
 the trainer benchmark's step rates; the loader and memory benchmarks use the pipeline benchmark's
@@ -32,10 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import (bench_efficiency, bench_localize, bench_logs, bench_pipeline, bench_power,  # noqa: E402
-                        bench_trainer, bench_verdict, tracking_overhead)
+                        bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
 
-GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize")
-DEFAULT_GROUPS = GROUPS[:-2]  # power and localize train ~19 runs: only with --only
+GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize",
+          "sensitivity")
+DEFAULT_GROUPS = GROUPS[:-3]  # power, localize and sensitivity train ~19 runs or more: only with --only
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -45,12 +49,14 @@ COMPARE_RSS_TARGET_MIB = 512  # compare on 10^6 steps: the arrays are 50 MB; the
 FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
         "trainer_224": {"steps": 3, "warmup": 1, "rounds": 2, "img_size": 224, "batch_size": 8},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
-        "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None}
+        "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None,
+        "sensitivity": {"depths": None, "eps": None, "order": "descending"}}  # failing runs stop early: cheapest
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8},
          "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,
          "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"],
-         "localize_entries": ["lr_one_step_late", "gelu_tanh", "weights_ulp_other"]}
+         "localize_entries": ["lr_one_step_late", "gelu_tanh", "weights_ulp_other"],
+         "sensitivity": {"depths": ["shallow"], "eps": [1e-6, 1e-2]}}
 
 
 @dataclass
@@ -223,9 +229,30 @@ def localize_rows(ctx: Context) -> list[Row]:
                 f"{c['legit_clean']} / {c['legit']} legit", met, c["bugs_localized"] / max(1, c["bugs"]))]
 
 
+def sensitivity_rows(ctx: Context) -> list[Row]:
+    runs_dir = Path(ctx.sensitivity_runs_dir) if ctx.sensitivity_runs_dir else ctx.tmp / "sensitivity"
+    result = ctx.once("sensitivity", lambda: bench_sensitivity.measure(
+        ctx.params, baselines=ctx.baselines, runs_dir=runs_dir, **ctx.sizes["sensitivity"],
+        log=lambda line: ctx.log(f"  sensitivity: {line}")))
+    ctx.log("\n" + bench_sensitivity.table(result) + "\n")
+    rows = []
+    for label, depths in result.items():
+        if label == "meta":
+            continue
+        for depth, r in depths.items():
+            for what, key, target in (("gate fails", "gate_eps", 1e-4), ("localize names", "localize_eps", 1e-5)):
+                eps = r[key]
+                rows.append(Row("sensitivity", f"smallest eps {what}, output x (1 + eps) of {r['module']} ({depth}), "
+                                f"{label}", f"<= {target:g}", "beyond the grid" if eps is None else f"{eps:g}",
+                                eps is not None and eps <= target,
+                                10 * max(result["meta"]["eps"]) if eps is None else eps))  # beyond: a lower bound
+    return rows
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
               "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
-              "memory": memory_rows, "power": power_rows, "localize": localize_rows}
+              "memory": memory_rows, "power": power_rows, "localize": localize_rows,
+              "sensitivity": sensitivity_rows}
 
 
 def table(rows: list[Row]) -> str:
@@ -244,6 +271,10 @@ def main(argv=None) -> int:
     p.add_argument("--params", default=str(REPO / "params.yaml"))
     p.add_argument("--json", help="write the rows and raw figures here")
     p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")
+    p.add_argument("--sensitivity-runs-dir", help="sensitivity: keep (reuse, resume) its runs here")
+    p.add_argument("--baseline", action="append",
+                   help="sensitivity: a baseline.json with fingerprints.npz beside it (repeatable; default: "
+                        f"{', '.join(bench_sensitivity.BASELINES)})")
     args = p.parse_args(argv)
     import torch
 
@@ -255,6 +286,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="cait-bench-") as tmp:
         ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
         ctx.power_runs_dir = args.power_runs_dir
+        ctx.sensitivity_runs_dir, ctx.baselines = args.sensitivity_runs_dir, args.baseline
         for group in args.only or DEFAULT_GROUPS:
             t = time.perf_counter()
             try:
@@ -274,7 +306,9 @@ def main(argv=None) -> int:
         power = {k: ctx.raw["power"][k] for k in ("bugs", "legit")} if "power" in ctx.raw else {}
         # localize alone: the file is {entry: {"expected", "named"}} (with the rows and raw figures beside)
         located = bench_localize.expected_named(ctx.raw["localize"]) if "localize" in ctx.raw else {}
-        Path(args.json).write_text(json.dumps({**located, "date": when, "smoke": args.smoke,
+        # sensitivity: {baseline: {depth: {"gate_eps", "localize_eps", "grid"}}} at the top level too
+        sensitivity = {k: v for k, v in ctx.raw.get("sensitivity", {}).items() if k != "meta"}
+        Path(args.json).write_text(json.dumps({**located, **sensitivity, "date": when, "smoke": args.smoke,
                                                "rows": [asdict(r) for r in rows], **power, "raw": ctx.raw},
                                               indent=1, default=str) + "\n")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1

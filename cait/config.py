@@ -259,9 +259,14 @@ class DeviceConfig(Section):
     @field_validator("numerics_variant", "port_bug")
     @classmethod
     def _in_the_zoo(cls, name, info):
-        from cait.portbugs import BUGS, VARIANTS
+        from cait.portbugs import BUGS, PERTURBATION, VARIANTS, lookup
 
-        known, what = (VARIANTS, "numerics variant") if info.field_name == "numerics_variant" else (BUGS, "port bug")
-        if name is not None and name not in known:
-            raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(known)}")
+        if name is None:
+            return name
+        if info.field_name == "numerics_variant":
+            if name not in VARIANTS:
+                raise ValueError(f"unknown numerics variant {name!r}; valid: {', '.join(VARIANTS)}")
+        elif lookup(name) is None:  # a malformed perturbation raises its own ValueError
+            raise ValueError(f"unknown port bug {name!r}; valid: {', '.join(BUGS)}, or a perturbation "
+                             f"{PERTURBATION}@<module path>@<eps>")
         return name

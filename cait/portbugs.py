@@ -52,11 +52,11 @@ class RunPatch:
     """What one run changes: at most one numerics variant and one port bug, applied in that order."""
 
     def __init__(self, variant: str | None = None, bug: str | None = None):
-        self.entries = [e for e in (VARIANTS.get(variant) if variant else None,
-                                    BUGS.get(bug) if bug else None) if e is not None]
+        bug_entry = lookup(bug) if bug else None  # a named bug or a perturbation (output_scale@module@eps)
+        self.entries = [e for e in (VARIANTS.get(variant) if variant else None, bug_entry) if e is not None]
         if variant and variant not in VARIANTS:
             raise KeyError(f"unknown numerics variant {variant!r}")
-        if bug and bug not in BUGS:
+        if bug and bug_entry is None:
             raise KeyError(f"unknown port bug {bug!r}")
 
     def configure(self, device_type: str) -> dict:
@@ -376,5 +376,75 @@ def envelope_variants(device_type: str) -> list[str]:
 
 
 def describe(name: str) -> str:
-    entry = VARIANTS.get(name) or BUGS.get(name)
+    try:
+        entry = VARIANTS.get(name) or lookup(name)
+    except ValueError:
+        return ""
     return entry.description if entry else ""
+
+
+# ---- a parametric perturbation: one module's output scaled by (1 + eps) ------------------------------
+# Not part of the zoo (BUGS): the sensitivity benchmark (benchmarks/bench_sensitivity.py) names it as a
+# port bug `output_scale@<module path>@<eps>`, e.g. `output_scale@blocks.0@1e-4`, to find the smallest
+# change of one module the gate and localize see. Forward only: a forward hook returns output * (1 + eps)
+# (the factor is rounded to the output's dtype: in float32, eps below ~6e-8 is no change at all); the
+# backward pass goes through that product, as it would through a module computing it.
+
+PERTURBATION = "output_scale"
+
+
+def perturbation_name(module: str, eps: float) -> str:
+    """`output_scale@<module>@<eps>`, eps written shortest (1e-4, 2.5e-6)."""
+    mantissa, exponent = f"{eps:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{PERTURBATION}@{module}@{mantissa}e{int(exponent)}"
+
+
+def parse_perturbation(name: str) -> tuple[str, float] | None:
+    """(module path, eps) of a perturbation name; None for any other name; ValueError for a malformed one."""
+    if not name.startswith(PERTURBATION + "@"):
+        return None
+    parts = name.split("@")
+    form = f"{PERTURBATION}@<module path>@<eps>, e.g. {PERTURBATION}@blocks.0@1e-4"
+    if len(parts) != 3 or not parts[1] or any(not p.isidentifier() and not p.isdigit() for p in parts[1].split(".")):
+        raise ValueError(f"perturbation {name!r}: expected {form}")
+    try:
+        eps = float(parts[2])
+    except ValueError:
+        raise ValueError(f"perturbation {name!r}: eps {parts[2]!r} is not a number; expected {form}") from None
+    if not math.isfinite(eps) or eps <= -1 or eps == 0:
+        raise ValueError(f"perturbation {name!r}: eps must be finite, non-zero and above -1")
+    return parts[1], eps
+
+
+def _scale_output(module_path: str, eps: float):
+    def patch(model, seed):
+        import torch
+
+        from cait.errors import ConfigError
+
+        try:
+            module = model.get_submodule(module_path)
+        except AttributeError:
+            raise ConfigError(f"device.port_bug {perturbation_name(module_path, eps)!r}: the model has no module "
+                              f"{module_path!r}; name one of model.named_modules(), e.g. blocks.0") from None
+
+        def hook(mod, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"perturbation: {module_path} returns {type(output).__name__}, not a tensor")
+            return output * (1 + eps)
+
+        module.register_forward_hook(hook)
+    return patch
+
+
+def lookup(name: str) -> Entry | None:
+    """The port bug of this name: one of BUGS, or a perturbation built on the fly; None if neither."""
+    if name in BUGS:
+        return BUGS[name]
+    parsed = parse_perturbation(name)
+    if parsed is None:
+        return None
+    module, eps = parsed
+    return Entry(perturbation_name(module, eps), "bug", f"the output of {module} multiplied by (1 + {eps:g})",
+                 model=_scale_output(module, eps), site=module)
