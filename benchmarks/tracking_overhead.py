@@ -11,13 +11,10 @@ pays) for each store, and the time `finish` takes to deliver or spool everything
 from __future__ import annotations
 
 import argparse
-import contextlib
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,39 +45,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def mlflow_server(tmp: Path, timeout_s: float = 90.0):
-    """A real `mlflow server` on loopback with its own SQLite store; yields its URI, stops it afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--default-artifact-root", str(tmp / "artifacts"),
-           "--workers", "1"]
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({proc.returncode}); see {tmp / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer on {uri} within {timeout_s:.0f} s")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def mlflow_server(tmp: Path):
+    """A real `mlflow server` on loopback with its own SQLite store (the UI command's, pipelines/ui.py); yields its
+    URI, stops it afterwards."""
+    from pipelines.ui import serve
+
+    return serve(f"sqlite:///{tmp / 'server.db'}", "127.0.0.1", free_port(), artifacts=str(tmp / "artifacts"))
 
 
 def run(steps: int = 2000, server: bool = True) -> dict[str, dict]:

@@ -35,9 +35,10 @@ from pipelines.review import DEFAULT_UI_HOST, DEFAULT_UI_PORT, experiment_tags, 
 START_TIMEOUT_S = 300  # a first start migrates a new SQLite store; on a loaded 2-core machine a start took 40-150 s
 
 
-def server_command(uri: str, host: str, port: int) -> list[str]:
+def server_command(uri: str, host: str, port: int, artifacts: str | None = None) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-            "--workers", "1", "--allowed-hosts", f"{host}:{port},{host}", "--cors-allowed-origins", f"http://{host}:{port}"]
+            "--workers", "1", "--allowed-hosts", f"{host}:{port},{host}", "--cors-allowed-origins", f"http://{host}:{port}",
+            *(["--default-artifact-root", artifacts] if artifacts else [])]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -54,13 +55,15 @@ def _get(url: str, timeout: float = 10) -> bytes:
 
 
 @contextlib.contextmanager
-def serve(uri: str, host: str = DEFAULT_UI_HOST, port: int = DEFAULT_UI_PORT) -> Iterator[str]:
-    """`mlflow server` on the store `uri` at host:port while the block runs; yields its base URL once it answers."""
+def serve(uri: str, host: str = DEFAULT_UI_HOST, port: int = DEFAULT_UI_PORT, artifacts: str | None = None
+          ) -> Iterator[str]:
+    """`mlflow server` on the store `uri` at host:port while the block runs; yields its base URL once it answers.
+    `artifacts`: the server's default artifact root (else mlflow's, ./mlartifacts)."""
     if not port_free(host, port):
         raise TrackingError(f"{host}:{port}: the port is taken (another `make ui`?); open that one, or pass --port")
     base = f"http://{host}:{port}"
     log = tempfile.TemporaryFile("w+")  # not a pipe: the server's log would fill it and stall the server
-    server = subprocess.Popen(server_command(uri, host, port), stdout=subprocess.DEVNULL, stderr=log)
+    server = subprocess.Popen(server_command(uri, host, port, artifacts), stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
