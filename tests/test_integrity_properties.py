@@ -223,7 +223,7 @@ def refused_or_the_same(path, whole) -> None:
 @SETTINGS
 @given(prints=fingerprint_files(), data=st.data())
 def test_a_corrupted_fingerprint_file_is_refused_or_reads_the_same(tmp_path_factory, prints, data):
-    from cait.fingerprints import FingerprintError, load, save
+    from cait.fingerprints import load, save
 
     path = save(tmp_path_factory.mktemp("fp") / "fingerprints.npz", prints)
     original = path.read_bytes()
@@ -240,7 +240,7 @@ def test_a_corrupted_fingerprint_file_is_refused_or_reads_the_same(tmp_path_fact
 def test_an_edited_fingerprint_array_is_refused_or_reads_the_same(tmp_path_factory, prints, data):
     """Edits a hand or a script makes with numpy: a number changed (NaN, inf, negative, any), an array cut,
     dropped or added, a meta field changed; the file written again as a valid .npz (not signed again)."""
-    from cait.fingerprints import FingerprintError, load, save
+    from cait.fingerprints import load, save
 
     folder = tmp_path_factory.mktemp("fp")
     path = save(folder / "fingerprints.npz", prints)
