@@ -5,7 +5,7 @@ and the batches with their content hashes.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,16 +144,22 @@ def hash_samples(images, targets):
     return torch.tensor([sample_hash(images[i], targets[i]) for i in range(len(images))], dtype=torch.int64)
 
 
-_HASH_THREAD: list = []  # the main process's hashing thread, started on first use
+_HASH_THREAD: dict = {}  # the main process's hashing thread (started on first use) and its latest task
 
 
 def hash_in_thread(images, targets) -> Future:
     """hash_samples in a thread beside the caller: BLAKE2b releases the GIL, so the training step (or
     the wait for the accelerator) goes on meanwhile. The tensors must not change until the result is read
-    (the training loop only reads its batch)."""
-    if not _HASH_THREAD:
-        _HASH_THREAD.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="cait-batch-hash"))
-    return _HASH_THREAD[0].submit(hash_samples, images, targets)
+    (the training loop only reads its batch). One batch at a time: a caller that collates faster than the
+    thread hashes waits for the previous batch's hashes, so pending batches never pile up in memory (the
+    training loop reads each batch's hashes before it asks for the next batch: it never waits here)."""
+    if "pool" not in _HASH_THREAD:
+        _HASH_THREAD["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cait-batch-hash")
+    previous = _HASH_THREAD.get("latest")
+    if previous is not None:
+        wait([previous])
+    _HASH_THREAD["latest"] = _HASH_THREAD["pool"].submit(hash_samples, images, targets)
+    return _HASH_THREAD["latest"]
 
 
 class CollateBatch:
