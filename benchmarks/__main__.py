@@ -1,6 +1,6 @@
 """Run every benchmark side by side and print one table: name, target, measured, met.
 
-  python -m benchmarks                  # the full figures (~3 minutes on 2 cores); benchmarks/README.md
+  python -m benchmarks                  # the full figures (benchmarks/README.md says how long)
   python -m benchmarks --smoke          # tiny sizes, to check that every benchmark still runs (tests)
   python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict logs pipeline loader memory
   python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
