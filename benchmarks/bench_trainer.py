@@ -4,7 +4,8 @@ Both train the default profile's model and batch (params.yaml: model, train.batc
 in-memory images, under the same numerics settings (device.deterministic), in alternating rounds so
 that a machine's changing load hits both alike. A third loop, the bare one without the deterministic
 settings, shows what those settings cost. The trainer's data path is the real one (keyed
-sampler, collate with per-sample hashing), and each step's row is kept and logged to MLflow (a local
+sampler, collate with per-sample hashing: in the loader processes, or with none in a thread beside the
+step, whose wait the loop's steps record), and each step's row is kept and logged to MLflow (a local
 SQLite store, params.yaml's tracking settings, system metrics included) as the train stage does; the
 curve CSV is written after the run, outside the timed steps (the default profile writes no
 checkpoints: train.checkpoint_every 0). Only the JPEG decoding is left out of both.
@@ -15,7 +16,7 @@ in CPU memory and each step's batch is copied to the device, by the bare loop di
 through its loader.
 
   python benchmarks/bench_trainer.py [--steps 20] [--rounds 3] [--params params.yaml] [--img-size 224 --batch-size 8]
-                                     [--json out.json]
+                                     [--workers 0 2] [--no-loose] [--json out.json]
 
 Target (issue 7): trainer >= 0.98 x the bare loop's steps/s.
 """
@@ -34,16 +35,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGET = 0.98
 
 
+def hash_cost(images, targets, repeats: int = 3) -> dict:
+    """The per-sample batch hashing of one collated batch, as the collate did it before issue 28 (each
+    sample's bytes copied out, then BLAKE2b) and as it does now (BLAKE2b over the bytes in place): the
+    best of `repeats` wall times, GB/s, and the CPU time of the current way. Both give the same values."""
+    import hashlib
+
+    import numpy as np
+
+    from cait.data import hash_samples
+
+    def copied_then_hashed():  # the code the batch_hash column was written with until issue 28
+        out = []
+        for i in range(len(images)):
+            h = hashlib.blake2b(digest_size=8)
+            for a in (images[i].numpy(), targets[i].numpy()):
+                h.update(str(a.dtype).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+            value = int(h.hexdigest(), 16)
+            out.append(value - (1 << 64) if value >= 1 << 63 else value)
+        return out
+
+    def best(fn):
+        times, cpu = [], []
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.thread_time()
+            value = fn()
+            times.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
+        return min(times), min(cpu), value
+
+    nbytes = images.numel() * images.element_size()
+    before_s, _, before = best(copied_then_hashed)
+    after_s, after_cpu_s, after = best(lambda: hash_samples(images, targets).tolist())
+    if before != after:
+        raise RuntimeError("the batch hash changed meaning: the current hashes differ from the recorded definition")
+    return {"bytes": nbytes, "before_s": before_s, "after_s": after_s, "after_cpu_s": after_cpu_s,
+            "before_gb_s": nbytes / before_s / 1e9, "after_gb_s": nbytes / after_s / 1e9}
+
+
 def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: int = 512,
-            img_size: int | None = None, batch_size: int | None = None, log=print) -> dict:
+            img_size: int | None = None, batch_size: int | None = None, workers=None, loose: bool = True,
+            log=print) -> dict:
     """Steps/s of the bare loop and of the trainer, side by side in alternating rounds; medians and their ratio.
 
-    `img_size` and `batch_size` override the profile's (cait_XXS24_224 at 224 on CPU needs a small batch)."""
+    `img_size` and `batch_size` override the profile's (cait_XXS24_224 at 224 on CPU needs a small batch).
+    `workers`: the trainer's loader process counts, each a trainer loop of every round (default: the
+    profile's train.num_workers); the top-level figures are the first count's, `by_workers` has each.
+    `loose=False` skips the bare loop without the deterministic settings. Each round also measures the
+    batch hashing of one batch (`hash_cost`), and each trainer step's wait for its hashing thread."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from cait.data import CollateBatch, StepBatchSampler
+    from cait.data import Batch, CollateBatch, StepBatchSampler
     from cait.fingerprints import FingerprintRecorder
     from cait.determinism import configure_numerics
     from cait.devices import resolve_device, synchronize
@@ -96,7 +141,15 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
         synchronize(device)
         return n / (time.perf_counter() - start)
 
-    def trainer(n: int) -> float:
+    class TimedBatch(Batch):  # times the loop's wait for the hashing thread (a thread beside the step)
+        @property
+        def sample_hashes(self):
+            start = time.perf_counter()
+            value = Batch.sample_hashes.fget(self)
+            waits.append(time.perf_counter() - start)
+            return value
+
+    def trainer(n: int, num_workers: int) -> float:
         model = fresh_model()
         total = warmup + n
         run_cfg = cfg.model_copy(update={"steps": total, "warmup_steps": min(cfg.warmup_steps or 0, total - 1)})
@@ -104,8 +157,9 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
 
         def make_loader(start_step):
             sampler = StepBatchSampler(images_n, cfg.batch_size, total, cfg.seed, start_step=start_step)
-            return DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=cfg.num_workers,
-                              pin_memory=device.type == "cuda")
+            loader = DataLoader(InMemory(), batch_sampler=sampler, collate_fn=CollateBatch(), num_workers=num_workers,
+                                pin_memory=device.type == "cuda")
+            return (TimedBatch(b.images, b.targets, b.step, b.positions, b.hashes) for b in loader)
 
         rows: list[dict] = []
         with tempfile.TemporaryDirectory() as tmp:  # the train stage's per-step work: keep the row, log it to MLflow
@@ -127,31 +181,54 @@ def measure(params, steps: int = 20, warmup: int = 3, rounds: int = 3, images: i
                   fingerprints=recorder)
             write_curve_csv(Path(tmp) / "curve.csv", rows)
             logger.finish("FINISHED")
+        del waits[:len(waits) - n]  # the timed steps' waits only
+        timed_waits.extend(waits)
+        waits.clear()
         return n / (stamps[-1] - stamps[warmup - 1])
 
-    bare, ours, loose = [], [], []
+    workers = tuple(workers) if workers is not None else (cfg.num_workers,)
+    waits: list[float] = []
+    timed_waits: list[float] = []
+    bare, loose_rates, hashing = [], [], []
+    ours: dict[int, list[float]] = {w: [] for w in workers}
     for r in range(rounds):
         configure_numerics(device.type, params.device.deterministic)
         bare.append(bare_loop(steps))
-        ours.append(trainer(steps))
-        if params.device.deterministic:  # for information: what the deterministic settings cost
+        for w in workers:
+            ours[w].append(trainer(steps, w))
+        hashing.append(hash_cost(pixels[:cfg.batch_size], labels[:cfg.batch_size]))
+        if not loose:
+            pass
+        elif params.device.deterministic:  # for information: what the deterministic settings cost
             configure_numerics(device.type, False)
-            loose.append(bare_loop(steps))
+            loose_rates.append(bare_loop(steps))
         else:  # the bare loop already ran without them
-            loose.append(bare[-1])
-        log(f"round {r}: bare {bare[-1]:.3f} steps/s, trainer {ours[-1]:.3f} steps/s, ratio {ours[-1] / bare[-1]:.3f}; "
-            f"bare without deterministic numerics {loose[-1]:.3f} steps/s")
+            loose_rates.append(bare[-1])
+        log(f"round {r}: bare {bare[-1]:.3f} steps/s, " + ", ".join(
+            f"trainer ({w} loader processes) {ours[w][-1]:.3f} steps/s, ratio {ours[w][-1] / bare[-1]:.3f}"
+            for w in workers) + (f"; bare without deterministic numerics {loose_rates[-1]:.3f} steps/s" if loose_rates else "")
+            + f"; hashing a batch {hashing[-1]['before_s'] * 1e3:.1f} -> {hashing[-1]['after_s'] * 1e3:.1f} ms")
     configure_numerics(device.type, params.device.deterministic)
+    by_workers = {w: {"trainer_steps_per_s": statistics.median(ours[w]),
+                      "ratio": statistics.median(o / b for o, b in zip(ours[w], bare)),
+                      "ratios": [o / b for o, b in zip(ours[w], bare)]} for w in workers}
+    first = workers[0]
+    hash_figures = {k: statistics.median(h[k] for h in hashing) for k in hashing[0]}
+    step_s = 1 / by_workers[first]["trainer_steps_per_s"]
+    hash_figures.update({"share_of_step": hash_figures["after_cpu_s"] / step_s,
+                         "wait_mean_s": statistics.fmean(timed_waits) if timed_waits else 0.0,
+                         "wait_max_s": max(timed_waits, default=0.0)})
+    hash_figures["wait_share_of_step"] = hash_figures["wait_mean_s"] / step_s
     return {"model": params.model.name, "img_size": img_size, "batch_size": cfg.batch_size,
             "device": device.type, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                                    else device.type),
-            "amp": cfg.amp or "fp32", "num_workers": cfg.num_workers, "steps": steps, "warmup": warmup,
-            "rounds": rounds, "images_per_s": statistics.median(ours) * cfg.batch_size,
+            "amp": cfg.amp or "fp32", "num_workers": first, "steps": steps, "warmup": warmup,
+            "rounds": rounds, "images_per_s": by_workers[first]["trainer_steps_per_s"] * cfg.batch_size,
             "bare_images_per_s": statistics.median(bare) * cfg.batch_size,
             "threads": torch.get_num_threads(), "deterministic": params.device.deterministic,
-            "bare_steps_per_s": statistics.median(bare), "trainer_steps_per_s": statistics.median(ours),
-            "loose_steps_per_s": statistics.median(loose),
-            "ratio": statistics.median(o / b for o, b in zip(ours, bare))}
+            "bare_steps_per_s": statistics.median(bare), "trainer_steps_per_s": by_workers[first]["trainer_steps_per_s"],
+            "loose_steps_per_s": statistics.median(loose_rates) if loose_rates else float("nan"),
+            "ratio": by_workers[first]["ratio"], "by_workers": by_workers, "hash": hash_figures}
 
 
 def main() -> int:
@@ -165,16 +242,27 @@ def main() -> int:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--img-size", type=int, help="override model.img_size (e.g. 224)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--workers", type=int, nargs="+", help="the trainer's loader process counts, each measured "
+                   "every round (default: train.num_workers)")
+    p.add_argument("--no-loose", action="store_true", help="skip the bare loop without deterministic numerics")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     r = measure(load_params(args.params), args.steps, args.warmup, args.rounds, args.images,
-                img_size=args.img_size, batch_size=args.batch_size, log=lambda line: print(line, flush=True))
+                img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, loose=not args.no_loose,
+                log=lambda line: print(line, flush=True))
     print(f"model {r['model']} {r['img_size']}px, batch {r['batch_size']}, threads {r['threads']}, "
           f"deterministic {r['deterministic']}: bare {r['bare_steps_per_s']:.3f} steps/s, trainer "
           f"{r['trainer_steps_per_s']:.3f} steps/s; median ratio {r['ratio']:.3f} (target >= {TARGET}); bare loop "
           f"without deterministic numerics {r['loose_steps_per_s']:.3f} steps/s")
     print(f"{r['device']} ({r['device_name']}), {r['amp']}, {r['num_workers']} loader process(es): trainer "
           f"{r['images_per_s']:.1f} images/s, bare loop {r['bare_images_per_s']:.1f} images/s")
+    for w, figures in r["by_workers"].items():
+        print(f"{w} loader process(es): trainer / bare {figures['ratio']:.3f} (rounds "
+              f"{', '.join(f'{x:.3f}' for x in figures['ratios'])})")
+    h = r["hash"]
+    print(f"batch hashing, {h['bytes'] / 1e6:.1f} MB: {h['before_gb_s']:.2f} GB/s before, {h['after_gb_s']:.2f} GB/s "
+          f"now; {h['after_cpu_s'] * 1e3:.1f} ms CPU = {h['share_of_step']:.2%} of a step; the loop waited "
+          f"{h['wait_mean_s'] * 1e3:.2f} ms a step for it (max {h['wait_max_s'] * 1e3:.2f})")
     if args.json:
         import json
 

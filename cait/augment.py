@@ -31,12 +31,14 @@ def keyed_rng(seed: int, purpose: int, *key: int) -> np.random.Generator:
 
 
 def digest(*arrays) -> str:
-    """A short content hash (BLAKE2b, 64 bits) of arrays or tensors, as 16 hex digits."""
+    """A short content hash (BLAKE2b, 64 bits) of arrays or tensors, as 16 hex digits: each one's dtype name,
+    then its bytes in C order. The bytes are read in place (no copy), and hashlib lets other threads run
+    meanwhile, so a batch can be hashed in a thread beside the training step (cait.data.CollateBatch)."""
     h = hashlib.blake2b(digest_size=8)
     for a in arrays:
         a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
         h.update(str(a.dtype).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 

@@ -5,11 +5,13 @@ and the batches with their content hashes.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cait.augment import batch_hash, sample_hash
 from cait.errors import DataError
 from cait.manifest import Manifest
 from cait.pixels import decode_eval_image, decode_rgb, normalise, open_rgb
@@ -115,43 +117,81 @@ class Batch:
     targets: object  # int64 labels, or float32 soft targets with Mixup/CutMix
     step: int
     positions: object  # int64 tensor: each sample's place in the global batch
-    sample_hashes: object  # int64 tensor: each sample's content hash (image and target)
+    hashes: object  # int64 tensor of each sample's content hash (image and target); or a Future of it while
+    # a thread computes it beside the step (see CollateBatch); None for an evaluation batch
+
+    @property
+    def sample_hashes(self):
+        """The samples' content hashes, waiting for the hashing thread if it is not done yet."""
+        if isinstance(self.hashes, Future):
+            self.hashes = self.hashes.result()
+        return self.hashes
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader (pin_memory=True) so that copies to the device can overlap compute."""
-        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.step, self.positions,
-                     self.sample_hashes)
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.step, self.positions, self.hashes)
 
     @property
     def hash(self) -> str:
         """This batch's hash; with one process it is the global batch's (see cait.augment.batch_hash)."""
-        from cait.augment import batch_hash
-
         return batch_hash(self.positions.numpy(), self.sample_hashes.numpy())
+
+
+def hash_samples(images, targets):
+    """int64 tensor: each sample's content hash (cait.augment.sample_hash of its image and target)."""
+    import torch
+
+    return torch.tensor([sample_hash(images[i], targets[i]) for i in range(len(images))], dtype=torch.int64)
+
+
+_HASH_THREAD: dict = {}  # the main process's hashing thread (started on first use) and its latest task
+
+
+def hash_in_thread(images, targets) -> Future:
+    """hash_samples in a thread beside the caller: BLAKE2b releases the GIL, so the training step (or
+    the wait for the accelerator) goes on meanwhile. The tensors must not change until the result is read
+    (the training loop only reads its batch). One batch at a time: a caller that collates faster than the
+    thread hashes waits for the previous batch's hashes, so pending batches never pile up in memory (the
+    training loop reads each batch's hashes before it asks for the next batch: it never waits here)."""
+    if "pool" not in _HASH_THREAD:
+        _HASH_THREAD["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cait-batch-hash")
+    previous = _HASH_THREAD.get("latest")
+    if previous is not None:
+        wait([previous])
+    _HASH_THREAD["latest"] = _HASH_THREAD["pool"].submit(hash_samples, images, targets)
+    return _HASH_THREAD["latest"]
 
 
 class CollateBatch:
     """Stack the samples of one step, apply Mixup/CutMix (keyed by the step) and hash each sample.
 
-    Runs in the loader worker, so hashing and mixing cost the training loop nothing.
+    In a loader worker process the hashing happens there; in the main process (train.num_workers 0) it
+    runs in a thread beside the training step and the loop reads the result after the step
+    (`Batch.sample_hashes`). The samples are stacked by numpy: one plain copy, where torch.stack would
+    start a parallel region per sample (slow on a busy CPU). `hashes=False` (evaluation) hashes nothing.
     """
 
-    def __init__(self, *, mixup=None, num_classes: int = 0, smoothing: float = 0.0, seed: int = 0):
+    def __init__(self, *, mixup=None, num_classes: int = 0, smoothing: float = 0.0, seed: int = 0,
+                 hashes: bool = True):
         self.mixup, self.num_classes, self.smoothing, self.seed = mixup, num_classes, smoothing, seed
+        self.hashes = hashes
 
     def __call__(self, samples) -> Batch:
         import torch
+        from torch.utils.data import get_worker_info
 
-        from cait.augment import mix_batch, sample_hash
+        from cait.augment import mix_batch
 
-        images = torch.stack([s[0] for s in samples])
+        images = torch.from_numpy(np.stack([np.asarray(s[0]) for s in samples]))
         targets = torch.tensor([s[1] for s in samples], dtype=torch.int64)
         step = samples[0][2]
         positions = torch.tensor([s[3] for s in samples], dtype=torch.int64)
         if self.mixup is not None and self.mixup.enabled:
             images, targets = mix_batch(images, targets, self.mixup, num_classes=self.num_classes,
                                         smoothing=self.smoothing, seed=self.seed, step=step)
-        hashes = torch.tensor([sample_hash(images[i], targets[i]) for i in range(len(samples))], dtype=torch.int64)
+        hashes = None
+        if self.hashes:
+            hashes = hash_samples(images, targets) if get_worker_info() is not None else hash_in_thread(images, targets)
         return Batch(images, targets, step, positions, hashes)
 
 
@@ -180,4 +220,4 @@ def eval_loader(manifest: Manifest, *, img_size: int, batch_size: int, crop_rati
     dataset = ManifestDataset(manifest, "val", img_size, eval_crop_ratio=crop_ratio)
     indices = list(range(rank, len(dataset), world_size))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                      collate_fn=CollateBatch(), persistent_workers=False)
+                      collate_fn=CollateBatch(hashes=False), persistent_workers=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"trainer": 2, "efficiency": 2, "tracking": 3, "verdict": 2, "logs": 1, "pipeline": 2, "loader": 1,
+EXPECTED = {"trainer": 5, "efficiency": 2, "tracking": 3, "verdict": 2, "logs": 1, "pipeline": 2, "loader": 1,
             "memory": 2}
 
 

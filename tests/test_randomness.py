@@ -180,3 +180,58 @@ def test_rand_augment_handles_every_op_at_full_magnitude():
         seen.add(augment.names[int(keyed_rng(0, 99, key).choice(len(augment.names), 1)[0])])
         assert augment(image, rng).size == (32, 32)
     assert seen == set(augment.names)
+
+
+def test_sample_hash_keeps_its_meaning_and_the_thread_gives_the_same():
+    """The hashes are BLAKE2b of (dtype name, bytes) as curves recorded before hold them: read in place
+    now, and computed in a thread in the main process, the values are the same."""
+    import hashlib
+
+    from cait.augment import sample_hash
+    from cait.data import hash_in_thread, hash_samples
+
+    def recorded_before(*arrays):  # the definition the batch_hash column was written with
+        h = hashlib.blake2b(digest_size=8)
+        for a in arrays:
+            h.update(str(a.numpy().dtype).encode())
+            h.update(np.ascontiguousarray(a.numpy()).tobytes())
+        value = int(h.hexdigest(), 16)
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, 8, 8, generator=generator)
+    for targets in (torch.tensor([0, 1, 2]), torch.rand(3, 4, generator=generator)):  # labels, soft targets
+        expected = [recorded_before(images[i], targets[i]) for i in range(3)]
+        assert [sample_hash(images[i], targets[i]) for i in range(3)] == expected
+        assert hash_samples(images, targets).tolist() == expected
+        assert hash_in_thread(images, targets).result().tolist() == expected
+
+
+def test_a_changed_pixel_or_augmentation_draw_changes_the_batch_hash(manifest, monkeypatch):
+    from cait.augment import SampleTransform, keyed_rng
+    from cait.data import CollateBatch, ManifestDataset, SampleKey
+
+    dataset = ManifestDataset(manifest, "train", 32, augment=FULL_AUGMENT, seed=3)
+    keys = [SampleKey(index, 5, position) for position, index in enumerate(range(8))]
+    collate = CollateBatch(mixup=FULL_MIXUP, num_classes=4, smoothing=0.1, seed=3)
+    reference = collate([dataset[k] for k in keys])
+    assert collate([dataset[k] for k in keys]).hash == reference.hash  # deterministic
+
+    # one float of one sample one ulp away
+    samples = [dataset[k] for k in keys]
+    image = samples[6][0].clone()
+    image[1, 17, 9] = torch.nextafter(image[1, 17, 9], torch.tensor(float("inf")))
+    samples[6] = (image, *samples[6][1:])
+    assert collate(samples).hash != reference.hash
+
+    # the augmentation draws of one sample (position 2) from another generator; the rest as before
+    rng = SampleTransform.rng
+    monkeypatch.setattr(SampleTransform, "rng", lambda self, step, position: keyed_rng(self.seed, 1, step, position, 1)
+                        if position == 2 else rng(self, step, position))
+    changed = collate([dataset[k] for k in keys])
+    assert not torch.equal(changed.images[2], reference.images[2]) and changed.hash != reference.hash
+    monkeypatch.undo()
+
+    # the Mixup/CutMix draw of the step (keyed by the seed)
+    remixed = CollateBatch(mixup=FULL_MIXUP, num_classes=4, smoothing=0.1, seed=4)([dataset[k] for k in keys])
+    assert remixed.hash != reference.hash
