@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from pipelines import cli
 from pipelines.params import load_params
 from pipelines.review import DEFAULT_UI_HOST, DEFAULT_UI_PORT, experiment_tags, view_link
 
+STOP_GRACE_S = 10.0  # seconds a stopping server may take before it is killed
 START_TIMEOUT_S = 300  # a first start migrates a new SQLite store; on a loaded 2-core machine a start took 40-150 s
 
 
@@ -63,7 +66,9 @@ def serve(uri: str, host: str = DEFAULT_UI_HOST, port: int = DEFAULT_UI_PORT, ar
         raise TrackingError(f"{host}:{port}: the port is taken (another `make ui`?); open that one, or pass --port")
     base = f"http://{host}:{port}"
     log = tempfile.TemporaryFile("w+")  # not a pipe: the server's log would fill it and stall the server
-    server = subprocess.Popen(server_command(uri, host, port, artifacts), stdout=subprocess.DEVNULL, stderr=log)
+    # a session of its own: mlflow's CLI runs the web server as a child, and both must go when the block ends
+    server = subprocess.Popen(server_command(uri, host, port, artifacts), stdout=subprocess.DEVNULL, stderr=log,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -80,12 +85,21 @@ def serve(uri: str, host: str = DEFAULT_UI_HOST, port: int = DEFAULT_UI_PORT, ar
                 time.sleep(0.5)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
+
+
+def stop(server: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """End the server's whole process group: SIGTERM (the web server's graceful shutdown), then SIGKILL after
+    `grace_s`; a graceful shutdown waits for open browser connections, so it is bounded."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def view_url(base: str, experiment: str) -> str:

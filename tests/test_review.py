@@ -274,5 +274,11 @@ def test_the_ui_command_serves_the_verdict_view_as_printed(project):
         charts = [c for c in view["compareRunCharts"] if c["type"] == "LINE" and not c["deleted"]]
         assert ["loss", "baseline_loss"] in [c["selectedMetricKeys"] for c in charts]
     finally:
-        ui.send_signal(signal.SIGINT)
-        assert ui.wait(timeout=60) == 0
+        ui.send_signal(signal.SIGINT)  # Ctrl-C: the UI and its server stop (the server within STOP_GRACE_S)
+        try:
+            out, err = ui.communicate(timeout=120)  # draining both pipes: a full one would stall the process
+        except subprocess.TimeoutExpired:
+            ui.kill()
+            out, err = ui.communicate()
+            raise AssertionError(f"the UI did not stop within 120 s of Ctrl-C: {out[-500:]} {err[-2000:]}") from None
+        assert ui.returncode == 0, err[-2000:]
