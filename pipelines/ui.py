@@ -120,6 +120,10 @@ def view_url(base: str, experiment: str) -> str:
     return view_link(base, experiment_id)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     from pipelines.tracking import tracking_uri
 
@@ -132,6 +136,11 @@ def main(argv=None) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"ui: {uri} is a tracking server and its own UI: {view_url(uri.rstrip('/'), params.tracking.experiment)}")
         return 0
+    # Ctrl-C or a service manager's SIGTERM stops the UI and its server: installed here, since a process started in
+    # the background of a non-interactive shell (a CI job, `cmd &`) inherits SIGINT ignored and Python then never
+    # raises KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     with serve(uri, args.host, args.port) as base:
         print(f"ui: the verdicts of {params.tracking.experiment}: {view_url(base, params.tracking.experiment)}",
               flush=True)
