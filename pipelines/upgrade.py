@@ -157,16 +157,16 @@ def upgrade_fingerprints(path: Path, out: Path, keep: list[str], source_path: Pa
                          probes: list[str], precision: str) -> str:
     """The fingerprint file with only `keep`'s spread rows, plus the source file's rows of `probes` (renamed
     '<source device>:<probe>') where its entries are the same; returns what was done."""
-    from cait.fingerprints import load, save
+    from cait.fingerprints import load_reference, save
 
-    prints = load(path)
+    prints = load_reference(path)
     names = list(prints.variants)
     rows = [names.index(n) for n in keep if n in names]
     kept = [names[i] for i in rows]
     spread = {step: {phase: values[rows] for phase, values in phases.items()} for step, phases in prints.spread.items()}
     added = []
     if source_path is not None and probes:
-        other = load(source_path)
+        other = load_reference(source_path)
         theirs = list(other.variants)
         device = other.meta.get("device_name") or other.meta.get("device") or "other"
         take = [theirs.index(p) for p in probes if p in theirs]
@@ -218,10 +218,11 @@ def add_variants(path: Path, runs: list[tuple], out: Path | None = None) -> list
     new numerics variant, with the reference's params, data and device name; their fingerprints' spread joins
     the file beside it. What a variant run cannot prove (that it ran on the same machine kind) is the record's
     device name, as for any envelope run."""
-    from cait.fingerprints import load, save
+    from cait.fingerprints import load_reference, save
     from cait.portbugs import describe
     from pipelines.baselines import EnvelopeRun, record_precision
-    from pipelines.localize import check_compatible, relative_errors
+    from pipelines.layout import RECORD
+    from pipelines.localize import read_run_fingerprints, with_spread
     from pipelines.params import diff_keys, hash_json
 
     baseline = load_baseline(path)
@@ -231,7 +232,7 @@ def add_variants(path: Path, runs: list[tuple], out: Path | None = None) -> list
                             f"(python -m pipelines.stages.baseline upgrade --baseline {path})")
     prov, have = baseline.provenance, {r.variant for r in baseline.envelope_runs}
     prints_path = path.with_name(FINGERPRINTS)
-    prints = load(prints_path) if prints_path.exists() else None
+    prints = load_reference(prints_path) if prints_path.exists() else None
     lines = []
     for curve, record, source in runs:
         name = record.get("numerics_variant")
@@ -265,16 +266,10 @@ def add_variants(path: Path, runs: list[tuple], out: Path | None = None) -> list
                                                                          if same else ""))
         run_prints = Path(source).parent / FINGERPRINTS
         if prints is not None and run_prints.exists():
-            variant = load(run_prints)
-            check_compatible(variant, prints, str(run_prints), str(prints_path))
-            rows = {}
-            for step, phases in prints.steps.items():
-                for phase, ref in phases.items():
-                    other = variant.steps.get(step, {}).get(phase)
-                    row = relative_errors(other, ref) if other is not None else np.full(len(ref.names), np.nan)
-                    rows.setdefault(step, {})[phase] = row
-            prints.spread = {step: {phase: np.vstack([values, rows[step][phase][None, :]])
-                                    for phase, values in phases.items()} for step, phases in prints.spread.items()}
+            # the file its record names (checked as the chain checks a run's), its rows as make baseline makes them
+            row = with_spread(prints, {name: read_run_fingerprints(run_prints, run_prints.with_name(RECORD))}).spread
+            prints.spread = {step: {phase: np.vstack([values, row[step][phase]]) for phase, values in phases.items()}
+                             for step, phases in prints.spread.items()}
             prints.meta = {**prints.meta, "envelope_variants": [*prints.variants, name]}
         elif prints is not None:
             lines.append(f"{name}: no fingerprints beside {source}; localize's tolerance leaves it out")

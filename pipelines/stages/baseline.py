@@ -329,10 +329,10 @@ def main(argv=None) -> int:
         runs = [run for run in runs if not run[1].get("numerics_variant") and record_precision(run[1]) == own]
         runs.sort(key=lambda run: run[1]["curve_params"]["train"]["seed"] != params.train.seed)
         # fingerprints beside each run's curve, when it came from a folder (not from MLflow)
-        reference_prints = folders[id(runs[0])] / FINGERPRINTS if id(runs[0]) in folders else None
-        own = record_precision(runs[0][1])  # the own policy's variants give localize's tolerance
+        reference_prints = folders[id(runs[0])] / FINGERPRINTS if runs and id(runs[0]) in folders else None
         variant_prints = {run[1]["numerics_variant"]: folders[id(run)] / FINGERPRINTS for run in envelope_runs
                           if id(run) in folders and run[1].get("numerics_variant") and record_precision(run[1]) == own}
+        # (only the own policy's variants: they give localize's tolerance)
     baseline = baseline_from_runs(runs, params.profile, envelope_runs)
     prints = baseline_prints(out, baseline, reference_prints, variant_prints)  # checked before anything is written
     save_baseline(out, baseline)
