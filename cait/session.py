@@ -62,6 +62,7 @@ class Callbacks:
     on_start: Callable[[Session], None] | None = None
     on_step: Callable[[dict], None] | None = None
     on_epoch: Callable[[dict], None] | None = None
+    stop_check: Callable[[dict], str] | None = None  # every rank: a reason ends the run after that step (fail fast)
 
 
 def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device: DeviceConfig, *, data_dir: Path,
@@ -165,7 +166,7 @@ def run_session(data: DataConfig, model: ModelConfig, train: TrainConfig, device
         summary = train_loop(net, make_loader, torch_device, cfg, steps_per_epoch=steps_per_epoch, ctx=ctx,
                              checkpoints=plan, resume=resume_state, make_eval_loader=make_eval_loader,
                              on_step=on_step, on_epoch=callbacks.on_epoch, patch=patch, fingerprints=recorder,
-                             stop_after=stop_after)
+                             stop_after=stop_after, stop_check=callbacks.stop_check)
         if not ctx.is_main:
             return SessionResult(session, summary, None)
         fingerprint_path = out_dir / FINGERPRINTS

@@ -203,7 +203,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
           make_eval_loader: Callable[[], object] | None = None,
           on_step: Callable[[dict], None] | None = None,
           on_epoch: Callable[[dict], None] | None = None, patch=None, fingerprints=None,
-          stop_after: int | None = None) -> RunSummary:
+          stop_after: int | None = None, stop_check: Callable[[dict], str] | None = None) -> RunSummary:
     """Train `model` on the Batches `make_loader(start_step)` yields, one optimizer step per batch.
 
     `resume` is a loaded checkpoint (cait.checkpoint.load_checkpoint): the run continues at its step
@@ -211,6 +211,8 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
     `patch` (cait.portbugs.RunPatch) injects a numerics variant or a port bug: the one seam for them.
     `fingerprints` (cait.fingerprints.FingerprintRecorder) hooks the model on its steps only. `stop_after`
     ends the run after that step (a replay up to a step where curves part; the schedule stays the full run's).
+    `stop_check` sees every finished step's row on every rank (the loss is the global mean: every rank decides
+    alike); a non-empty string it returns ends the run after that step, as `summary.stopped` (fail fast).
     """
     import torch
 
@@ -322,6 +324,9 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
                 on_step(row)
             if not math.isfinite(value) and cfg.stop_on_nonfinite:
                 summary.stopped = f"non-finite loss {value} at step {step}"
+                break
+            if stop_check is not None and (why := stop_check(row)):
+                summary.stopped = why
                 break
 
             epoch_end = (step + 1) % steps_per_epoch == 0 or step + 1 == total

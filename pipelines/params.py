@@ -130,6 +130,14 @@ class ForeignPolicyConfig(Section):
         return self
 
 
+class FailFastConfig(Section):
+    """Stop the train stage once its verdict is certain to be `fail` (pipelines/failfast.py): only under the
+    envelope rule gating with max_outside_fraction 0, where one step outside decides. Values: params.yaml."""
+
+    enabled: bool = False
+    confirm_steps: int = Field(3, ge=0)  # steps trained after the failing one before stopping
+
+
 class CompareConfig(Section):
     baseline: str = "baselines/default/baseline.json"
     min_steps: int = Field(50, gt=0)  # a shorter curve proves nothing: inconclusive
@@ -140,6 +148,7 @@ class CompareConfig(Section):
     divergence: DivergenceConfig = DivergenceConfig()
     rules: RulesConfig = RulesConfig()
     foreign: ForeignPolicyConfig = ForeignPolicyConfig()  # the policy for logs without a run record
+    fail_fast: FailFastConfig = FailFastConfig()  # the train stage stops once the verdict is a certain fail
 
     _policy = model_validator(mode="after")(_check_policy)
 

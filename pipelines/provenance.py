@@ -40,7 +40,7 @@ def write_record(path: Path | str, record: dict) -> None:
 RECORD_FIELDS = ("environment", "params_hash", "curve_params", "data_manifest_hash")
 # what differs between two runs that train the same curve: run.json, not train.json
 RUN_INFO_FIELDS = ("mlflow_run_id", "mlflow_parent_run_id", "mlflow_experiment_id", "tracking_uri", "git_commit",
-                   "date", "wall_s", "mean_samples_per_s")
+                   "date", "wall_s", "mean_samples_per_s", "stopped_early_seconds", "failed_after_seconds")
 RUN_INFO_ENVIRONMENT = ("host", "platform")  # environment fields that name the machine, not the numerics
 
 
@@ -95,6 +95,9 @@ def read_run_info(path: Path | str, curve_sha256: str | None) -> tuple[dict, str
 def with_run_info(record: dict, info: dict) -> dict:
     """train.json's record joined with its run.json: one dict, as train.json held before the split."""
     merged = {**record, **{k: info[k] for k in RUN_INFO_FIELDS if k in info}}
+    if isinstance(record.get("stopped_early"), dict):  # fail fast's seconds, where run.json has them
+        merged["stopped_early"] = {**record["stopped_early"], "seconds": info.get("stopped_early_seconds"),
+                                   "failed_after_s": info.get("failed_after_seconds")}
     environment = info.get("environment")
     if isinstance(environment, dict):
         merged["environment"] = {**record.get("environment", {}), **environment}

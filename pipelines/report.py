@@ -87,7 +87,13 @@ def render_overlay(path: Path, candidate, baseline, verdict: dict, labels: tuple
                  label=f"{label} (smoothed)")
     top.set_ylabel("Loss")
     status = verdict["status"]
-    top.set_title(f"{verdict['profile']}: {status.upper()}", color=STATUS_COLOURS.get(status, "black"))
+    stopped = verdict.get("stopped_early")
+    title = f"{verdict['profile']}: {status.upper()}"
+    if stopped:  # fail fast: the candidate's curve ends where the run stopped, said in the title and on the plot
+        title += f" (stopped early at step {stopped.get('stopped_step')})"
+        top.axvline(stopped.get("stopped_step"), color=STATUS_COLOURS.get(status, "black"), linestyle=":",
+                    linewidth=1.2, label=f"stopped early at step {stopped.get('stopped_step')} (fail fast)")
+    top.set_title(title, color=STATUS_COLOURS.get(status, "black"))
     top.legend(loc="upper right", fontsize="small")
     top.grid(alpha=0.3)
     n = min(len(candidate.loss), len(baseline.loss))
@@ -386,6 +392,16 @@ def divergence_words(verdict: dict) -> str:
     return "the curves' first step beyond tolerance"
 
 
+def stopped_html(verdict: dict) -> str:
+    """The banner's line for a run fail fast stopped (pipelines/failfast.py); '' for a full run."""
+    stopped = verdict.get("stopped_early")
+    if not stopped:
+        return ""
+    return (f"<p id=\"stopped-early\"><b>Stopped early at step {html.escape(str(stopped.get('stopped_step')))}</b> "
+            f"(fail fast; first step outside: {html.escape(str(stopped.get('failed_step')))}): the curve ends there, "
+            f"the verdict was already certain. {html.escape(str(stopped.get('reason', '')))}</p>")
+
+
 def render_html(path: Path, verdict: dict, environments: list[tuple[str, str, str]], record: dict | None,
                 overlay_png: Path, throughput: list[list[str]], zoom_png: Path | None = None,
                 band_shown: bool = False, envelope_shown: bool = False, verdict_sha256: str = "",
@@ -446,7 +462,7 @@ pre {{ background: #f6f8fa; padding: 0.8rem; overflow-x: auto; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <div class="banner" id="verdict"><h1>Verdict: {status.upper()}</h1>
-<p>profile <b>{html.escape(verdict['profile'])}</b>, baseline <code>{html.escape(str(verdict['baseline']))}</code>
+{stopped_html(verdict)}<p>profile <b>{html.escape(verdict['profile'])}</b>, baseline <code>{html.escape(str(verdict['baseline']))}</code>
 recorded on {html.escape(verdict.get('baseline_device', ''))}</p></div>
 {where_top}
 <h2>Why</h2><ul id="reasons">{''.join(f'<li>{html.escape(r)}</li>' for r in verdict['reasons'])}</ul>

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from cait.errors import HarnessError
@@ -32,6 +33,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every few
     seconds; `quiet` leaves only the closing summary. Layer fingerprints (train.fingerprints) go to
     fingerprints.npz beside the curve. `stop_after` ends the run after that step (localize's replay).
+    With compare.fail_fast on, each step is judged as it comes (pipelines/failfast.py) and the run stops once
+    its verdict is a certain fail; train.json's `stopped_early` says where and why (null for a full run).
     The training itself is cait's session (cait/session.py); this adds MLflow, the progress display,
     the per-step lines, the curve and the run record.
     """
@@ -39,6 +42,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
 
     curve_path, record_path, partial_path = out_dir / CURVE, out_dir / RECORD, out_dir / PARTIAL_CURVE
     state: dict = {}  # what on_start set up: the session, the MLflow logger, the progress display
+    started = time.perf_counter()  # fail fast's seconds count from here: the set-up is part of the wait
 
     def on_start(session: Session) -> None:
         ctx, device = session.ctx, session.device
@@ -58,6 +62,14 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
                            **{f"numerics.{k}": v for k, v in session.numerics.items()},
                            **{f"env.{k}": v for k, v in session.environment.items() if v not in ("", None)}})
         state.update(session=session, commit=commit, logger=logger)
+        from pipelines.failfast import plan
+
+        watch, note = plan(params, precision=session.precision, total_steps=session.total_steps,
+                           record={"curve_params": params.curve_defining(), "data_manifest_hash": session.manifest.hash,
+                                   "data_pixels_hash": session.pixels_hash})
+        state["failfast"] = watch
+        if note and ctx.is_main:
+            print(f"train: {note}", file=sys.stderr)
         logger.start_system_metrics(params.tracking.system_metrics_every_s)
         progress = Progress(session.total_steps, f"train {params.profile} on {device.type}",
                             quiet=quiet or not ctx.is_main)
@@ -70,6 +82,11 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         progress.update(1, loss=f"{row['loss']:.4f}", ips=f"{row['samples_per_s']:.1f}")
         state["logger"].log_step(row)
 
+    def stop_check(row: dict) -> str:
+        watch = state.get("failfast")
+        decision = watch.observe(row["step"], row["loss"], time.perf_counter() - started) if watch else None
+        return decision["reason"] if decision else ""
+
     def on_epoch(metrics: dict) -> None:
         state["progress"].write(f"Epoch[{metrics['epoch']}]: val_loss {metrics['val_loss']:.4f} "
                                 f"acc1 {metrics['top1']:.2f} acc5 {metrics['top5']:.2f} "
@@ -80,7 +97,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     try:
         result = run_session(params.data, params.model, params.train, params.device, data_dir=data_dir,
                              out_dir=out_dir, params_hash=params.curve_hash(),
-                             callbacks=Callbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch),
+                             callbacks=Callbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch,
+                                                 stop_check=stop_check),
                              resume=resume, stop_after=stop_after,
                              fingerprint_meta={"profile": params.profile, "model": params.model.name,
                                                "params_hash": params.curve_hash(),
@@ -119,6 +137,9 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     write_curve_csv(curve_path, rows)
     partial_path.unlink(missing_ok=True)
     fingerprint_path = result.fingerprint_path
+    watch = state.get("failfast")
+    stopped_early = watch.decision if watch is not None and watch.decision is not None and \
+        summary.stopped == watch.decision["reason"] else None
     record = {
         "profile": params.profile,
         "mlflow_run_id": logger.run_id,
@@ -145,6 +166,13 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         "fingerprints_sha256": file_sha256(fingerprint_path),  # the layer fingerprints localize reads
         "resumed_from_step": summary.resumed_from,
         "stopped": summary.stopped,
+        "total_steps": session.total_steps,  # the run's length: a curve shorter than it is a stopped run's
+        # fail fast: where and why the run stopped (null: a full run, or one not stopped by fail fast); its seconds
+        # from the run's start differ in every run, so they go to run.json (stopped_early_seconds, joined back by read_run)
+        "stopped_early": ({k: v for k, v in stopped_early.items() if k not in ("seconds", "failed_after_s")}
+                          if stopped_early else None),
+        "stopped_early_seconds": stopped_early["seconds"] if stopped_early else None,
+        "failed_after_seconds": stopped_early["failed_after_s"] if stopped_early else None,
         "wall_s": summary.wall_s,
         "mean_samples_per_s": sum(r["samples_per_s"] for r in rows[1:]) / max(1, len(rows) - 1),
         "epochs": summary.epochs,
@@ -153,6 +181,14 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     sidecars = write_run_record(record_path, record, rows)  # timing.csv, run.json, then train.json
     # one-value numbers are tags (columns), not metrics: the UI would draw each as a chart of one bar
     logger.set_tags({"wall_s": f"{summary.wall_s:.1f}", "final_loss": repr(rows[-1]["loss"]) if rows else "nan"})
+    if params.compare.fail_fast.enabled:
+        logger.set_tags({"fail_fast": "stopped" if stopped_early else ("watched" if watch is not None else "off")})
+    if stopped_early:
+        logger.set_tags({"stopped_early": f"stopped early at step {stopped_early['stopped_step']}",
+                         "stopped_early.step": str(stopped_early["stopped_step"]),
+                         "stopped_early.failed_step": str(stopped_early["failed_step"]),
+                         "stopped_early.seconds": f"{stopped_early['seconds']:.1f}",
+                         "stopped_early.reason": stopped_early["reason"][:4000]})
     if summary.best_top1 is not None:
         logger.log_metrics({"best_top1": summary.best_top1})
     logger.log_artifact(curve_path)

@@ -73,6 +73,7 @@ class Verdict:
     alignment: dict = field(default_factory=dict)
     baseline_runs: int = 1
     gate: list[str] = field(default_factory=list)  # the rules that decided this verdict
+    stopped_early: dict | None = None  # a fail-fast run's stop: failed_step, stopped_step, reason (else None)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -287,6 +288,19 @@ def envelope_rule(candidate, reference, width, steps=None, *, k, floor_relative,
                       numbers, thresholds)
 
 
+def envelope_sides(baseline, precision: str | None, exclude: str | None = None) -> tuple:
+    """(width, reference, missing): what the envelope rule judges a candidate of precision policy `precision` with,
+    from a stored baseline (pipelines/baselines.py Baseline): the envelope of the baseline's own policy (reference
+    None: around the curve the candidate is paired with) or of another policy (reference: that policy's reference
+    run); width None where there is none, and `missing` says why (the compare stage and fail fast read it here)."""
+    policy = precision or baseline.precision
+    missing = baseline.envelope_missing(policy)
+    found = None if missing else baseline.policy_envelope(policy, exclude=exclude)
+    if found is None:
+        return None, None, missing
+    return found[1], (found[0] if policy != baseline.precision else None), missing
+
+
 def throughput_rule(candidate_ips, baseline_ips, *, min_ratio, max_ratio, gating=False) -> RuleResult:
     """The candidate's mean samples/s over the baseline's within [min_ratio, max_ratio]; not applicable when
     either side has no throughput (a log without one, an old record)."""
@@ -348,7 +362,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            trend: dict, divergence: dict, alignment: str = "steps",
            band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict,
            envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict,
-           samples_per_s: tuple | None = None, envelope_reference: np.ndarray | None = None) -> Verdict:
+           samples_per_s: tuple | None = None, envelope_reference: np.ndarray | None = None,
+           stopped_early: dict | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `modelzoo`, `strict`, `band`, `trend`, `envelope`, `throughput` and `divergence` are every rule's settings
@@ -363,6 +378,10 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     cannot run (inconclusive if it gates; `envelope_missing` says why and what to do). `envelope_reference` is
     the curve the envelope is measured around when it is not `baseline` (another precision policy's reference).
     `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule.
+    `stopped_early` is a fail-fast run's stop (pipelines/failfast.py: failed_step, stopped_step, reason): its curve
+    is truncated, so the envelope rule judges the steps it has whatever min_steps says, rules that cannot judge a
+    truncated curve are notes, and the verdict is `fail` only where the gating envelope rule fails here too (the
+    stop is re-judged, never trusted): else inconclusive, never pass.
     """
     divergence = dict(divergence)
     candidate = np.asarray(candidate, dtype=np.float64)
@@ -411,7 +430,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     too_few: dict[str, RuleResult] = {}
     for name in (r for r in active if r in settings):
         pairs, how = (n_pos, "by position") if name in BY_POSITION else (n, "on matching step numbers")
-        if n_pos and pairs < min_steps:
+        if n_pos and pairs < min_steps and not (stopped_early and name == "envelope"):
             why = unaligned if name in BY_STEP and unaligned else (
                 f"only {pairs} step(s) paired {how} (candidate {len(candidate)}, baseline {len(baseline)} "
                 f"points); compare.min_steps is {min_steps}")
@@ -475,7 +494,17 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
             notes.append(f"envelope rule not applied: {why}")
     for name, rule in rules.items():
         if not rule.applicable:
-            (reasons if rule.gating else notes).append(f"{name} rule not applied: {rule.summary}")
+            (reasons if rule.gating and not stopped_early else notes).append(
+                f"{name} rule not applied: {rule.summary}" + (" (the run stopped early)" if stopped_early else ""))
+    stop_line = ""
+    if stopped_early:
+        env = rules.get("envelope")
+        stop_line = (f"stopped early at step {stopped_early.get('stopped_step')} (fail fast): "
+                     f"{stopped_early.get('reason', '')}")
+        if env is None or not env.gating or not env.applicable or env.passed:
+            reasons.append(f"the run stopped early at step {stopped_early.get('stopped_step')} (fail fast), but the "
+                           f"gating envelope rule does not fail its curve here: a truncated curve is not judged as a "
+                           f"full one; rerun the train stage (with compare.fail_fast.enabled false for a full curve)")
     # step numbers that differ by side: said loudly, with how each rule paired them
     pairing_line = ""
     if steps_differ:
@@ -514,9 +543,9 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
             notes.append(split_line)
         reasons += [pairing_line] if pairing_line else []
     else:
-        failed = [r for r in rules.values() if r.gating and not r.passed]
+        failed = [r for r in rules.values() if r.gating and not r.passed and r.applicable]
         status = FAIL if failed else PASS
-        reasons = [f"{r.name}: {r.summary}" for r in failed] or [
+        reasons = ([stop_line] if stop_line else []) + [f"{r.name}: {r.summary}" for r in failed] or [
             f"{r.name}: {r.summary}" for r in rules.values() if r.gating]
         reasons += [pairing_line] if pairing_line else []
         reasons += [f"informative rule {r.name} fails: {r.summary}" for r in rules.values()
@@ -528,4 +557,5 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
                    candidate_steps=len(candidate), baseline_steps=len(baseline), modelzoo_lines=lines, notes=notes,
                    first_divergence_step=first_split, divergence=divergence,
                    alignment=alignment_info,
-                   baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1, gate=list(gate))
+                   baseline_runs=int(band_stats.get("runs", 1)) if band_stats is not None else 1, gate=list(gate),
+                   stopped_early=dict(stopped_early) if stopped_early else None)

@@ -150,6 +150,8 @@ def status_contradiction(data: dict) -> str:
     gating = sorted(name for name, rule in rules.items() if rule["gating"])
     failed = [name for name in gating if not rules[name]["passed"]]
     named = data.get("gate")
+    if status == "pass" and data.get("stopped_early"):
+        return "status 'pass' but the run stopped early (stopped_early): a truncated curve never passes"
     if status == "pass":
         if not isinstance(named, list) or not named or not all(isinstance(name, str) for name in named):
             return "status 'pass' but field 'gate' names no rule that decided it"

@@ -30,7 +30,7 @@ from pipelines.provenance import file_id, file_sha256, read_run, write_record
 from pipelines.report import write_report
 from pipelines.review import flat_metrics, log_review, report_link, timing_rule, with_timing
 from pipelines.tracking import RunLogger, tracking_uri, workspace_path
-from pipelines.verdict import decide
+from pipelines.verdict import decide, envelope_sides
 from pipelines.verdict_file import EXIT_BY_STATUS, input_entry, write_verdict
 
 FOREIGN_OUT = REPORTS_DIR / "logs" / VERDICT
@@ -58,23 +58,17 @@ def policy_for(cfg, own_runs: bool) -> dict:
 
 def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
           refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None,
-          samples_per_s: tuple | None = None, precision: str | None = None):
+          samples_per_s: tuple | None = None, precision: str | None = None, stopped_early: dict | None = None):
     """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
     the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
     leaves one numerics variant out of the envelope (a held-out legitimate run). `precision` is the candidate's
     precision policy (pipelines/baselines.py record_precision): the envelope rule judges it against that policy's
-    envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none."""
+    envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none.
+    `stopped_early` is a fail-fast run's record of its stop (train.json): its truncated curve is judged as such."""
     rules = cfg.rules
     stats = baseline_obj.stats() if baseline_obj is not None else None
-    width = reference = None
-    missing = ""
-    if baseline_obj is not None:
-        policy = precision or baseline_obj.precision
-        missing = baseline_obj.envelope_missing(policy)
-        found = None if missing else baseline_obj.policy_envelope(policy, exclude=envelope_exclude)
-        if found is not None:
-            width = found[1]
-            reference = found[0] if policy != baseline_obj.precision else None  # the own policy: the paired curve
+    width, reference, missing = (envelope_sides(baseline_obj, precision, envelope_exclude) if baseline_obj is not None
+                                 else (None, None, ""))
     return decide(candidate.steps, candidate.loss, baseline_curve.steps, baseline_curve.loss,
                   gate=list(gate), inform=list(inform), min_steps=cfg.min_steps,
                   envelope=rules.envelope.model_dump(), envelope_width=width, envelope_reference=reference,
@@ -85,7 +79,7 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
                   band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
                               if stats is not None else None),
                   throughput=rules.throughput.model_dump(), samples_per_s=samples_per_s,
-                  refusals=list(refusals), notes=list(notes))
+                  refusals=list(refusals), notes=list(notes), stopped_early=stopped_early)
 
 
 def main(argv=None) -> int:
@@ -164,8 +158,20 @@ def main(argv=None) -> int:
     for key, what in (("port_bug", "the simulated port bug"), ("numerics_variant", "the numerics variant")):
         if record is not None and record.get(key):
             notes.append(f"the candidate was trained with {what} {record[key]!r} (cait/portbugs.py)")
-    if record is not None and record.get("stopped"):
+    stopped_early = record.get("stopped_early") if record is not None else None
+    if stopped_early:  # fail fast (pipelines/failfast.py): judged as a truncated curve, never as a full one
+        if not isinstance(stopped_early, dict) or stopped_early.get("stopped_step") != int(candidate.steps[-1]):
+            refused.append(f"{chain_dir / RECORD}: stopped_early does not name the curve's last step "
+                           f"{int(candidate.steps[-1])} (an edited record); rerun the train stage")
+            stopped_early = None
+        else:  # its seconds (run.json) differ in every run: not in verdict.json, a DVC output
+            stopped_early = {k: v for k, v in stopped_early.items() if k not in ("seconds", "failed_after_s")}
+    elif record is not None and record.get("stopped"):
         refused.append(f"training stopped early: {record['stopped']}")
+    elif record is not None and isinstance(record.get("total_steps"), int) and \
+            record["steps_done"] < record["total_steps"]:
+        refused.append(f"{chain_dir / CURVE}: {record['steps_done']} of the run's {record['total_steps']} steps, but "
+                       f"its record says the run was not stopped: a truncated curve is not judged as a full one")
     policy = policy_for(cfg, record is not None and baseline_obj is not None)
     notes.append(f"policy {policy['name']}: gate {', '.join(policy['gate'])}"
                  + (f"; inform {', '.join(policy['inform'])}" if policy["inform"] else "") + f" ({policy['why']})")
@@ -184,7 +190,8 @@ def main(argv=None) -> int:
         notes.append(f"precision policy: candidate {precision}, baseline {baseline_obj.precision or 'unknown'} "
                      f"(envelopes for {', '.join(baseline_obj.envelope_policies) or 'none'})")
     verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=inform,
-                    refusals=refused, notes=notes, samples_per_s=samples_per_s, precision=precision)
+                    refusals=refused, notes=notes, samples_per_s=samples_per_s, precision=precision,
+                    stopped_early=stopped_early)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
