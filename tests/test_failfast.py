@@ -190,3 +190,57 @@ def test_dvc_reruns_a_stopped_train_stage_when_fail_fast_or_the_baseline_changes
     baseline = project / "baselines/default/baseline.json"
     baseline.write_text(baseline.read_text().replace('"seeds"', '"seeds" ', 1))  # another baseline file
     assert "baselines/default/baseline.json" in changed()
+
+
+@pytest.mark.slow
+def test_a_port_bug_stops_early_and_preflight_names_it_while_a_legit_variant_trains_on(project, capsys):
+    """On the tiny profile against a baseline made as `make baseline` makes one: AdamW without bias correction
+    stops a step after its first step outside the envelope (and says so in train.json, the verdict, the report and
+    MLflow); the preflight names GELU's tanh approximation at its module in step 0's forward and the optimizer bug at
+    step 0's update; a legitimate numerics variant (one thread) is never stopped."""
+    from conftest import TINY, merge, write_params
+
+    from pipelines.preflight import run_preflight
+    from pipelines.stages import baseline as baseline_stage
+    from pipelines.stages import prepare
+    from pipelines.training import run_training
+
+    write_params(project, merge(TINY, {"tracking": {"enabled": False, "system_metrics_every_s": 0},
+                                       "compare": {"fail_fast": {"enabled": True, "confirm_steps": 1}}}))
+    assert cli.run(prepare.main, ["-q"]) == 0
+    assert cli.run(baseline_stage.main, ["-q", "record", "--runs", "1", "--envelope", "--variants",
+                                         "weights_ulp,fused_attention"]) == 0
+    params = load_params("params.yaml")
+
+    def on(device=None, tracking=False):
+        return params.model_copy(update={"device": params.device.model_copy(update=device or {}),
+                                         "tracking": params.tracking.model_copy(update={"enabled": tracking})})
+
+    found = run_preflight(on({"port_bug": "gelu_tanh"}), out_dir=project / "runs/preflight-gelu")
+    assert (found.status, found.step, found.phase, found.entry) == ("diverged", 0, "forward", "blocks.0.mlp.act")
+    assert found.seconds > 0
+    found = run_preflight(on({"port_bug": "adamw_no_bias_correction"}), out_dir=project / "runs/preflight-adamw")
+    assert (found.status, found.phase) == ("diverged", "update"), found.message
+
+    legit = project / "runs/threads_1"
+    run_training(on({"numerics_variant": "threads_1"}), legit, quiet=True)
+    record = json.loads((legit / "train.json").read_text())
+    assert record["stopped_early"] is None and record["steps_done"] == record["total_steps"] == 6
+
+    run_training(on({"port_bug": "adamw_no_bias_correction"}, tracking=True), project / "reports/default", quiet=True)
+    out = project / "reports/default"
+    record = json.loads((out / "train.json").read_text())
+    stop = record["stopped_early"]
+    assert stop["stopped_step"] == stop["failed_step"] + 1 < 5 and record["steps_done"] == stop["stopped_step"] + 1
+    assert len((out / "curve.csv").read_text().splitlines()) == record["steps_done"] + 1
+    assert json.loads((out / "run.json").read_text())["stopped_early_seconds"] > 0
+    assert cli.run(compare.main, ["-q"]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["status"] == "fail" and verdict["reasons"][0].startswith(f"stopped early at step {stop['stopped_step']}")
+    assert cli.run(report.main, ["-q"]) == 0
+    assert f"Stopped early at step {stop['stopped_step']}" in (out / "report.html").read_text()
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
+    tags = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).data.tags
+    assert tags["stopped_early.step"] == str(stop["stopped_step"]) and tags["fail_fast"] == "stopped"
