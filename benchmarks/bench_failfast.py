@@ -45,7 +45,7 @@ def measure(params, bugs, runs_dir: Path) -> dict:
                        preflight_seconds=found.seconds)
         start = time.perf_counter()
         folder = runs_dir / (name or "full")
-        run_training(run, folder, quiet=True)
+        run_training(run, folder, quiet=True, fail_fast=True)
         _, record = read_run(folder / "curve.csv", folder / "train.json")
         stop = record.get("stopped_early")
         row.update(run_seconds=time.perf_counter() - start, steps_done=record["steps_done"],

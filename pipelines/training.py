@@ -25,7 +25,8 @@ from pipelines.tracking import RunLogger
 
 
 def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR,
-                 resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> tuple[Path, Path]:
+                 resume: bool = False, quiet: bool = False, stop_after: int | None = None,
+                 fail_fast: bool = False) -> tuple[Path, Path]:
     """Train and write curve.csv, train.json and checkpoints/ into out_dir; returns the first two paths.
 
     Works as one process or as one rank of a torchrun/SLURM job (rank 0 alone writes files and MLflow).
@@ -33,7 +34,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     On a terminal a progress bar runs under the per-step lines; off one (CI) a progress line every few
     seconds; `quiet` leaves only the closing summary. Layer fingerprints (train.fingerprints) go to
     fingerprints.npz beside the curve. `stop_after` ends the run after that step (localize's replay).
-    With compare.fail_fast on, each step is judged as it comes (pipelines/failfast.py) and the run stops once
+    With `fail_fast` (the train stage's run; never a baseline run, a replay or a preflight, which must reach their
+    steps) and compare.fail_fast on, each step is judged as it comes (pipelines/failfast.py) and the run stops once
     its verdict is a certain fail; train.json's `stopped_early` says where and why (null for a full run).
     The training itself is cait's session (cait/session.py); this adds MLflow, the progress display,
     the per-step lines, the curve and the run record.
@@ -66,7 +68,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
 
         watch, note = plan(params, precision=session.precision, total_steps=session.total_steps,
                            record={"curve_params": params.curve_defining(), "data_manifest_hash": session.manifest.hash,
-                                   "data_pixels_hash": session.pixels_hash})
+                                   "data_pixels_hash": session.pixels_hash}) if fail_fast else (None, "")
         state["failfast"] = watch
         if note and ctx.is_main:
             print(f"train: {note}", file=sys.stderr)
@@ -181,7 +183,7 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
     sidecars = write_run_record(record_path, record, rows)  # timing.csv, run.json, then train.json
     # one-value numbers are tags (columns), not metrics: the UI would draw each as a chart of one bar
     logger.set_tags({"wall_s": f"{summary.wall_s:.1f}", "final_loss": repr(rows[-1]["loss"]) if rows else "nan"})
-    if params.compare.fail_fast.enabled:
+    if fail_fast and params.compare.fail_fast.enabled:
         logger.set_tags({"fail_fast": "stopped" if stopped_early else ("watched" if watch is not None else "off")})
     if stopped_early:
         logger.set_tags({"stopped_early": f"stopped early at step {stopped_early['stopped_step']}",

@@ -223,11 +223,12 @@ def test_a_port_bug_stops_early_and_preflight_names_it_while_a_legit_variant_tra
     assert (found.status, found.phase) == ("diverged", "update"), found.message
 
     legit = project / "runs/threads_1"
-    run_training(on({"numerics_variant": "threads_1"}), legit, quiet=True)
+    run_training(on({"numerics_variant": "threads_1"}), legit, quiet=True, fail_fast=True)
     record = json.loads((legit / "train.json").read_text())
     assert record["stopped_early"] is None and record["steps_done"] == record["total_steps"] == 6
 
-    run_training(on({"port_bug": "adamw_no_bias_correction"}, tracking=True), project / "reports/default", quiet=True)
+    run_training(on({"port_bug": "adamw_no_bias_correction"}, tracking=True), project / "reports/default", quiet=True,
+                 fail_fast=True)
     out = project / "reports/default"
     record = json.loads((out / "train.json").read_text())
     stop = record["stopped_early"]

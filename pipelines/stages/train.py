@@ -8,7 +8,8 @@ full training mode). A run that fails or is stopped keeps the steps it trained i
 (not a DVC output): curve.csv is only ever a finished run's curve. `--resume` continues from checkpoints/last.pt. Runs as one process or under torchrun.
 Prints one ModelZoo-style (tcap_dllogger) line per step (pipelines/logs.py, which also reads them back),
 so existing ModelZoo tooling reads our runs. With data.shards the run reads the prepare stage's
-pre-decoded pixels (no JPEG decoded), and their hash goes into the record.
+pre-decoded pixels (no JPEG decoded), and their hash goes into the record. With compare.fail_fast on it
+stops once its verdict is a certain fail (pipelines/failfast.py): train.json's stopped_early says where and why.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     # (which reads a running experiment's folder) never lists it with the previous verdict; compare writes them anew
     if out.is_dir():  # (a folder that cannot be written is run_training's one-line error, before any work)
         (out / METRICS).unlink(missing_ok=True)
-    run_training(params, out, resume=args.resume, quiet=args.quiet)
+    run_training(params, out, resume=args.resume, quiet=args.quiet, fail_fast=True)  # compare.fail_fast decides
     return 0
 
 
