@@ -59,6 +59,44 @@ def measure(params, bugs, runs_dir: Path) -> dict:
     return out
 
 
+def replay(params, runs_dir: Path) -> dict:
+    """Fail fast over runs already trained in full (benchmarks/bench_power.py --train-only --runs-dir DIR): each
+    run's curve fed step by step to the train stage's watch (`plan`, the same code), with the seconds its own
+    timing.csv says it had reached each step (from the start of its training loop): the step it would have
+    stopped at and when, against the same run's seconds for all its steps. A numerics variant in the baseline's
+    envelope is judged held out of it, as the power benchmark judges it."""
+    from pipelines.baselines import record_precision
+    from pipelines.curves import read_curve_csv
+    from pipelines.failfast import plan
+    from pipelines.provenance import read_run
+
+    fail_fast = params.compare.fail_fast.model_copy(update={"enabled": True})
+    params = params.model_copy(update={"compare": params.compare.model_copy(update={"fail_fast": fail_fast})})
+    out = {}
+    for folder in sorted(p for p in runs_dir.iterdir() if (p / "train.json").is_file()):
+        curve, record = read_run(folder / "curve.csv", folder / "train.json")
+        timing = read_timing(folder / "timing.csv")
+        watch, note = plan(params, precision=record_precision(record), record=record, total_steps=len(curve),
+                           exclude=record.get("numerics_variant"))
+        decision = None
+        for step, loss in zip(curve.steps, curve.loss):
+            if watch is not None and (decision := watch.observe(int(step), float(loss), timing[int(step)])):
+                break
+        out[folder.name] = {"kind": "bug" if record.get("port_bug") else "legit", "steps": len(curve),
+                            "full_seconds": timing[int(curve.steps[-1])], "note": note,
+                            "failed_step": decision["failed_step"] if decision else None,
+                            "stopped_step": decision["stopped_step"] if decision else None,
+                            "seconds_to_stop": decision["seconds"] if decision else None}
+    return out
+
+
+def read_timing(path: Path) -> dict[int, float]:
+    import csv
+
+    with open(path, newline="") as f:
+        return {int(r["step"]): float(r["elapsed_s"]) for r in csv.DictReader(f)}
+
+
 def main(argv=None) -> int:
     from pipelines.params import load_params
 
@@ -67,8 +105,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--runs-dir", help="where the runs go (default: a temporary folder)")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--from-runs", help="no training: replay fail fast over the full runs in this folder")
     args = p.parse_args(argv)
     params = load_params(args.params)
+    if args.from_runs:
+        rows = replay(params, Path(args.from_runs))
+        print("| kind | run | first step outside | stopped at | s to stop | full run s | % |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in rows.items():
+            stop = r["seconds_to_stop"]
+            print(f"| {r['kind']} | `{name}` | {r['failed_step'] if r['failed_step'] is not None else '-'} | "
+                  f"{r['stopped_step'] if r['stopped_step'] is not None else 'not stopped'} | "
+                  + (f"{stop:.1f} | {r['full_seconds']:.1f} | {100 * stop / r['full_seconds']:.0f}% |" if stop is not None
+                     else f"- | {r['full_seconds']:.1f} | - |") + (f" {r['note']}" if r["note"] and r["failed_step"] is None and not r["note"].startswith("fail fast on") else ""))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
     with tempfile.TemporaryDirectory(prefix="failfast-") as tmp:
         result = measure(params, [b for b in args.bugs.split(",") if b], Path(args.runs_dir or tmp))
     full = result["full"]["run_seconds"]

@@ -66,10 +66,12 @@ class FailFastWatch:
         return self.decision
 
 
-def plan(params, *, precision: str, record: dict, total_steps: int) -> tuple[FailFastWatch | None, str]:
+def plan(params, *, precision: str, record: dict, total_steps: int,
+         exclude: str | None = None) -> tuple[FailFastWatch | None, str]:
     """(watch, note) for a train run of `params` under `precision` (`record`: the run record's fields known at its
     start: curve_params, data_manifest_hash, data_pixels_hash). No watch, and a one-line note saying why, when
-    compare.fail_fast is off ('' then) or cannot make the verdict certain."""
+    compare.fail_fast is off ('' then) or cannot make the verdict certain. `exclude` leaves one numerics variant
+    out of the envelope (a held-out legitimate run, as the compare stage's `judge` does; benchmarks only)."""
     from cait.errors import HarnessError
     from pipelines.baselines import load_baseline, refusals
 
@@ -90,7 +92,7 @@ def plan(params, *, precision: str, record: dict, total_steps: int) -> tuple[Fai
     refused = refusals(baseline, params.profile, record)
     if refused:
         return None, off + f"the baseline cannot judge it ({refused[0]}), so its verdict is not a certain fail"
-    width, reference, missing = envelope_sides(baseline, precision)
+    width, reference, missing = envelope_sides(baseline, precision, exclude)
     if width is None:
         return None, off + (missing or "the baseline has no envelope")
     paired, _ = baseline.reference_for(params.train.seed)
