@@ -245,3 +245,15 @@ def test_a_port_bug_stops_early_and_preflight_names_it_while_a_legit_variant_tra
     run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
     tags = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["stopped_early.step"] == str(stop["stopped_step"]) and tags["fail_fast"] == "stopped"
+
+
+@pytest.mark.parametrize("value, said", [({"enabled": 1}, "compare.fail_fast.enabled: input should be a valid boolean"),
+                                         ({"confirm_steps": -1}, "compare.fail_fast.confirm_steps: input should be "
+                                                                 "greater than or equal to 0"),
+                                         ({"steps": 3}, "compare.fail_fast.steps")])
+def test_fail_fast_settings_are_validated_naming_the_key(value, said):
+    from cait.errors import ConfigError
+    from pipelines.params import parse_params
+
+    with pytest.raises(ConfigError, match=said.replace(".", r"\.")):
+        parse_params({"compare": {"fail_fast": value}})
