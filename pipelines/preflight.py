@@ -53,6 +53,21 @@ class PreflightResult:
         return out
 
 
+def fail_fast_key(params: Params) -> dict | None:
+    """What the train stage's fail fast judges by, written into preflight.json (which the train stage depends on):
+    null when compare.fail_fast is off, so a new baseline or other compare settings retrain nothing then; with it
+    on, the settings and the baseline's SHA-256, so a run stopped early is reused only under the same ones."""
+    from pipelines.provenance import file_sha256
+
+    cfg = params.compare
+    if not cfg.fail_fast.enabled:
+        return None
+    path = Path(cfg.baseline)
+    return {"fail_fast": cfg.fail_fast.model_dump(), "gate": list(cfg.gate), "min_steps": cfg.min_steps,
+            "envelope": cfg.rules.envelope.model_dump(), "allow_negative_loss": cfg.allow_negative_loss,
+            "baseline": cfg.baseline, "baseline_sha256": file_sha256(path) if path.is_file() else None}
+
+
 def preflight_params(params: Params) -> Params:
     """params for the preflight run: fingerprints at PREFLIGHT_STEP only, no MLflow run, no fail fast (nothing
     that changes the curve: the same step 0 as the long run's)."""
@@ -69,19 +84,17 @@ def run_preflight(params: Params, *, data_dir: Path = PREPARED_DIR, out_dir: Pat
     """Train step 0 into out_dir (default reports/<profile>/preflight/) with fingerprints and localize them
     against localize.baseline_fingerprints. Fingerprints that cannot be compared (no baseline file, another
     baseline or params) give status "unavailable" saying why; a file that lies is an error (as in localize)."""
-    from cait.fingerprints import FingerprintMismatch
+    from cait.fingerprints import FingerprintMismatch, load_reference
     from pipelines.localize import localize, read_run_fingerprints
-    from pipelines.stages.localize import baseline_fingerprints
     from pipelines.training import run_training
 
     start = time.perf_counter()
     folder = Path(out_dir) if out_dir is not None else run_dir(params.profile) / PREFLIGHT_DIR
-    try:
-        reference, where = baseline_fingerprints(params)
-    except FingerprintMismatch as exc:
-        reference, where = None, f"not compared: {exc}"
-    if reference is None:
-        return PreflightResult("unavailable", where, PREFLIGHT_STEP, seconds=time.perf_counter() - start)
+    where = params.localize.baseline_fingerprints
+    if not Path(where).exists():  # the reference alone: its tie to compare.baseline is the localize stage's check
+        return PreflightResult("unavailable", f"{where}: the baseline has no layer fingerprints; record them with the "
+                               f"baseline (make baseline)", PREFLIGHT_STEP, seconds=time.perf_counter() - start)
+    reference = load_reference(where)
     run_training(preflight_params(params), folder, data_dir=data_dir, quiet=quiet, stop_after=PREFLIGHT_STEP)
     candidate = read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD)
     try:

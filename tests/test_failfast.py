@@ -152,11 +152,32 @@ def test_a_truncated_curve_is_never_judged_as_a_full_one(project, capsys):
     assert "a cut or foreign curve" in capsys.readouterr().err
 
 
+def test_the_fail_fast_key_train_waits_on_holds_the_settings_and_baseline_only_when_on(project):
+    """preflight.json's train_fail_fast (the train stage depends on preflight.json): null with fail fast off, so a new
+    baseline retrains nothing; with it on, the baseline's SHA-256 and the settings, so any change retrains."""
+    from pipelines.preflight import fail_fast_key
+
+    base = reference_loss(STEPS)
+    write_run(project, base, baseline_loss=base)
+    params = load_params(project / "params.yaml")
+    assert fail_fast_key(params) is None
+    on = params.model_copy(update={"compare": params.compare.model_copy(update={
+        "fail_fast": params.compare.fail_fast.model_copy(update={"enabled": True})})})
+    key = fail_fast_key(on)
+    assert key["fail_fast"] == {"enabled": True, "confirm_steps": 3} and key["envelope"]["max_outside_fraction"] == 0
+    baseline = project / on.compare.baseline
+    baseline.write_text(baseline.read_text().replace('"seeds"', '"seeds" ', 1))  # another baseline file
+    assert fail_fast_key(on)["baseline_sha256"] != key["baseline_sha256"] and fail_fast_key(params) is None
+
+
 @pytest.mark.slow
 def test_dvc_reruns_a_stopped_train_stage_when_fail_fast_or_the_baseline_changes(project):
-    """The train stage's DVC key holds the fail-fast settings and the baseline: after a stopped run, turning fail
-    fast off (or another baseline) makes `dvc repro` train again, never hand back the truncated curve as full."""
+    """The train stage waits on preflight.json, whose stage holds the fail-fast settings and the baseline: after a
+    stopped run, turning fail fast off (or another baseline) makes `dvc repro` rerun the preflight, whose key then
+    differs, and train after it: the truncated curve is never handed back as a full one."""
     from conftest import stage_env
+
+    from pipelines.preflight import fail_fast_key
 
     base = reference_loss(STEPS)
     write_run(project, base, baseline_loss=base)
@@ -165,7 +186,8 @@ def test_dvc_reruns_a_stopped_train_stage_when_fail_fast_or_the_baseline_changes
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stopped_run(project, bugged(base)[:BUG_AT + 4], failed_step=BUG_AT, stopped_step=BUG_AT + 3)
     (project / "reports/default/fingerprints.npz").write_bytes(b"stand-in")
-    (project / "reports/default/preflight.json").write_text("{}\n")
+    key = fail_fast_key(load_params(project / "params.yaml"))
+    (project / "reports/default/preflight.json").write_text(json.dumps({"train_fail_fast": key}) + "\n")
     (project / "data/prepared").mkdir(parents=True, exist_ok=True)
     (project / "data/prepared/manifest.json").write_text("{}\n")
     env = stage_env(project)
@@ -175,21 +197,26 @@ def test_dvc_reruns_a_stopped_train_stage_when_fail_fast_or_the_baseline_changes
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    dvc("commit", "-f", "train")  # the stopped run, as `dvc repro` records it
-    assert json.loads(dvc("status", "--json", "train") or "{}") == {}
+    dvc("commit", "-f", "preflight", "train")  # the stopped run, as `dvc repro` records it
+    assert json.loads(dvc("status", "--json", "preflight", "train") or "{}") == {}
 
     def changed() -> str:
-        return json.dumps(json.loads(dvc("status", "--json", "train") or "{}"))
+        return json.dumps(json.loads(dvc("status", "--json", "preflight") or "{}"))
 
     params["compare"]["fail_fast"]["enabled"] = False
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "compare.fail_fast" in changed()  # fail fast off: train reruns for the full curve
+    assert "compare.fail_fast" in changed()  # fail fast off: the preflight reruns, its key becomes null
     params["compare"]["fail_fast"]["enabled"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed() == "{}"
     baseline = project / "baselines/default/baseline.json"
     baseline.write_text(baseline.read_text().replace('"seeds"', '"seeds" ', 1))  # another baseline file
     assert "baselines/default/baseline.json" in changed()
+    # and the preflight's new key differs, so train (which depends on preflight.json) reruns after it
+    assert fail_fast_key(load_params(project / "params.yaml")) != key
+    (project / "reports/default/preflight.json").write_text(
+        json.dumps({"train_fail_fast": fail_fast_key(load_params(project / "params.yaml"))}) + "\n")
+    assert "reports/default/preflight.json" in json.dumps(json.loads(dvc("status", "--json", "train") or "{}"))
 
 
 @pytest.mark.slow
