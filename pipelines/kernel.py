@@ -123,9 +123,9 @@ def capture(params, step: int, modules: list[str], *, want_grads: bool, data_dir
     if type(root).__name__ == "DistributedDataParallel":
         raise OpSearchError("op search: replays one process; run it without torchrun")
     root.load_state_dict(state["weights"])  # back to the weights of the step's forward
-    if modules and modules[0] not in kept.inputs:  # (its parents are optional: a ModuleList never runs itself)
-        raise OpSearchError(f"op search: module {modules[0] or '(model)'} did not run at step {step}; name a module "
-                            f"of model.named_modules()")
+    if modules and not any(m in kept.inputs for m in modules):  # one that ran only in the reference: its parent
+        raise OpSearchError(f"op search: neither module {modules[0] or '(model)'} nor any above it ran at step {step}; "
+                            f"name a module of model.named_modules()")
     kept.root = root
     kept.num_classes = int(getattr(root, "num_classes", 0))
     return kept
@@ -282,7 +282,7 @@ def _to(x, device, dtype=None):
 
 
 def search_module(params, captured: Captured, module: str, *, backward: bool, c: float = OP_C):
-    """(finding, candidate trace, candidate raw calls, oracle trace, oracle raw calls) for one module."""
+    """(finding, candidate trace, candidate raw calls, oracle trace, oracle raw calls, fp32 trace) of one module."""
     import torch
 
     cand_module = captured.root.get_submodule(module) if module else captured.root
@@ -300,7 +300,7 @@ def search_module(params, captured: Captured, module: str, *, backward: bool, c:
                                grad_output=_to(grad, "cpu", dtype) if grad is not None else None, prefix=module)
     (oracle, oracle_raw), (fp32, _) = traces[torch.float64], traces[torch.float32]
     finding = first_diverging_op(cand, oracle, fp32, module=module, c=c)
-    return finding, cand, cand_raw, oracle, oracle_raw
+    return finding, cand, cand_raw, oracle, oracle_raw, fp32
 
 
 def search(params, step: int, phase: str, module: str, *, data_dir: Path | None = None, c: float = OP_C,
@@ -319,10 +319,12 @@ def search(params, step: int, phase: str, module: str, *, data_dir: Path | None 
     captured = capture(params, step, chain, want_grads=backward, data_dir=data_dir, quiet=quiet)
     walked = []
     for path in chain:
+        if path not in captured.inputs and not walked:
+            continue  # localize's module ran in the reference only (skipped by the port): from its parent
         if path not in captured.inputs or type(captured.root.get_submodule(path)).__name__ in (
                 "Sequential", "ModuleList", "ModuleDict"):
             break  # a container of blocks: recording it would keep every tensor of the model
-        finding, cand, cand_raw, oracle, oracle_raw = search_module(params, captured, path, backward=backward, c=c)
+        finding, cand, cand_raw, oracle, oracle_raw, _ = search_module(params, captured, path, backward=backward, c=c)
         walked.append(path)
         if finding.status == "named":
             finding.walked, finding.seconds = walked, time.perf_counter() - started

@@ -272,3 +272,18 @@ def describe(finding: OpFinding) -> str:
     args = f"; differs from the reference's call: {', '.join(finding.arg_diffs)}" if finding.arg_diffs else ""
     phase = "backward" if finding.backward else "forward"
     return f"first diverging op {finding.op} ({phase}, called in {finding.site}): {how}{args}"
+
+
+def needed_c(cand: Trace, oracle: Trace, fp32: Trace) -> tuple[float, str]:
+    """The smallest C at which no matched op of the candidate leaves its bound, whatever its inputs: the largest
+    output error / max(fp32 error, EPS32) over matched ops, and the op it comes from. For a legitimate kernel
+    this is the factor OP_C must stay above; for a bug's named op, the C up to which it is still named."""
+    to_oracle = align(cand, oracle)
+    oracle_to_fp32 = {j: k for k, j in align(fp32, oracle).items()}
+    worst, where = 0.0, ""
+    for i, j in to_oracle.items():
+        for _, metrics, e32, _ in _output_errors(cand, i, oracle, j, fp32, oracle_to_fp32.get(j), 1.0):
+            ratio = metrics["rel_l2"] / max(e32 if np.isfinite(e32) else 0.0, EPS32)
+            if ratio > worst:
+                worst, where = ratio, f"{cand.ops[i].name} in {cand.ops[i].site}"
+    return worst, where
