@@ -52,6 +52,7 @@ class Captured:
     inputs: dict[str, tuple] = field(default_factory=dict)
     grads: dict[str, object] = field(default_factory=dict)
     num_classes: int = 0
+    reference: object = None  # the reference model, built once (reference_model)
 
 
 def ancestors(module: str) -> list[str]:
@@ -136,6 +137,8 @@ def reference_model(params, captured: Captured):
     weights at the step; attention unfused (the math), whatever process-wide switch a variant left on."""
     import torch
 
+    if captured.reference is not None:
+        return captured.reference
     from cait.models import build_model
 
     torch.manual_seed(params.train.seed)
@@ -146,7 +149,8 @@ def reference_model(params, captured: Captured):
             m.fused_attn = False
     weights = {k: v.detach().to("cpu") for k, v in captured.root.state_dict().items()}
     model.load_state_dict(weights)
-    return model.train()
+    captured.reference = model.train()
+    return captured.reference
 
 
 # ---- recording ---------------------------------------------------------------------------------------------
