@@ -21,6 +21,7 @@ oracle's call, torch only, runnable on any device (`--device`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -285,6 +286,24 @@ def _to(x, device, dtype=None):
     return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
 
+@contextlib.contextmanager
+def run_numerics(params, device_type: str):
+    """The run's process-wide numerics again (its thread count, its variant's switches), which the replay's
+    train_once restored when it returned: the candidate's module is recorded as the run computed it."""
+    import torch
+
+    from cait.portbugs import RunPatch
+
+    threads = torch.get_num_threads()
+    try:
+        if params.device.threads:
+            torch.set_num_threads(params.device.threads)
+        RunPatch(params.device.numerics_variant, params.device.port_bug).configure(device_type)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def search_module(params, captured: Captured, module: str, *, backward: bool, c: float = OP_C):
     """(finding, candidate trace, candidate raw calls, oracle trace, oracle raw calls, fp32 trace) of one module."""
     import torch
@@ -293,8 +312,9 @@ def search_module(params, captured: Captured, module: str, *, backward: bool, c:
     device = next(cand_module.parameters()).device if any(True for _ in cand_module.parameters()) else "cpu"
     inputs = captured.inputs[module]
     grad = captured.grads.get(module) if backward else None
-    cand, cand_raw = record(cand_module, tuple(_to(x, device) for x in inputs),
-                            grad_output=_to(grad, device) if grad is not None else None, prefix=module)
+    with run_numerics(params, torch.device(device).type):
+        cand, cand_raw = record(cand_module, tuple(_to(x, device) for x in inputs),
+                                grad_output=_to(grad, device) if grad is not None else None, prefix=module)
     reference = reference_model(params, captured)
     ref_module = reference.get_submodule(module) if module else reference
     traces = {}
