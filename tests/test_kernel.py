@@ -190,3 +190,19 @@ def test_a_legitimate_kernel_names_no_op(tiny_prepared):
     found = op_search(tiny_prepared, "legit", 0, "blocks.0.attn.proj_l", numerics_variant="matmul_transposed")
     assert found["status"] == "none" and found["op"] == "", found["message"]
     assert found["walked"] == ["blocks.0.attn.proj_l", "blocks.0.attn", "blocks.0"]
+
+
+def test_where_it_parts_shows_the_op_its_call_and_the_repro():
+    from pipelines.oplocate import OpFinding
+    from pipelines.report import localization_html
+
+    op = OpFinding("named", "first diverging op aten.gelu.default", op="aten.gelu.default", site="blocks.0.mlp.act",
+                   module="blocks.0.mlp.act", index=1, kind="tolerance", arg_diffs=["approximate: 'tanh' vs 'none'"],
+                   rel_l2=8.5e-5, max_abs_error=2.3e-4, max_rel_error=2e-4, cosine=0.999999997, bound=1.9e-6,
+                   fp32_error=3.9e-8, input_rel_l2=0.0, repro="reports/default/repro/aten.gelu.default.py")
+    page = localization_html({"message": "step 0 ...", "first": None, "op": op.to_json()}, None)
+    assert 'id="localize-op"' in page and "aten.gelu.default" in page and "approximate: &#x27;tanh&#x27;" in page
+    assert "python reports/default/repro/aten.gelu.default.py --device" in page
+    update = OpFinding("not_applicable", "the optimizer's update parts ...").to_json()
+    assert "update parts" in localization_html({"message": "", "first": None, "op": update}, None)
+    assert "localize-op" not in localization_html({"message": "", "first": None, "op": None}, None)
