@@ -336,6 +336,9 @@ def search(params, step: int, phase: str, module: str, *, data_dir: Path | None 
     started = time.perf_counter()
     if phase in NO_OP_PHASES:
         return OpFinding("not_applicable", NO_OP_PHASES[phase]), None
+    if params.train.amp:
+        return OpFinding("unavailable", f"the op search bounds fp32 kernels; under train.amp {params.train.amp} the "
+                                        f"run's ops are legitimately in {params.train.amp}: not searched"), None
     backward = phase in ("backward", "param_grad")
     chain = [m for m in ancestors(module) if m]  # the model as a whole is not recorded: every tensor of it
     if not chain:
