@@ -121,14 +121,19 @@ def test_arguments_differ_by_value_dtype_and_shape():
     assert arg_differences(a, 0, b, 0) == ["input dtype: bfloat16 vs float32", "eps: 1e-05 vs 1e-06"]
 
 
-def test_a_weights_or_update_finding_names_no_op_and_a_clean_localization_searches_nothing():
+def test_a_weights_or_update_finding_names_no_op_and_a_clean_localization_searches_nothing(tmp_path):
     from pipelines.kernel import search
     from pipelines.stages.localize import find_op
 
     for phase in ("update", "weights"):
         found, repro = search(None, 0, phase, "blocks.0.attn.qkv")  # nothing replayed: no params needed
         assert found.status == "not_applicable" and repro is None and found.op == ""
-    assert find_op(None, Localization("clean", "agree")) is None
+    repro = tmp_path / "repro"
+    repro.mkdir()
+    for suffix in (".py", ".pt"):  # an earlier run's repro: never left beside a run that names nothing
+        (repro / f"aten.gelu.default{suffix}").write_text("")
+    assert find_op(None, Localization("clean", "agree"), repro_dir=repro) is None
+    assert list(repro.iterdir()) == []
 
 
 # ---- on the tiny profile ---------------------------------------------------------------------------------------

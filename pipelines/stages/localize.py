@@ -106,6 +106,10 @@ def find_op(params: Params, result: Localization, *, data_dir: Path | None = Non
     from cait.errors import HarnessError
     from pipelines.kernel import search, write_repro
 
+    repro_dir = repro_dir or run_dir(params.profile) / REPRO
+    for stale in (repro_dir.glob("*.py") if repro_dir.is_dir() else []):  # never an earlier run's repro beside this
+        stale.unlink()
+        stale.with_suffix(".pt").unlink(missing_ok=True)
     first = result.first
     if first is None:
         return None
@@ -113,10 +117,6 @@ def find_op(params: Params, result: Localization, *, data_dir: Path | None = Non
         return OpFinding("not_applicable", f"step {first.step} is not where the divergence starts (every phase agreed "
                                            f"at an earlier fingerprint step): replay the step where the curves part, "
                                            f"then `python -m pipelines.stages.localize op` on what it names")
-    repro_dir = repro_dir or run_dir(params.profile) / REPRO
-    for stale in (repro_dir.glob("*.py") if repro_dir.is_dir() else []):  # never another run's repro beside this
-        stale.unlink()
-        stale.with_suffix(".pt").unlink(missing_ok=True)
     try:
         finding, found = search(params, first.step, first.phase, first.module, data_dir=data_dir, quiet=quiet)
         if found is not None:
