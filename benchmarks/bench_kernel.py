@@ -233,7 +233,8 @@ def table(result: dict) -> str:
     for group, label in (("bugs", "bug"), ("legit", "legit")):
         for name, r in result[group].items():
             named = f"`{r['named_op']}` ({r['op_site']})" if r["named_op"] else (r["op_status"] or "none")
-            lines.append(f"| {label} | `{name}` | {r['named_module'] or 'nothing'} | {r['expected_op'] or '-'} | {named} "
+            lines.append(f"| {label} | `{name}` | {r['named_module'] or 'nothing'} | {r['expected_op'] or '-'} "
+                         f"| {named} "
                          f"| {r.get('repro_exit', '-')} | {_s(r['seconds_to_op'])} | {_s(r['seconds_to_fail'])} | "
                          f"{_s(r['full_run_seconds'])} | {'yes' if r['ok'] else '**no**'} |")
     s = result["summary"]

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipelines.localize import NORM_FLOOR, _finite
+from pipelines.localize import _finite
 from pipelines.localize import compare_arrays as compare
 
 EPS32 = float(np.finfo(np.float32).eps)

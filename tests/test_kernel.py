@@ -95,7 +95,8 @@ def test_casts_are_transparent_and_a_dtype_change_is_named_on_the_op_that_got_it
                  origin={"xb": "input:0", "s32": "s"})
     ops = [("aten._softmax.default", {"self": "input:0", "dim": -1, "half_to_float": False}, ["s"]),
            ("aten.neg.default", {"self": "s"}, ["o"])]
-    oracle = trace(ops, {"input:0": X, "s": softmax(X), "o": -softmax(X)}, dtypes={"input:0": "float64", "s": "float64"})
+    oracle = trace(ops, {"input:0": X, "s": softmax(X), "o": -softmax(X)},
+                   dtypes={"input:0": "float64", "s": "float64"})
     fp32 = trace(ops, {"input:0": X, "s": rounded(softmax(X)), "o": -rounded(softmax(X))})
     assert align(cand, oracle) == {1: 0, 3: 1}
     found = first_diverging_op(cand, oracle, fp32, module="attn")
