@@ -212,3 +212,24 @@ def test_where_it_parts_shows_the_op_its_call_and_the_repro():
     update = OpFinding("not_applicable", "the optimizer's update parts ...").to_json()
     assert "update parts" in localization_html({"message": "", "first": None, "op": update}, None)
     assert "localize-op" not in localization_html({"message": "", "first": None, "op": None}, None)
+
+
+def test_the_kernel_benchmark_summarises_in_the_issues_shape():
+    from benchmarks.bench_kernel import by_entry, summary, table
+
+    row = {"named_module": "forward m", "op_site": "m", "op_status": "named", "full_run_seconds": 100.0,
+           "repro_exit": 1}
+    result = {"bugs": {"gelu_tanh": {**row, "named_op": "aten.gelu.default", "expected_op": "aten.gelu.default",
+                                     "seconds_to_op": 10.0, "seconds_to_fail": 5.0, "ok": True},
+                       "lr_one_step_late": {**row, "named_op": None, "expected_op": None, "op_status": "not_applicable",
+                                            "seconds_to_op": 30.0, "seconds_to_fail": 15.0, "ok": True}},
+              "legit": {"threads_1": {**row, "named_module": None, "named_op": None, "expected_op": None,
+                                      "seconds_to_op": 5.0, "seconds_to_fail": None, "ok": True,
+                                      "needed_c": {"m": {"needed_c": 1.1, "worst": "x"}}}}}
+    s = summary(result)
+    assert (s["median_op_fraction"], s["median_fail_fraction"]) == (0.2, 0.1)  # medians of 10 %, 30 % and 5 %, 15 %
+    assert (s["op_bugs_named"], s["op_bugs"], s["legit_ok"], s["legit_needed_c"]) == (1, 1, 1, 1.1)
+    assert by_entry(result)["gelu_tanh"] == {"expected_op": "aten.gelu.default", "named_op": "aten.gelu.default",
+                                             "seconds_to_fail": 5.0, "seconds_to_op": 10.0, "full_run_seconds": 100.0}
+    result["summary"] = s
+    assert "| bug | `gelu_tanh` | forward m | aten.gelu.default | `aten.gelu.default` (m) | 1 |" in table(result)
