@@ -8,6 +8,8 @@
                                         # (~15 runs of the default profile; not in the default set)
   python -m benchmarks --only localize --json out.json   # localize on the same zoo: {entry: {expected, named}}
   python -m benchmarks --only power --only localize --power-runs-dir /tmp/zoo   # both, one training each
+  python -m benchmarks --only kernel --json kernel.json --kernel-runs-dir /tmp/kernel-zoo   # per bug: seconds to
+                                        # a fail verdict and to the named op vs a full run, the op, its repro
   python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
                                         # the smallest eps of output x (1 + eps) at 3 depths the gate fails
                                         # and localize names, per baseline (--baseline, repeatable)
@@ -34,12 +36,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import (bench_efficiency, bench_localize, bench_logs, bench_pipeline, bench_power,  # noqa: E402
-                        bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
+from benchmarks import (bench_efficiency, bench_kernel, bench_localize, bench_logs, bench_pipeline,  # noqa: E402
+                        bench_power, bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
 
 GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize",
-          "sensitivity")
-DEFAULT_GROUPS = GROUPS[:-3]  # power, localize and sensitivity train ~19 runs or more: only with --only
+          "sensitivity", "kernel")
+DEFAULT_GROUPS = GROUPS[:-4]  # power, localize, sensitivity and kernel train ~19 runs or more: only with --only
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -52,6 +54,7 @@ FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
                         "workers": (0, 2), "loose": False},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
         "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None,
+        "kernel_entries": None,
         "sensitivity": {"depths": None, "eps": None, "order": "descending"}}  # failing runs stop early: cheapest
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8,
@@ -59,6 +62,7 @@ SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 3
          "tracking_steps": 50, "verdict_lengths": (1_000, 10_000), "compare_steps": 10_000, "loader_steps": 2,
          "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"],
          "localize_entries": ["lr_one_step_late", "gelu_tanh", "weights_ulp_other"],
+         "kernel_entries": ["gelu_tanh", "lr_one_step_late", "threads_1"],
          "sensitivity": {"depths": ["shallow"], "eps": [1e-6, 1e-2]}}
 
 
@@ -80,6 +84,7 @@ class Context:
 
         self.smoke, self.sizes, self.tmp, self.log = smoke, SMOKE if smoke else FULL, tmp, log
         self.params = load_params(params_path)
+        self.params_path = params_path
         self._cache: dict = {}
         self.raw: dict = {}
 
@@ -265,10 +270,30 @@ def sensitivity_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def kernel_rows(ctx: Context) -> list[Row]:
+    runs_dir = Path(ctx.kernel_runs_dir) if ctx.kernel_runs_dir else ctx.tmp / "kernel"
+    result = ctx.once("kernel", lambda: bench_kernel.measure(ctx.params, params_path=Path(ctx.params_path),
+                                                              entries=ctx.sizes["kernel_entries"], runs_dir=runs_dir,
+                                                              log=lambda line: ctx.log(f"  kernel: {line}")))
+    ctx.log("\n" + bench_kernel.table(result) + "\n")
+    s = result["summary"]
+    rows = [Row("kernel", "op bugs: the injected op named, its repro failing alone / legit: no op, not stopped",
+                "every one", f"{s['op_bugs_named']} / {s['op_bugs']} op bugs, {s['legit_ok']} / {s['legit']} legit",
+                s["op_bugs_named"] == s["op_bugs"] and s["legit_ok"] == s["legit"],
+                s["op_bugs_named"] / max(1, s["op_bugs"]))]
+    for key, what, target in (("median_op_fraction", "a named op", 0.25), ("median_fail_fraction", "a fail verdict",
+                                                                          0.15)):
+        value = s[key]
+        rows.append(Row("kernel", f"median time to {what}, of a full run", f"<= {100 * target:.0f}%",
+                        "not measured (no compare.fail_fast)" if value is None else f"{100 * value:.1f}%",
+                        None if value is None else value <= target, float("nan") if value is None else value))
+    return rows
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
               "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
               "memory": memory_rows, "power": power_rows, "localize": localize_rows,
-              "sensitivity": sensitivity_rows}
+              "sensitivity": sensitivity_rows, "kernel": kernel_rows}
 
 
 def table(rows: list[Row]) -> str:
@@ -288,6 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the rows and raw figures here")
     p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")
     p.add_argument("--sensitivity-runs-dir", help="sensitivity: keep (reuse, resume) its runs here")
+    p.add_argument("--kernel-runs-dir", help="kernel: keep (and reuse) its runs here")
     p.add_argument("--baseline", action="append",
                    help="sensitivity: a baseline.json with fingerprints.npz beside it (repeatable; default: "
                         f"{', '.join(bench_sensitivity.BASELINES)})")
@@ -303,6 +329,7 @@ def main(argv=None) -> int:
         ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
         ctx.power_runs_dir = args.power_runs_dir
         ctx.sensitivity_runs_dir, ctx.baselines = args.sensitivity_runs_dir, args.baseline
+        ctx.kernel_runs_dir = args.kernel_runs_dir
         for group in args.only or DEFAULT_GROUPS:
             t = time.perf_counter()
             try:
@@ -324,6 +351,8 @@ def main(argv=None) -> int:
         located = bench_localize.expected_named(ctx.raw["localize"]) if "localize" in ctx.raw else {}
         # sensitivity: {baseline: {depth: {"gate_eps", "localize_eps", "grid"}}} at the top level too
         sensitivity = {k: v for k, v in ctx.raw.get("sensitivity", {}).items() if k != "meta"}
+        # kernel: {entry: {"expected_op", "named_op", "seconds_to_fail", "seconds_to_op", "full_run_seconds"}}
+        located.update(bench_kernel.by_entry(ctx.raw["kernel"]) if "kernel" in ctx.raw else {})
         Path(args.json).write_text(json.dumps({**located, **sensitivity, "date": when, "smoke": args.smoke,
                                                "rows": [asdict(r) for r in rows], **power, "raw": ctx.raw},
                                               indent=1, default=str) + "\n")

@@ -131,21 +131,31 @@ def check_compatible(candidate: Fingerprints, reference: Fingerprints, candidate
 
 # ---- metrics --------------------------------------------------------------------------------------------
 
-def _metrics(cand: PhasePrints, ref: PhasePrints, i: int, j: int) -> tuple[float, float, float, float, bool]:
-    """(rel_l2, cosine, max_abs_error, max_rel_error, exact) of candidate entry i against reference entry j."""
-    if cand.whole is not None and ref.whole is not None:
-        a, b, exact = cand.whole[i].astype(np.float64).ravel(), ref.whole[j].astype(np.float64).ravel(), True
-    else:
-        a, b, exact = cand.sketch[i], ref.sketch[j], False
+def compare_arrays(a: np.ndarray, b: np.ndarray) -> dict:
+    """rel_l2, cosine, max_abs_error, max_rel_error of a against the reference b (flattened, in float64); a
+    non-finite a is an infinite error. Localize's metrics, and the op search's (pipelines/oplocate.py)."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
     diff = a - b
     norm_b, norm_a, norm_d = float(np.linalg.norm(b)), float(np.linalg.norm(a)), float(np.linalg.norm(diff))
     if not np.isfinite(norm_a):
-        return float("inf"), float("nan"), float("inf"), float("inf"), exact
-    rel = norm_d / max(norm_b, NORM_FLOOR)
+        return {"rel_l2": float("inf"), "cosine": float("nan"), "max_abs_error": float("inf"),
+                "max_rel_error": float("inf")}
     cosine = float(a @ b) / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else (1.0 if norm_d == 0 else 0.0)
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
     max_rel = max_abs / max(float(np.abs(b).max()) if b.size else 0.0, NORM_FLOOR)
-    return rel, cosine, max_abs, max_rel, exact
+    return {"rel_l2": norm_d / max(norm_b, NORM_FLOOR), "cosine": cosine, "max_abs_error": max_abs,
+            "max_rel_error": max_rel}
+
+
+def _metrics(cand: PhasePrints, ref: PhasePrints, i: int, j: int) -> tuple[float, float, float, float, bool]:
+    """(rel_l2, cosine, max_abs_error, max_rel_error, exact) of candidate entry i against reference entry j."""
+    if cand.whole is not None and ref.whole is not None:
+        a, b, exact = cand.whole[i], ref.whole[j], True
+    else:
+        a, b, exact = cand.sketch[i], ref.sketch[j], False
+    m = compare_arrays(a, b)
+    return m["rel_l2"], m["cosine"], m["max_abs_error"], m["max_rel_error"], exact
 
 
 def relative_errors(cand: PhasePrints, ref: PhasePrints) -> np.ndarray:

@@ -366,10 +366,31 @@ def localization_html(localization: dict | None, strip_png: Path | None) -> str:
         row.append("whole tensors" if first.get("exact") else "sketch")
         body += _table(head + ["kind", "cosine", "rel. L2 error", "max abs error", "max rel error", "tolerance",
                                "envelope spread", "from"], [row], ["bad"], "localize-first")
+    body += op_html(localization.get("op"))
     if localization.get("next"):
         body += f"<p>Next: {html.escape(localization['next'])}</p>"
     if strip_png is not None:
         body += _img(strip_png, "per-entry error over tolerance by depth, per phase")
+    return body
+
+
+def op_html(op: dict | None) -> str:
+    """The first diverging op inside localize's module (pipelines/kernel.py): the op, where it was called, how its
+    call differs from the reference's, its error against the float64 oracle beside its bound, and the repro."""
+    if not op:
+        return ""
+    if op.get("status") != "named":
+        return f'<p id="localize-op">Op: {html.escape(str(op.get("message", "")))}</p>'
+    head = ["op", "called in", "pass", "differs from the reference's call", "rel. L2 error vs float64",
+            "max abs error", "cosine", "bound (C x fp32 error)", "inputs' worst error"]
+    row = [op["op"], op["site"], "backward" if op.get("backward") else "forward",
+           "; ".join(op.get("arg_diffs") or []) or "nothing but the kernel", _fmt3(op["rel_l2"]),
+           _fmt3(op["max_abs_error"]), _cosine(op["cosine"]),
+           f"{_fmt3(op['bound'])} ({op['c']:g} x {_fmt3(op['fp32_error'])})", _fmt3(op["input_rel_l2"])]
+    body = _table(head, [row], ["bad"], "localize-op")
+    if op.get("repro"):
+        body += (f'<p id="localize-repro">Repro (torch only; exits 1 where the op leaves the bound): '
+                 f'<code>python {html.escape(op["repro"])} --device &lt;cpu|cuda|sdaa&gt;</code></p>')
     return body
 
 

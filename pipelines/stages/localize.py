@@ -5,6 +5,8 @@
   python -m pipelines.stages.localize replay --step 57      # train up to step 57 with fingerprints there
   python -m pipelines.stages.localize replay --step 57 --envelope   # the same on the baseline's machine,
                                                             # with the envelope runs: replay-57/reference.npz
+  python -m pipelines.stages.localize op --step 57 --phase forward --module blocks.0.attn.proj_l
+                                                            # the first diverging op of that module (and a repro)
 
 Writes reports/<profile>/localize.json (the first divergence, msprobe-style metrics beside its
 tolerance, the per-phase picture the report draws) and tags the train run in MLflow (localize.*). It
@@ -16,6 +18,13 @@ lie are exit 2, in the chain too: a run's fingerprints.npz that is not the file 
 or a spread that is no relative error (cait/fingerprints.py `load_reference`). Given two files
 (--candidate/--baseline), unreadable or incompatible ones are exit 2, and so is a --baseline that is a run's
 file (no envelope spread) rather than a reference.
+
+When the first divergence is where it starts (not accumulated over earlier steps) and lies in the forward or
+backward pass, the chain goes on to the op (pipelines/kernel.py): it replays the run to that step, records the
+module at the aten level against the reference module in float64 on the CPU, names the first op whose
+output leaves what an fp32 kernel may produce while its inputs agree (localize.json `op`, MLflow tag
+`localize.op`), and writes a torch-only repro of that call, reports/<profile>/repro/<op>.py with its inputs
+(<op>.pt; exit 1 on any device where the op leaves the bound). A weights or update finding names no op.
 
 When every phase agrees at step 0 and the curves part later, the step where they part can be replayed
 on each machine (keyed randomness: the same batches and drop-path masks; the same full-run schedule):
@@ -34,11 +43,13 @@ from cait.files import atomic_write_text
 from pipelines import cli
 from pipelines.baselines import load_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
+from pipelines.oplocate import OpFinding
 from pipelines.localize import Localization, describe, localize, loss_digest, read_run_fingerprints, with_spread
 from pipelines.params import Params, load_params
 from pipelines.provenance import file_sha256
 
 REPLAY_REFERENCE = "reference.npz"  # replay --envelope: the replayed run's fingerprints with the envelope's spread
+REPRO = "repro"  # reports/<profile>/repro/<op>.py and <op>.pt: the first diverging op, standalone
 
 
 def baseline_fingerprints(params: Params):
@@ -79,16 +90,45 @@ def advice(result: Localization, status: str, parted_at: int | None, profile: st
 
 
 def write_result(out: Path, result: Localization, *, candidate: str, baseline: str, verdict_status: str = "",
-                 parted_at: int | None = None, next_step: str = "") -> dict:
+                 parted_at: int | None = None, next_step: str = "", op: OpFinding | None = None) -> dict:
     inputs = {side: {"path": path, "sha256": file_sha256(path) if path and Path(path).is_file() else None}
               for side, path in (("candidate", candidate), ("baseline", baseline))}
     data = {"schema_version": 1, **result.to_json(), "inputs": inputs, "verdict_status": verdict_status,
-            "curves_part_at": parted_at, "next": next_step}
+            "curves_part_at": parted_at, "next": next_step, "op": op.to_json() if op is not None else None}
     atomic_write_text(out, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return data
 
 
-def tag_run(params: Params, folder: Path, result: Localization, out: Path) -> None:
+def find_op(params: Params, result: Localization, *, data_dir: Path | None = None, quiet: bool = True,
+            repro_dir: Path | None = None) -> OpFinding | None:
+    """The first diverging op of localize's entry, with its repro written (None where localize names nothing).
+    In the chain it informs: a replay or recording that fails says why in `op` and the chain goes on."""
+    from cait.errors import HarnessError
+    from pipelines.kernel import search, write_repro
+
+    repro_dir = repro_dir or run_dir(params.profile) / REPRO
+    for stale in (repro_dir.glob("*.py") if repro_dir.is_dir() else []):  # never an earlier run's repro beside this
+        stale.unlink()
+        stale.with_suffix(".pt").unlink(missing_ok=True)
+    first = result.first
+    if first is None:
+        return None
+    if result.accumulated:
+        return OpFinding("not_applicable", f"step {first.step} is not where the divergence starts (every phase agreed "
+                                           f"at an earlier fingerprint step): replay the step where the curves part, "
+                                           f"then `python -m pipelines.stages.localize op` on what it names")
+    try:
+        finding, found = search(params, first.step, first.phase, first.module, data_dir=data_dir, quiet=quiet)
+        if found is not None:
+            finding.repro = str(write_repro(repro_dir, finding, found))
+        return finding
+    except (HarnessError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"localize: warning: op search: {message}", file=sys.stderr)
+        return OpFinding("unavailable", f"op search failed: {message}")
+
+
+def tag_run(params: Params, folder: Path, result: Localization, out: Path, op: OpFinding | None = None) -> None:
     """The localisation as tags of the train run (and localize.json as its artifact)."""
     if not params.tracking.enabled or not (folder / RECORD).exists():
         return
@@ -104,13 +144,17 @@ def tag_run(params: Params, folder: Path, result: Localization, out: Path) -> No
         tags.update({"localize.step": str(first.step), "localize.phase": first.phase,
                      "localize.module": first.module or "(model)", "localize.entry": first.entry,
                      "localize.kind": first.kind})
+    if op is not None:
+        tags.update({"localize.op": op.op if op.status == "named" else op.status,
+                     "localize.op_message": op.message[:4000]})
     logger = RunLogger(params.tracking)
     logger.attach(record["mlflow_run_id"], record.get("mlflow_parent_run_id", ""))
     logger.set_tags(tags)
     # an execution's row shows the worst device's (pipelines/review.py: execution_tags)
     if logger.parent_run_id and (logger.run_tags(logger.parent_run_id).get("verdict")
                                  == logger.run_tags(logger.run_id).get("verdict")):
-        logger.set_tags({"localize.module": tags.get("localize.module", "")}, run_id=logger.parent_run_id)
+        logger.set_tags({k: tags[k] for k in ("localize.module", "localize.op") if k in tags} or
+                        {"localize.module": ""}, run_id=logger.parent_run_id)
     logger.log_artifact(out)
     logger.close()
 
@@ -136,10 +180,13 @@ def run_chain(params: Params, quiet: bool) -> int:
         result = Localization("unavailable", f"not compared: {exc}")
         print(f"localize: warning: {result.message}", file=sys.stderr)
     next_step = advice(result, status, parted_at, params.profile)
+    op = find_op(params, result, quiet=quiet)
     write_result(out, result, candidate=str(candidate_path), baseline=params.localize.baseline_fingerprints,
-                 verdict_status=status, parted_at=parted_at, next_step=next_step)
-    tag_run(params, folder, result, out)
+                 verdict_status=status, parted_at=parted_at, next_step=next_step, op=op)
+    tag_run(params, folder, result, out, op)
     print(f"localize: {result.message} -> {out}")
+    if op is not None:
+        print(f"  op: {op.message}" + (f"; repro: python {op.repro} [--device ...]" if op.repro else ""))
     if next_step:
         print(f"  next: {next_step}")
     return 0
@@ -177,6 +224,24 @@ def replay(params: Params, step: int, envelope: bool, quiet: bool) -> int:
     return 0
 
 
+def op_search(params: Params, step: int, phase: str, module: str, out: str | None, quiet: bool) -> int:
+    """The first diverging op of one module at one step (any step: a replay up to it), with its repro."""
+    from pipelines.kernel import search, write_repro
+
+    total = run_length(params)
+    if not 0 <= step < total:
+        raise FingerprintError(f"--step {step}: outside the run's steps 0..{total - 1}")
+    finding, found = search(params, step, phase, module, quiet=quiet)
+    if found is not None:
+        finding.repro = str(write_repro(run_dir(params.profile) / REPRO, finding, found))
+    path = Path(out) if out else run_dir(params.profile) / f"op-{step}.json"
+    atomic_write_text(path, json.dumps(finding.to_json(), indent=1, sort_keys=True) + "\n")
+    print(f"localize: {finding.message} -> {path}")
+    if finding.repro:
+        print(f"  repro: python {finding.repro} [--device cpu|cuda|sdaa]")
+    return 0
+
+
 def run_length(params: Params) -> int:
     """Steps of the run params.yaml describes, as one process trains it (cait/session.py): train.steps, or
     epochs x steps per epoch of the prepared data."""
@@ -201,9 +266,13 @@ def replayed(folder: Path, step: int):
 
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("action", nargs="?", choices=["replay"], help="replay: train up to --step with fingerprints there")
+    p.add_argument("action", nargs="?", choices=["replay", "op"],
+                   help="replay: train up to --step with fingerprints there; op: the first diverging op of --module")
     p.add_argument("--step", type=int, help="replay: the step to fingerprint (where the curves part)")
     p.add_argument("--envelope", action="store_true", help="replay: also the envelope runs (a reference file)")
+    p.add_argument("--module", help="op: the module localize named (its `module`)")
+    p.add_argument("--phase", default="forward", choices=["forward", "backward", "param_grad"],
+                   help="op: the phase localize named (default forward)")
     p.add_argument("--candidate", help="a fingerprint file to localize (default: the chain's)")
     p.add_argument("--baseline", help="the reference fingerprint file (default: localize.baseline_fingerprints)")
     p.add_argument("--out", help=f"result file (default: reports/<profile>/{LOCALIZE})")
@@ -214,6 +283,11 @@ def main(argv=None) -> int:
             raise FingerprintError("replay needs --step S (the step where the curves part: the verdict's "
                                    "first_divergence_step)")
         return replay(params, args.step, args.envelope, args.quiet)
+    if args.action == "op":
+        if args.step is None or args.module is None:
+            raise FingerprintError("op needs --step S and --module M (localize's step and module), and --phase for a "
+                                   "backward finding")
+        return op_search(params, args.step, args.phase, args.module, args.out, args.quiet)
     if not (args.candidate or args.baseline):
         return run_chain(params, args.quiet)
     candidate = args.candidate or str(run_dir(params.profile) / FINGERPRINTS)

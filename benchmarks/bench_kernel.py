@@ -1,0 +1,268 @@
+"""From a broken port to the broken kernel, measured on the port-bug zoo: how long from the start of a run to a
+`fail` verdict (fail fast) and to a named module and op, against a full run; is the op the injected one; do
+the legitimate runs stay unstopped and name no op?
+
+  python -m benchmarks --only kernel --json kernel.json --kernel-runs-dir /tmp/kernel-zoo
+  python benchmarks/bench_kernel.py --entries gelu_tanh,lr_one_step_late,threads_1 --runs-dir /tmp/kernel-zoo
+
+Per bug of cait/portbugs.py (default profile, params.yaml's localize.k and floor):
+
+  seconds_to_op    a one-step run with fingerprints (the preflight: step 0 is bitwise the full run's step 0,
+                   keyed randomness and the full run's schedule), localize against the baseline's fingerprints,
+                   then the op search (pipelines/kernel.py: a replay to that step, the module recorded against
+                   the float64 oracle) with its repro written: wall clock, one process, end to end
+  named_op         what the op search names (None: the phase is the update or weights, or no op parts)
+  expected_op      the op the bug changes (EXPECTED_OPS); None for bugs that live in no op of the step
+  repro_exit       the repro's exit status run alone from a fresh shell (`env -i`): 1 = it reproduces
+  seconds_to_fail  the fail-fast run's train.json `stopped_early.seconds` (compare.fail_fast on; the train stage
+                   as a subprocess); None where this code has no compare.fail_fast
+  full_run_seconds one full plain run of the default profile (wall clock around the same training call)
+
+Per legitimate run (envelope variants and the runs the envelope never saw): localize at step 0 names nothing
+(so no op is searched), the fail-fast run is not stopped early, and `needed_c`: held to the float64 oracle on
+the zoo's op sites (blocks.0.norm1, blocks.0.attn, blocks.0.mlp), the C its kernels would need to stay within
+the bound (pipelines/oplocate.py OP_C must stay above every one of these).
+
+--runs-dir keeps each run's folder (the step-0 runs are shared with bench_localize's `<name>.step0`); a cached
+step-0 run keeps the seconds it took beside it, so a rerun reports the same wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# The op each op bug of the zoo changes (cait/portbugs.py): what the op search must name.
+EXPECTED_OPS = {"gelu_tanh": "aten.gelu.default", "softmax_bf16": "aten._softmax.default",
+                "layernorm_eps": "aten.native_layer_norm.default", "layernorm_bf16": "aten.native_layer_norm.default",
+                "attention_scale": "aten.mul.Tensor"}
+LEGIT = ("threads_1", "matmul_transposed", "fused_attention", "weights_ulp_other", "adamw_by_hand")
+OP_SITES = ("blocks.0.norm1", "blocks.0.attn", "blocks.0.mlp")
+SECONDS = "seconds.json"
+
+
+def _with(params, **device):
+    return params.model_copy(update={"device": params.device.model_copy(update=device),
+                                     "tracking": params.tracking.model_copy(update={"enabled": False})})
+
+
+def timed_run(params, label: str, folder: Path, data_dir: Path, log, *, stop_after: int | None,
+              fingerprint_steps: list[int] | None) -> float:
+    """Wall seconds of one training call into `folder` (cached: the seconds are kept beside the run)."""
+    from pipelines.layout import RECORD
+    from pipelines.training import train_once
+
+    if (folder / RECORD).exists() and (folder / SECONDS).exists():
+        log(f"{label}: reusing {folder}")
+        return float(json.loads((folder / SECONDS).read_text())["seconds"])
+    if fingerprint_steps is not None:
+        fp = params.train.fingerprints.model_copy(update={"steps": fingerprint_steps})
+        params = params.model_copy(update={"train": params.train.model_copy(update={"fingerprints": fp})})
+    started = time.perf_counter()
+    train_once(params, label, data_dir=data_dir, quiet=True, out_dir=folder, stop_after=stop_after)
+    seconds = time.perf_counter() - started
+    (folder / SECONDS).write_text(json.dumps({"seconds": seconds}) + "\n")
+    log(f"{label}: {seconds:.1f} s")
+    return seconds
+
+
+def fail_fast_available(params) -> bool:
+    return "fail_fast" in type(params.compare).model_fields
+
+
+def fail_fast_run(params_path: Path, name: str, kind: str, root: Path, log) -> dict | None:
+    """The train stage with compare.fail_fast on (a subprocess, as the chain runs it); its train.json's
+    `stopped_early` (None when it ran in full). Cached in root/<name>.failfast."""
+    import yaml
+
+    folder = root / f"{name}.failfast"
+    record = folder / "train.json"
+    if not record.exists():
+        raw = yaml.safe_load(params_path.read_text())
+        raw["device"]["port_bug" if kind == "bug" else "numerics_variant"] = name
+        raw["tracking"]["enabled"] = False
+        raw["compare"]["fail_fast"] = True
+        folder.mkdir(parents=True, exist_ok=True)
+        own = folder / "params.yaml"
+        own.write_text(yaml.safe_dump(raw, sort_keys=False))
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pipelines.stages.train", "-q", "--params", str(own),
+                               "--out-dir", str(folder)], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        log(f"{name}: fail-fast run exit {done.returncode} in {time.perf_counter() - started:.1f} s")
+        if not record.exists():
+            raise RuntimeError(f"{name}: the fail-fast run wrote no train.json: {done.stderr.strip()[-300:]}")
+    return json.loads(record.read_text()).get("stopped_early")
+
+
+def run_repro(script: str) -> int:
+    """The repro alone from a fresh shell: no project on the path, nothing of this environment but PATH."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as elsewhere:
+        done = subprocess.run(["python", str(Path(script).resolve())], cwd=elsewhere, capture_output=True, text=True,
+                              env={"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"})
+    return done.returncode
+
+
+def legit_needed_c(params, data_dir: Path) -> dict:
+    """The C each op site's kernels need to stay within the bound (the worst op), at step 0."""
+    from pipelines.kernel import capture, search_module
+    from pipelines.oplocate import needed_c
+
+    captured = capture(params, 0, list(OP_SITES), want_grads=False, data_dir=data_dir)
+    out = {}
+    for site in OP_SITES:
+        _, cand, _, oracle, _, fp32 = search_module(params, captured, site, backward=False)
+        c, where = needed_c(cand, oracle, fp32)
+        out[site] = {"needed_c": c, "worst": where}
+    return out
+
+
+def measure(params, *, params_path: Path, entries: list[str] | None = None, runs_dir: Path | None = None,
+            data_dir: Path | None = None, log=print) -> dict:
+    import tempfile
+
+    from benchmarks.bench_localize import train_to_step0
+    from cait.fingerprints import load, load_reference
+    from cait.portbugs import BUGS
+    from pipelines.layout import FINGERPRINTS, PREPARED_DIR
+    from pipelines.localize import localize
+    from pipelines.stages.localize import find_op
+
+    cfg = params.localize
+    data_dir = data_dir or REPO / PREPARED_DIR
+    baseline_path = Path(cfg.baseline_fingerprints)
+    baseline = load_reference(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
+    names = entries or [*BUGS, *LEGIT]
+    result: dict = {"bugs": {}, "legit": {}, "fail_fast": fail_fast_available(params), "k": cfg.k}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-kernel-") as tmp:
+        root = runs_dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        full = timed_run(_with(params), "full plain run", root / "full", data_dir, log, stop_after=None,
+                         fingerprint_steps=None)
+        for name in names:
+            kind = "bug" if name in BUGS else "legit"
+            run_params = _with(params, port_bug=name) if kind == "bug" else _with(params, numerics_variant=name)
+            folder = root / f"{name}.step0"
+            if kind == "bug" and not (folder / SECONDS).exists():
+                t = time.perf_counter()
+                train_to_step0(params, name, root, data_dir, log)
+                if not (folder / SECONDS).exists():
+                    (folder / SECONDS).write_text(json.dumps({"seconds": time.perf_counter() - t}) + "\n")
+            step0 = (float(json.loads((folder / SECONDS).read_text())["seconds"]) if kind == "bug" else
+                     timed_run(run_params, f"{name} step 0", folder, data_dir, log, stop_after=0,
+                               fingerprint_steps=[0]))
+            t = time.perf_counter()
+            held_out = name if name in baseline.variants else None
+            found = localize(load(folder / FINGERPRINTS), baseline, k=cfg.k, floor=cfg.floor, exclude=held_out,
+                             candidate_source=str(folder / FINGERPRINTS), baseline_source=str(baseline_path))
+            op = find_op(run_params, found, data_dir=data_dir, repro_dir=root / f"{name}.repro")
+            seconds_to_op = step0 + time.perf_counter() - t
+            first = found.first
+            row = {"named_module": None if first is None else f"{first.phase} {first.module or '(model)'}",
+                   "named_step": None if first is None else first.step,
+                   "named_op": op.op if op is not None and op.status == "named" else None,
+                   "op_status": None if op is None else op.status, "op_message": None if op is None else op.message,
+                   "op_site": None if op is None else op.site, "arg_diffs": None if op is None else op.arg_diffs,
+                   "seconds_to_op": seconds_to_op, "full_run_seconds": full, "seconds_to_fail": None,
+                   "stopped_early": None}
+            if op is not None and op.repro:
+                row["repro"] = op.repro
+                row["repro_exit"] = run_repro(op.repro)
+            if result["fail_fast"]:
+                stopped = fail_fast_run(params_path, name, kind, root, log)
+                row["stopped_early"] = stopped
+                row["seconds_to_fail"] = float(stopped["seconds"]) if stopped else None
+            if kind == "bug":
+                row["expected_op"] = EXPECTED_OPS.get(name)
+                row["expected_site"] = BUGS[name].site
+                row["ok"] = row["named_op"] == row["expected_op"] and (
+                    row["expected_op"] is None or row.get("repro_exit") == 1)
+                result["bugs"][name] = row
+            else:
+                row["expected_op"] = None
+                row["needed_c"] = legit_needed_c(run_params, data_dir)
+                row["ok"] = row["named_op"] is None and first is None and not row["stopped_early"]
+                result["legit"][name] = row
+            log(f"{name}: {row['named_module']} -> {row['named_op']} ({row['op_message'] or 'no op searched'}); "
+                f"{seconds_to_op:.1f} s to the op, full run {full:.1f} s")
+    result["summary"] = summary(result)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def summary(result: dict) -> dict:
+    bugs = result["bugs"].values()
+    to_op = [r["seconds_to_op"] / r["full_run_seconds"] for r in bugs if r["named_module"] is not None]
+    to_fail = [r["seconds_to_fail"] / r["full_run_seconds"] for r in bugs if r["seconds_to_fail"] is not None]
+    op_bugs = [r for r in bugs if r["expected_op"] is not None]
+    needs = [s["needed_c"] for r in result["legit"].values() for s in r.get("needed_c", {}).values()]
+    return {"median_op_fraction": statistics.median(to_op) if to_op else None,
+            "median_fail_fraction": statistics.median(to_fail) if to_fail else None,
+            "op_bugs_named": sum(r["ok"] for r in op_bugs), "op_bugs": len(op_bugs),
+            "bugs_ok": sum(r["ok"] for r in bugs), "bugs": len(result["bugs"]),
+            "legit_ok": sum(r["ok"] for r in result["legit"].values()), "legit": len(result["legit"]),
+            "legit_needed_c": max(needs) if needs else None}
+
+
+def by_entry(result: dict) -> dict:
+    """{entry: {"expected_op", "named_op", "seconds_to_fail", "seconds_to_op", "full_run_seconds"}} (the issue's)."""
+    keys = ("expected_op", "named_op", "seconds_to_fail", "seconds_to_op", "full_run_seconds")
+    return {name: {k: row.get(k) for k in keys} for group in ("bugs", "legit") for name, row in result[group].items()}
+
+
+def _s(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(result: dict) -> str:
+    lines = ["| kind | entry | localize names | expected op | named op (called in) | repro exit | to the op, s | "
+             "to fail, s | full run, s | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for group, label in (("bugs", "bug"), ("legit", "legit")):
+        for name, r in result[group].items():
+            named = f"`{r['named_op']}` ({r['op_site']})" if r["named_op"] else (r["op_status"] or "none")
+            lines.append(f"| {label} | `{name}` | {r['named_module'] or 'nothing'} | {r['expected_op'] or '-'} "
+                         f"| {named} "
+                         f"| {r.get('repro_exit', '-')} | {_s(r['seconds_to_op'])} | {_s(r['seconds_to_fail'])} | "
+                         f"{_s(r['full_run_seconds'])} | {'yes' if r['ok'] else '**no**'} |")
+    s = result["summary"]
+    frac = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+    lines.append(f"\nmedian time to a named op {frac(s['median_op_fraction'])} of a full run, to a fail verdict "
+                 f"{frac(s['median_fail_fraction'])}; op bugs named {s['op_bugs_named']} / {s['op_bugs']}, legit "
+                 f"clean {s['legit_ok']} / {s['legit']}; legit kernels need C <= {s['legit_needed_c']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--entries", help="comma-separated zoo entries (default: every bug and " + ", ".join(LEGIT) + ")")
+    p.add_argument("--runs-dir", help="keep (and reuse) each run's folder here")
+    p.add_argument("--json", help="write {entry: {expected_op, named_op, seconds_to_fail, seconds_to_op, "
+                                  "full_run_seconds}} and the raw figures here")
+    args = p.parse_args(argv)
+    from pipelines.params import load_params
+
+    result = measure(load_params(args.params), params_path=Path(args.params),
+                     entries=args.entries.split(",") if args.entries else None,
+                     runs_dir=Path(args.runs_dir) if args.runs_dir else None, log=lambda line: print(line, flush=True))
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**by_entry(result), "raw": result}, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
