@@ -740,8 +740,9 @@ class RunLogger:
         if self.spooled:
             self.spooled = 0
             sent, left = sync(self.cfg)
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while left and time.monotonic() < deadline and store_reachable(self.uri):  # a busy store: try again
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S  # a busy store (timeouts under load): try again while it
+            while (left and self._spool.uploadable() and time.monotonic() < deadline  # answers, not for files
+                   and store_reachable(self.uri)):  # other live processes still write
                 time.sleep(1)
                 sent, left = sync(self.cfg)
             if left:

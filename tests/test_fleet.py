@@ -272,3 +272,31 @@ def test_a_night_of_16_jobs_with_a_server_restart_loses_nothing(tmp_path, monkey
     finally:
         stack.stop()
         shutil.rmtree(pg, ignore_errors=True)
+
+
+def test_a_resent_create_run_finds_the_run_its_first_attempt_made():
+    """The server died after creating the run and before answering: the spool's copy of the create_run must
+    not make a twin (the night's 'no duplicates from the spool's resend')."""
+    from pipelines.tracking import RUN_KEY_TAG, _execute
+
+    class Creating(Client):
+        def get_experiment_by_name(self, name):
+            return SimpleNamespace(experiment_id="1", tags={})
+
+        def set_experiment_tag(self, *args):
+            pass
+
+        def create_run(self, experiment_id, start_time=None, tags=None, run_name=None):
+            run_id = f"r{len(self.store.runs)}"
+            self.store.add(run_id, start_time, tags)
+            return self.store.view(run_id)
+
+    store = FakeStore()
+    client = Creating(store, gate=lambda: None)
+    op = {"op": "create_run", "local_id": "local-1", "experiment": "e", "run_name": "n", "start_time": 5,
+          "tags": {"profile": "default"}}
+    first = _execute(client, op, {})  # reached the store; its reply was lost, so the op stayed in the spool
+    ids: dict[str, str] = {}
+    again = _execute(client, op, ids, replay=True)
+    assert again.info.run_id == first.info.run_id == ids["local-1"] and len(store.runs) == 1
+    assert store.runs[first.info.run_id]["tags"][RUN_KEY_TAG] == "local-1"
