@@ -23,7 +23,6 @@ Replaying keeps 16 jobs within a test's minutes on 2 cores; what is tested is th
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
