@@ -3,7 +3,8 @@
 Layout in MLflow: one run per profile/device (`cait.role: device`), holding params, the loss curve,
 the verdict tags and the report. An execution named by $CAIT_EXECUTION_ID (e.g. the CI pipeline id:
 all profiles and devices of one nightly) also gets a parent run that folds its device runs and shows
-their worst verdict; without it a device run stands on its own row of the runs list.
+their worst verdict, written as a pure function of its children (settle_execution), never read-modify-write;
+without it a device run stands on its own row of the runs list.
 
 Every write is an operation handed to a background thread, which sends metrics in batches
 (`log_batch`, at most 1000 per request), so the training loop only appends to a list. When the store
@@ -11,7 +12,8 @@ cannot be reached, the operations are appended to a spool file under tracking.sp
 is printed and the run carries on. The next RunLogger of any stage, or
 `python -m pipelines.tracking sync`, uploads the spool in its original order once the store answers.
 A run created while the store is down gets a local id (`local-...`) that the upload maps to the real
-one. Only a spool that cannot be written is an error (TrackingError, exit status 4).
+one; a resent create_run finds the run its first attempt made (tag cait.run_key) instead of making a twin.
+Only a spool that cannot be written is an error (TrackingError, exit status 4).
 """
 
 from __future__ import annotations
