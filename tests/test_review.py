@@ -42,19 +42,21 @@ def test_deciding_rules_name_what_made_the_verdict():
 
 
 def test_an_execution_shows_its_worst_device_and_why():
-    from pipelines.review import execution_tags
+    from pipelines.review import SLOT_TAG, execution_tags
 
-    fail = {"verdict": "fail", "verdict.rule": "envelope", "verdict.first_divergence_step": "26"}
-    passed = {"verdict": "pass", "verdict.rule": "modelzoo,envelope", "verdict.first_divergence_step": ""}
-    first = execution_tags({}, "default", "sdaa", fail)
+    fail = {"verdict": "fail", "verdict.rule": "envelope", "verdict.first_divergence_step": "26",
+            SLOT_TAG: "default.sdaa"}
+    passed = {"verdict": "pass", "verdict.rule": "modelzoo,envelope", "verdict.first_divergence_step": "",
+              SLOT_TAG: "default.cuda"}
+    first = execution_tags([(1, "s", fail)])
     assert first == {"verdict.default.sdaa": "fail", "verdict": "fail", "verdict.rule": "envelope",
-                     "verdict.first_divergence_step": "26"}
-    parent = {"cait.role": "parent", "verdict.rule": "envelope", "verdict.first_divergence_step": "26", **first}
-    later = execution_tags(parent, "default", "cuda", passed)  # a passing device after it changes nothing shown
-    assert later == {"verdict.default.cuda": "pass", "verdict": "fail"}
-    assert execution_tags({"verdict.default.cuda": "inconclusive"}, "default", "cpu", passed)["verdict"] == \
+                     "verdict.first_divergence_step": "26", "localize.module": "", "localize.op": ""}
+    later = execution_tags([(1, "s", fail), (2, "c", passed)])  # a passing device after it changes nothing shown
+    assert later == {**first, "verdict.default.cuda": "pass"}
+    inconclusive = {**passed, "verdict": "inconclusive"}
+    assert execution_tags([(1, "c", inconclusive), (2, "p", {**passed, SLOT_TAG: "default.cpu"})])["verdict"] == \
         "inconclusive"
-    rerun = execution_tags({"verdict.default.sdaa": "fail"}, "default", "sdaa", passed)  # the same device again
+    rerun = execution_tags([(1, "s", fail), (3, "s2", {**passed, SLOT_TAG: "default.sdaa"})])  # the same device again
     assert rerun["verdict"] == "pass" and rerun["verdict.rule"] == "modelzoo,envelope"
 
 
@@ -150,7 +152,7 @@ def test_compare_puts_the_baseline_beside_the_run_in_mlflow(project, monkeypatch
     assert columns[:3] == ["verdict", "verdict.rule", "verdict.first_divergence_step"]
     # localize tags the run (and the parent) after compare (tests/test_localize.py)
     # (dvc.experiment only inside `dvc exp run`: tests/test_dvc_experiments.py)
-    assert set(columns) - {"localize.module", "dvc.experiment"} <= set(child.data.tags)
+    assert set(columns) - {"localize.module", "localize.op", "dvc.experiment"} <= set(child.data.tags)
     assert set(columns[:3]) <= set(parent.data.tags)
     assert view["columnOrder"][1:] == view["selectedColumns"]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

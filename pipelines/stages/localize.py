@@ -150,11 +150,7 @@ def tag_run(params: Params, folder: Path, result: Localization, out: Path, op: O
     logger = RunLogger(params.tracking)
     logger.attach(record["mlflow_run_id"], record.get("mlflow_parent_run_id", ""))
     logger.set_tags(tags)
-    # an execution's row shows the worst device's (pipelines/review.py: execution_tags)
-    if logger.parent_run_id and (logger.run_tags(logger.parent_run_id).get("verdict")
-                                 == logger.run_tags(logger.run_id).get("verdict")):
-        logger.set_tags({k: tags[k] for k in ("localize.module", "localize.op") if k in tags} or
-                        {"localize.module": ""}, run_id=logger.parent_run_id)
+    logger.update_execution()  # an execution's row shows the worst device's (pipelines/review.py: execution_tags)
     logger.log_artifact(out)
     logger.close()
 

@@ -3,6 +3,7 @@
   python -m pipelines.stages.summary                      # every reports/<profile>/ of this checkout
   python -m pipelines.stages.summary nightly-artifacts/   # folders the CI jobs uploaded (searched recursively)
   python -m pipelines.stages.summary --format markdown >> "$GITHUB_STEP_SUMMARY"
+  python -m pipelines.stages.summary nightly-artifacts/ --execution "$CAIT_EXECUTION_ID"   # and agrees with MLflow?
 
 Reads only verdict.json (through pipelines/verdict_file.py, the one reader), train.json and run.json (the
 measured samples/s; "-" without it) (no torch, so a CI job without it can run it). The inputs a verdict names are not rechecked here: the uploaded
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError, VerdictError
+from cait.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError, TrackingError, VerdictError
 from pipelines import cli
 from pipelines.layout import HTML, RECORD, REPORTS_DIR, RUN_INFO, VERDICT
 from pipelines.provenance import read_run_info
@@ -102,10 +103,37 @@ def night_status(statuses: list[str]) -> int:
     return EXIT_PASS
 
 
+def mlflow_disagreements(verdicts: list[Path], uri: str, execution: str, experiment: str) -> list[str]:
+    """Where the night's MLflow record (the parent run of `execution` and its device runs) says otherwise than
+    these verdict.json files: a device missing on either side, another verdict, another night verdict."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.review import SEVERITY
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    parents = list(client.search_runs([exp.experiment_id], max_results=2, filter_string=(
+        f"tags.`cait.execution` = '{execution}' and tags.`cait.role` = 'parent'"))) if exp else []
+    if len(parents) != 1:
+        return [f"execution {execution}: {len(parents)} parent runs in {experiment} at {uri}, not one"]
+    tags = parents[0].data.tags
+    shown = {key[len("verdict."):]: value for key, value in tags.items()
+             if key.startswith("verdict.") and key.count(".") >= 2 and value in SEVERITY}
+    rows = {f"{row['profile']}.{row['device']}": row["verdict"] for row in map(summary_row, verdicts)}
+    out = [f"{slot}: {rows.get(slot, 'no verdict.json')} in the summary, {shown.get(slot, 'absent')} in MLflow"
+           for slot in sorted(set(rows) | set(shown)) if rows.get(slot) != shown.get(slot)]
+    night = {EXIT_FAIL: "fail", EXIT_INCONCLUSIVE: "inconclusive", EXIT_PASS: "pass"}[night_status(list(rows.values()))]
+    if tags.get("verdict") != night:
+        out.append(f"night: {night} in the summary, {tags.get('verdict')} on the parent run in MLflow")
+    return out
+
+
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("paths", nargs="*", type=Path, help=f"folders or verdict.json files (default: {REPORTS_DIR}/)")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    p.add_argument("--execution", help="also check the table against MLflow: the parent run of this execution id "
+                                       "($CAIT_EXECUTION_ID of the night) and its device runs; a difference exits 4")
     args = p.parse_args(argv)
     paths = args.paths or [REPORTS_DIR]
     verdicts = find_verdicts(paths)
@@ -119,6 +147,15 @@ def main(argv=None) -> int:
     if args.format == "text" and not args.quiet:
         counts = {s: statuses.count(s) for s in ("pass", "fail", "inconclusive") if s in statuses}
         print("\nnight: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+    if args.execution:
+        from pipelines.params import load_params
+        from pipelines.tracking import tracking_uri
+
+        cfg = load_params(args.params).tracking
+        differ = mlflow_disagreements(verdicts, tracking_uri(cfg), args.execution, cfg.experiment)
+        if differ:
+            raise TrackingError(f"the summary and MLflow ({tracking_uri(cfg)}) disagree on execution "
+                                f"{args.execution}: " + "; ".join(differ))
     return night_status(statuses)
 
 

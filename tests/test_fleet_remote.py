@@ -1,0 +1,67 @@
+"""Baselines from a DVC remote (pipelines/remote.py): pushed from one checkout to a local remote, pulled by a
+fresh runner that lacks them and used by the chain's compare stage there; a runner whose copy was edited is
+refused, naming both hashes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import copy_project, stage_env
+from pipelines.provenance import file_sha256
+
+
+def run(args, cwd, env, check=True):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and done.returncode:
+        raise AssertionError(f"{args} exited {done.returncode}: {done.stdout[-800:]} {done.stderr[-1500:]}")
+    return done
+
+
+@pytest.mark.slow  # a dozen dvc and git commands: ~20-40 s
+def test_a_fresh_runner_pulls_the_baseline_and_an_edited_one_is_refused(tmp_path):
+    origin = copy_project(tmp_path / "origin")
+    remote = tmp_path / "remote"
+    env = stage_env(origin)
+    py = [sys.executable, "-m"]
+    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], origin, env)
+    pushed = run(py + ["pipelines.remote", "push"], origin, env)
+    assert "pushed .dvc-export/baselines" in pushed.stdout and any(remote.rglob("*"))
+    run(["git", "add", ".dvc-export"], origin, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baselines in the remote"], origin, env)
+
+    # a fresh runner: a clone without the baselines, the remote configured as a team would
+    runner = tmp_path / "runner"
+    run(["git", "clone", "-q", str(origin), str(runner)], tmp_path, env)
+    shutil.rmtree(runner / "baselines")
+    env = stage_env(runner)
+    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], runner, env)
+    pulled = run(py + ["pipelines.remote", "pull"], runner, env)
+    assert "installed" in pulled.stdout and "match the DVC remote" in pulled.stdout
+    for name in ("default/baseline.json", "default/fingerprints.npz"):
+        assert file_sha256(runner / "baselines" / name) == file_sha256(origin / "baselines" / name)
+
+    # the chain's compare stage judges against the pulled baseline (compare.baseline)
+    data = json.loads((runner / "baselines/default/baseline.json").read_text())
+    curve = runner / "candidate.csv"
+    curve.write_text("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in zip(data["steps"], data["loss"])))
+    run(py + ["pipelines.stages.compare", "--candidate", str(curve), "--out", str(runner / "v.json")], runner, env)
+    verdict = json.loads((runner / "v.json").read_text())
+    assert verdict["status"] == "pass"
+    assert verdict["inputs"]["baseline"]["sha256"] == file_sha256(origin / "baselines/default/baseline.json")
+
+    # an edited baseline: refused, both hashes named, nothing changed
+    target = runner / "baselines/default/baseline.json"
+    remote_sha = file_sha256(target)
+    target.write_text(target.read_text() + "\n")
+    edited_sha = file_sha256(target)
+    for command in ("verify", "pull"):
+        refused = run(py + ["pipelines.remote", command], runner, env, check=False)
+        assert refused.returncode == 2, refused.stderr
+        line = refused.stderr.strip()
+        assert len(line.splitlines()) == 1 and edited_sha in line and remote_sha in line, line
+        assert file_sha256(target) == edited_sha
