@@ -8,6 +8,7 @@
                                         # (~15 runs of the default profile; not in the default set)
   python -m benchmarks --only localize --json out.json   # localize on the same zoo: {entry: {expected, named}}
   python -m benchmarks --only power --only localize --power-runs-dir /tmp/zoo   # both, one training each
+  python -m benchmarks --only power --profile amp --json amp.json   # the mixed-precision profile (profiles/amp.yaml)
   python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
                                         # the smallest eps of output x (1 + eps) at 3 depths the gate fails
                                         # and localize names, per baseline (--baseline, repeatable)
@@ -75,11 +76,9 @@ class Row:
 class Context:
     """Measurements more than one benchmark needs, made once per run."""
 
-    def __init__(self, smoke: bool, params_path: str, tmp: Path, log):
-        from pipelines.params import load_params
-
+    def __init__(self, smoke: bool, params_path: str, tmp: Path, log, profile: str | None = None):
         self.smoke, self.sizes, self.tmp, self.log = smoke, SMOKE if smoke else FULL, tmp, log
-        self.params = load_params(params_path)
+        self.params = bench_power.load_profile(params_path, profile)
         self._cache: dict = {}
         self.raw: dict = {}
 
@@ -285,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, figures meaningless")
     p.add_argument("--only", choices=GROUPS, action="append", help="run this group (repeatable)")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--profile", help="power, localize: a profile of profiles/ (e.g. amp), params.yaml with its keys "
+                                     "changed; judged against that profile's baseline")
     p.add_argument("--json", help="write the rows and raw figures here")
     p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")
     p.add_argument("--sensitivity-runs-dir", help="sensitivity: keep (reuse, resume) its runs here")
@@ -300,7 +301,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cait-bench-") as tmp:
-        ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
+        ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True),
+                      profile=args.profile)
         ctx.power_runs_dir = args.power_runs_dir
         ctx.sensitivity_runs_dir, ctx.baselines = args.sensitivity_runs_dir, args.baseline
         for group in args.only or DEFAULT_GROUPS:

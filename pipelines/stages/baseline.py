@@ -44,7 +44,7 @@ from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params, parse_params
 from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
-from pipelines.training import train_once, with_numerics
+from pipelines.training import params_precision, train_once, with_numerics
 
 
 def run_from_files(curve_path: Path, record_path: Path) -> tuple:
@@ -135,14 +135,6 @@ def record_envelope_runs(params: Params, variants: list[str], quiet: bool = Fals
 # the precision policies a device can record beside its own: TF32 is a device switch (device.tf32); bf16 and fp16
 # autocast change train.amp, which is part of the curve's params: such a profile has a baseline of its own
 DEVICE_POLICIES = ("fp32", "tf32")
-
-
-def params_precision(params: Params) -> str:
-    """The precision policy params ask for (the run records what torch really had on: cait/determinism.py)."""
-    if params.train.amp:
-        return params.train.amp
-    tf32 = (not params.device.deterministic) if params.device.tf32 is None else params.device.tf32
-    return "tf32" if tf32 else "fp32"
 
 
 def with_policy(params: Params, policy: str) -> Params:

@@ -148,8 +148,7 @@ def run_chain(params: Params, quiet: bool) -> int:
 def replay(params: Params, step: int, envelope: bool, quiet: bool) -> int:
     """Train up to `step` with fingerprints at that step (and, with `envelope`, the envelope runs too)."""
     from cait.portbugs import envelope_variants
-    from pipelines.stages.baseline import params_precision
-    from pipelines.training import train_once, with_numerics
+    from pipelines.training import params_precision, train_once, with_numerics
 
     total = run_length(params)
     if not 0 <= step < total:
