@@ -387,18 +387,24 @@ def _softmax_fp32(model, seed):
 
 
 def _gelu_epilogue(model, seed):
-    """fc1 + GELU as one fused kernel: GELU applied to fc1's fp32 accumulator, the result rounded to bf16 once."""
-    def forward(self, x):
+    """fc1 + GELU as one fused kernel: GELU applied to fc1's fp32 accumulator, the result rounded to bf16 once.
+    fc1 and act stay the modules that run (their outputs are fingerprinted as before): fc1 returns its fp32
+    accumulator, act rounds its fp32 GELU to the autocast dtype."""
+    import torch.nn.functional as F
+
+    def fc1_forward(self, x):
         dtype = _autocast_dtype(x.device.type)
         if dtype is None:
-            h = self.act(self.fc1(x))
-        else:
-            h = self.act(_linear_fp32_accumulate(x, self.fc1.weight, self.fc1.bias, dtype, round_output=False))
-            h = h.to(dtype)
-        return self.drop2(self.fc2(self.norm(self.drop1(h))))
+            return F.linear(x, self.weight, self.bias)
+        return _linear_fp32_accumulate(x, self.weight, self.bias, dtype, round_output=False)
+
+    def act_forward(self, x, inner):
+        dtype = _autocast_dtype(x.device.type)
+        return inner(x) if dtype is None else inner(x).to(dtype)
 
     for m in _modules(model, "Mlp"):
-        m.forward = types.MethodType(forward, m)
+        m.fc1.forward = types.MethodType(fc1_forward, m.fc1)
+        m.act.forward = types.MethodType(lambda self, x, inner=m.act.forward: act_forward(self, x, inner), m.act)
 
 
 def _round_params_bf16(model, seed):
