@@ -3,6 +3,7 @@ and nothing for a legitimate numerics variant?
 
   python benchmarks/bench_localize.py --runs-dir /tmp/zoo             # every bug and legit variant (~19 runs)
   python -m benchmarks --only localize --json localize.json          # the same, as a benchmark group
+  python benchmarks/bench_localize.py --profile amp --runs-dir /tmp/amp-zoo   # the bf16 profile's zoo and baseline
 
 Each entry of cait/portbugs.py is trained on the default profile and its fingerprints are compared with
 the stored baseline's

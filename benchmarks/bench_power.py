@@ -4,6 +4,8 @@
   python benchmarks/bench_power.py                       # every bug and legit variant, default profile (~20 runs)
   python benchmarks/bench_power.py --entries softmax_bf16,threads_1 --runs-dir /tmp/power
   python -m benchmarks --only power --json power.json    # the same, as a benchmark group
+  python benchmarks/bench_power.py --profile amp --runs-dir /tmp/amp-zoo   # the bf16 profile (profiles/amp.yaml):
+                    # its zoo (the mixed-precision bugs and variants too; the fp16 loss-scaler bugs only under fp16)
 
 Each curve is judged through `pipelines.stages.compare.judge` (the compare stage's own `decide` call),
 once per rule with that rule alone gating: modelzoo, strict, band, envelope. A cell says pass, fail or
