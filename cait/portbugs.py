@@ -18,10 +18,17 @@ module's gradient halved (a broken all-reduce average). Every bug here acts on t
 The bugs exist to measure the gate's power (benchmarks/bench_power.py); a run with a port bug is
 marked as such in its record and can never become a baseline.
 
+Mixed precision (train.amp, the `amp` profile) has entries of its own, each naming the precision policies it
+means something under (`policies`): legitimate variants where two accelerators' autocast and bf16 kernels differ
+(softmax in fp32, bf16 GEMMs accumulating in another order, a fused GEMM + GELU epilogue) and port bugs that lose
+precision where mixed-precision training keeps fp32 (master weights, AdamW's moments, the loss, the gradient
+reduction, the residual stream), a block left out of autocast, and the loss scaler's slips (fp16 only).
+
 Both are named in params.yaml (`device.numerics_variant`, `device.port_bug`; the device section is not
 part of the curve's params hash, so such a run is judged against the ordinary baseline) and applied
 through one seam, a `RunPatch`: `configure` before the model is built, `model` after it is built and
-before the optimizer is, `optimizer` after, and `lr` on every step's learning rate.
+before the optimizer is, `optimizer` after, `lr` on every step's learning rate, and for mixed precision `loss`
+(the loss function) and `scaler` (the fp16 loss scaler).
 """
 
 from __future__ import annotations
