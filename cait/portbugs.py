@@ -546,9 +546,9 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
 # out: the power benchmark uses them as legitimate runs the envelope never saw. Three ulp probes, not one: the
 # largest of several keys is a steadier estimate of how far training carries a rounding (benchmarks/README.md).
 ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "matmul_transposed",
-                     "weights_ulp", "weights_ulp_2", "weights_ulp_3", "softmax_fp32", "matmul_fp32_accumulate")
-# (the last two only under a mixed-precision policy; gelu_epilogue is kept out as a mixed-precision legitimate run
-# the envelope never saw)
+                     "weights_ulp", "weights_ulp_2", "weights_ulp_3", "softmax_fp32", "matmul_fp32_accumulate",
+                     "gelu_epilogue")
+# (the last three only under a mixed-precision policy)
 # the ulp probes: their growth is the model's and recipe's, not the device's (pipelines/envelope.py probe_growth)
 PROBE_VARIANTS = ("weights_ulp", "weights_ulp_2", "weights_ulp_3")
 

@@ -50,7 +50,8 @@ def test_a_profile_naming_a_key_params_yaml_lacks_is_refused(tmp_path, capsys):
 def test_the_committed_amp_baseline_is_bf16_with_its_own_envelope():
     amp = load_baseline(REPO / "baselines/amp/baseline.json")
     assert amp.precision == "bf16" and amp.envelope_policies == ["bf16"] and amp.profile == "amp"
-    assert len(amp.runs) == 3 and {"softmax_fp32", "matmul_fp32_accumulate"} <= {r.variant for r in amp.envelope_runs}
+    assert len(amp.runs) == 3
+    assert {"softmax_fp32", "matmul_fp32_accumulate", "gelu_epilogue"} <= {r.variant for r in amp.envelope_runs}
     assert amp.provenance["params"]["train"]["amp"] == "bf16"
     assert (REPO / "baselines/amp/fingerprints.npz").is_file()
 
