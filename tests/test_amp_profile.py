@@ -20,16 +20,18 @@ from pipelines.stages.compare import judge
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_amp_profile_is_params_yaml_with_four_keys_changed():
+def test_the_amp_profile_is_params_yaml_with_five_keys_changed():
     default, amp = load_params(REPO / "params.yaml"), profiles.load("amp", REPO / "params.yaml")
     assert amp.profile == "amp" and amp.train.amp == "bf16"
     assert amp.compare.baseline == "baselines/amp/baseline.json"
     assert amp.localize.baseline_fingerprints == "baselines/amp/fingerprints.npz"
     changed = {k for k, v in profiles.flatten(amp.model_dump(mode="json")).items()
                if profiles.flatten(default.model_dump(mode="json")).get(k) != v}
-    assert changed == {"profile", "train.amp", "compare.baseline", "localize.baseline_fingerprints"}
+    assert changed == {"profile", "train.amp", "compare.baseline", "compare.rules.envelope.k",
+                       "localize.baseline_fingerprints"}
     assert profiles.dvc_sets("amp", REPO) == ["-S", "profile=amp", "-S", "train.amp=bf16",
                                               "-S", "compare.baseline=baselines/amp/baseline.json",
+                                              "-S", "compare.rules.envelope.k=10.0",
                                               "-S", "localize.baseline_fingerprints=baselines/amp/fingerprints.npz"]
     assert profiles.load(None, REPO / "params.yaml") == default
 
