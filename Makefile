@@ -32,13 +32,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
+# PROFILE=amp (profiles/amp.yaml: params.yaml with a few keys changed) runs `repro` and `baseline` for that profile:
+# `repro` as `dvc exp run -S <its keys>` (DVC applies them to params.yaml in the workspace; `git checkout params.yaml`
+# returns to the default), `baseline` with the profile's params written to .cache/params-<profile>.yaml.
+PROFILE ?= default
+ifeq ($(PROFILE),default)
+PROFILE_PARAMS := params.yaml
+else
+PROFILE_PARAMS := .cache/params-$(PROFILE).yaml
+endif
+
 # params.yaml is checked first: DVC reads it itself (for ${profile}) and would report a broken file in
 # its own words (exit 255); this gives the one line naming the key (exit 2).
 # The whole chain; ends non-zero when the verdict is fail (1) or inconclusive (3).
 repro: setup
 	python -m pipelines.params
+ifeq ($(PROFILE),default)
 	dvc repro
 	@python -m pipelines.stages.gate  # the verdict line and the report path, also when nothing had to rerun
+else
+	python -m pipelines.profiles write $(PROFILE) $(PROFILE_PARAMS)
+	dvc exp run $$(python -m pipelines.profiles sets $(PROFILE))
+	@python -m pipelines.stages.gate --params $(PROFILE_PARAMS)
+endif
 
 # The chain without the gate: the report is written whatever the verdict.
 report: setup
@@ -48,9 +64,13 @@ report: setup
 # Record the reference on the device params.yaml names: seeds s, s+1, s+2 (the band) and seed s under every
 # numerics variant of the device (the envelope), written with provenance to compare.baseline. Needs the
 # prepared data (dvc repro prepare). On a CUDA GPU or an SDAA card the same command records that device's.
+# PROFILE=amp records the bf16 profile's (13 runs: ~8 min on this 2-core CPU, idle; ~30 s per run).
 baseline: setup
 	dvc repro prepare
-	python -m pipelines.stages.baseline -q record --runs 3 --envelope
+ifneq ($(PROFILE),default)
+	python -m pipelines.profiles write $(PROFILE) $(PROFILE_PARAMS)
+endif
+	python -m pipelines.stages.baseline -q --params $(PROFILE_PARAMS) record --runs 3 --envelope
 
 # Offline `dvc plots` page plus SVG/PNG of the loss overlay in reports/plots/ (no CDN, no browser).
 plots: setup

@@ -12,6 +12,7 @@
   python -m benchmarks --only power --only localize --power-runs-dir /tmp/zoo   # both, one training each
   python -m benchmarks --only kernel --json kernel.json --kernel-runs-dir /tmp/kernel-zoo   # per bug: seconds to
                                         # a fail verdict and to the named op vs a full run, the op, its repro
+  python -m benchmarks --only power --profile amp --json amp.json   # the mixed-precision profile (profiles/amp.yaml)
   python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
                                         # the smallest eps of output x (1 + eps) at 3 depths the gate fails
                                         # and localize names, per baseline (--baseline, repeatable)
@@ -82,11 +83,9 @@ class Row:
 class Context:
     """Measurements more than one benchmark needs, made once per run."""
 
-    def __init__(self, smoke: bool, params_path: str, tmp: Path, log):
-        from pipelines.params import load_params
-
+    def __init__(self, smoke: bool, params_path: str, tmp: Path, log, profile: str | None = None):
         self.smoke, self.sizes, self.tmp, self.log = smoke, SMOKE if smoke else FULL, tmp, log
-        self.params = load_params(params_path)
+        self.params = bench_power.load_profile(params_path, profile)
         self.params_path = params_path
         self._cache: dict = {}
         self.raw: dict = {}
@@ -334,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, figures meaningless")
     p.add_argument("--only", choices=GROUPS, action="append", help="run this group (repeatable)")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--profile", help="power, localize: a profile of profiles/ (e.g. amp), params.yaml with its keys "
+                                     "changed; judged against that profile's baseline")
     p.add_argument("--json", help="write the rows and raw figures here")
     p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")
     p.add_argument("--sensitivity-runs-dir", help="sensitivity: keep (reuse, resume) its runs here")
@@ -350,7 +351,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cait-bench-") as tmp:
-        ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True))
+        ctx = Context(args.smoke, args.params, Path(tmp), log=lambda line: print(line, flush=True),
+                      profile=args.profile)
         ctx.power_runs_dir = args.power_runs_dir
         ctx.sensitivity_runs_dir, ctx.baselines = args.sensitivity_runs_dir, args.baseline
         ctx.kernel_runs_dir = args.kernel_runs_dir

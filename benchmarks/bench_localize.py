@@ -3,6 +3,7 @@ and nothing for a legitimate numerics variant?
 
   python benchmarks/bench_localize.py --runs-dir /tmp/zoo             # every bug and legit variant (~19 runs)
   python -m benchmarks --only localize --json localize.json          # the same, as a benchmark group
+  python benchmarks/bench_localize.py --profile amp --runs-dir /tmp/amp-zoo   # the bf16 profile's zoo and baseline
 
 Each entry of cait/portbugs.py is trained on the default profile and its fingerprints are compared with
 the stored baseline's
@@ -117,7 +118,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     """{"bugs": {name: {"expected", "named", "found", ...}}, "legit": {name: {...}}, "seconds"}."""
     import tempfile
 
-    from benchmarks.bench_power import entries_for, run_entry
+    from benchmarks.bench_power import entries_for, policy_of, run_entry
     from cait.fingerprints import load, load_reference
     from cait.portbugs import BUGS
     from pipelines.layout import FINGERPRINTS, PREPARED_DIR
@@ -131,7 +132,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     result: dict = {"bugs": {}, "legit": {}, "k": cfg.k, "floor": cfg.floor, "envelope_variants": baseline.variants}
     with tempfile.TemporaryDirectory(prefix="bench-localize-") as tmp:
         root = runs_dir or Path(tmp)
-        for name, kind in entries_for(params.device.type, entries):
+        for name, kind in entries_for(params.device.type, entries, policy_of(params)):
             folder = root / name
             if kind == "legit" or (folder / FINGERPRINTS).exists():
                 if not (folder / FINGERPRINTS).exists():  # a power-benchmark run of older code: train again
@@ -212,13 +213,14 @@ def expected_named(result: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--profile", help="a profile of profiles/ (e.g. amp): params.yaml with its keys changed")
     p.add_argument("--entries", help="comma-separated zoo entries (default: every bug and legit variant)")
     p.add_argument("--runs-dir", help="keep (and reuse) each run's folder here (shared with bench_power)")
     p.add_argument("--json", help="write {entry: {expected, named}} here")
     args = p.parse_args(argv)
-    from pipelines.params import load_params
+    from benchmarks.bench_power import load_profile
 
-    result = measure(load_params(args.params), entries=args.entries.split(",") if args.entries else None,
+    result = measure(load_profile(args.params, args.profile), entries=args.entries.split(",") if args.entries else None,
                      runs_dir=Path(args.runs_dir) if args.runs_dir else None, log=lambda line: print(line, flush=True))
     print(table(result))
     if args.json:

@@ -4,6 +4,8 @@
   python benchmarks/bench_power.py                       # every bug and legit variant, default profile (~20 runs)
   python benchmarks/bench_power.py --entries softmax_bf16,threads_1 --runs-dir /tmp/power
   python -m benchmarks --only power --json power.json    # the same, as a benchmark group
+  python benchmarks/bench_power.py --profile amp --runs-dir /tmp/amp-zoo   # the bf16 profile (profiles/amp.yaml):
+                    # its zoo (the mixed-precision bugs and variants too; the fp16 loss-scaler bugs only under fp16)
 
 Each curve is judged through `pipelines.stages.compare.judge` (the compare stage's own `decide` call),
 once per rule with that rule alone gating: modelzoo, strict, band, envelope. A cell says pass, fail or
@@ -28,23 +30,40 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RULES = ("modelzoo", "strict", "band", "envelope")
-# legitimate runs that must pass: the envelope's own kinds (judged held out) and two it never saw
+# legitimate runs that must pass: the envelope's own kinds (judged held out) and those it never saw; the
+# mixed-precision ones only under a mixed-precision policy (a profile with train.amp)
 LEGIT = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "matmul_transposed", "weights_ulp",
-         "weights_ulp_2", "weights_ulp_3", "weights_ulp_other", "adamw_by_hand")
+         "weights_ulp_2", "weights_ulp_3", "weights_ulp_other", "adamw_by_hand", "softmax_fp32",
+         "matmul_fp32_accumulate", "gelu_epilogue")
 
 
-def entries_for(device_type: str, names: list[str] | None = None) -> list[tuple[str, str]]:
-    """(name, kind) of every zoo entry to run: the bugs, then the legitimate variants of this device."""
+def entries_for(device_type: str, names: list[str] | None = None, policy: str = "fp32") -> list[tuple[str, str]]:
+    """(name, kind) of every zoo entry to run under this precision policy: the bugs, then the legitimate variants
+    of this device."""
     from cait.portbugs import BUGS, VARIANTS
 
-    every = [(n, "bug") for n in BUGS] + [(n, "legit") for n in LEGIT if device_type in VARIANTS[n].devices]
+    every = [(n, "bug") for n, e in BUGS.items() if policy in e.policies]
+    every += [(n, "legit") for n in LEGIT if device_type in VARIANTS[n].devices and policy in VARIANTS[n].policies]
     if names is None:
         return every
     known = dict(every)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"--entries: unknown or not for {device_type}: {', '.join(unknown)}")
+        raise SystemExit(f"--entries: unknown or not for {device_type} under {policy}: {', '.join(unknown)}")
     return [(n, known[n]) for n in names]
+
+
+def load_profile(params_path, profile: str | None):
+    """params.yaml (or --params) under --profile (profiles/<name>.yaml; pipelines/profiles.py)."""
+    from pipelines.profiles import load
+
+    return load(profile, Path(params_path))
+
+
+def policy_of(params) -> str:
+    from pipelines.training import params_precision
+
+    return params_precision(params)
 
 
 def run_entry(params, name: str, kind: str, runs_dir: Path | None, data_dir: Path, log) -> tuple:
@@ -175,7 +194,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     started = time.perf_counter()
     stored = {r.variant: r for r in baseline.envelope_runs}
     legit_seen: dict = {}
-    for name, kind in entries_for(params.device.type, entries):
+    for name, kind in entries_for(params.device.type, entries, policy_of(params)):
         if name in stored and not retrain_envelope:
             # trained by `make baseline` with this code on this machine: the same curve a retraining gives
             curve, record = Curve(baseline.steps, stored[name].loss), None
@@ -268,6 +287,7 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--profile", help="a profile of profiles/ (e.g. amp): params.yaml with its keys changed")
     p.add_argument("--entries", help="comma-separated zoo entries (default: every bug and legit variant)")
     p.add_argument("--runs-dir", help="keep (and reuse) each run's curve.csv and train.json here")
     p.add_argument("--json", help="write {bugs: {name: {rule: status}}, legit: {...}, ...} here")
@@ -278,15 +298,14 @@ def main(argv=None) -> int:
                    help="another device's baseline.json (same profile, params, data): its stored runs are judged as "
                         "legitimate runs trained elsewhere; repeatable")
     args = p.parse_args(argv)
-    from pipelines.params import load_params
-
-    params = load_params(args.params)
+    params = load_profile(args.params, args.profile)
     if args.train_only:
         if not args.runs_dir:
             raise SystemExit("--train-only needs --runs-dir")
         from pipelines.layout import PREPARED_DIR
 
-        for name, kind in entries_for(params.device.type, args.entries.split(",") if args.entries else None):
+        for name, kind in entries_for(params.device.type, args.entries.split(",") if args.entries else None,
+                                      policy_of(params)):
             run_entry(params, name, kind, Path(args.runs_dir), REPO / PREPARED_DIR, lambda line: print(line, flush=True))
         return 0
     result = measure(params, entries=args.entries.split(",") if args.entries else None,

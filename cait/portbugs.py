@@ -18,10 +18,17 @@ module's gradient halved (a broken all-reduce average). Every bug here acts on t
 The bugs exist to measure the gate's power (benchmarks/bench_power.py); a run with a port bug is
 marked as such in its record and can never become a baseline.
 
+Mixed precision (train.amp, the `amp` profile) has entries of its own, each naming the precision policies it
+means something under (`policies`): legitimate variants where two accelerators' autocast and bf16 kernels differ
+(softmax in fp32, bf16 GEMMs accumulating in another order, a fused GEMM + GELU epilogue) and port bugs that lose
+precision where mixed-precision training keeps fp32 (master weights, AdamW's moments, the loss, the gradient
+reduction, the residual stream), a block left out of autocast, and the loss scaler's slips (fp16 only).
+
 Both are named in params.yaml (`device.numerics_variant`, `device.port_bug`; the device section is not
 part of the curve's params hash, so such a run is judged against the ordinary baseline) and applied
 through one seam, a `RunPatch`: `configure` before the model is built, `model` after it is built and
-before the optimizer is, `optimizer` after, and `lr` on every step's learning rate.
+before the optimizer is, `optimizer` after, `lr` on every step's learning rate, and for mixed precision `loss`
+(the loss function) and `scaler` (the fp16 loss scaler).
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ class Entry:
     devices: tuple[str, ...] = ("cpu", "cuda", "sdaa")  # where the variant means something
     site: str = ""  # a bug's injection site: the first module it changes in execution order, or "update"
                     # (optimizer and schedule bugs); what `localize` must name (benchmarks/bench_localize.py)
+    policies: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")  # the precision policies it means something under
+    loss: Callable[[Callable], Callable] | None = None  # (loss function) -> the loss function the run uses
+    scaler: Callable[[object], object] | None = None  # (GradScaler) -> the scaler the run uses (fp16 only)
 
 
 class RunPatch:
@@ -82,6 +92,18 @@ class RunPatch:
             if e.lr:
                 return e.lr(step, schedule)
         return schedule(step)
+
+    def loss(self, loss_fn: Callable) -> Callable:
+        for e in self.entries:
+            if e.loss:
+                loss_fn = e.loss(loss_fn)
+        return loss_fn
+
+    def scaler(self, scaler):
+        for e in self.entries:
+            if e.scaler and scaler is not None:
+                scaler = e.scaler(scaler)
+        return scaler
 
 
 # ---- model surgery helpers ----------------------------------------------------------------------------
@@ -211,12 +233,14 @@ def _adamw_class():
     import torch
 
     class HandAdamW(torch.optim.Optimizer):
-        """AdamW written out step by step (decoupled weight decay, as torch's), with two classic slips
-        switchable: no bias correction, eps inside the square root."""
+        """AdamW written out step by step (decoupled weight decay, as torch's), with three classic slips
+        switchable: no bias correction, eps inside the square root, the moments kept in bf16."""
 
-        def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8, bias_correction=True, eps_inside_sqrt=False):
+        def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8, bias_correction=True, eps_inside_sqrt=False,
+                     state_bf16=False):
             super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
             self.bias_correction, self.eps_inside_sqrt = bias_correction, eps_inside_sqrt
+            self.state_bf16 = state_bf16  # the moments stored in bf16 (rounded after every update of them)
 
         @torch.no_grad()
         def step(self, closure=None):
@@ -236,6 +260,9 @@ def _adamw_class():
                     m, v = state["exp_avg"], state["exp_avg_sq"]
                     m.lerp_(p.grad, 1 - beta1)
                     v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    if self.state_bf16:
+                        m.copy_(m.to(torch.bfloat16))
+                        v.copy_(v.to(torch.bfloat16))
                     bc1 = 1 - beta1 ** t if self.bias_correction else 1.0
                     bc2 = 1 - beta2 ** t if self.bias_correction else 1.0
                     if self.eps_inside_sqrt:
@@ -312,6 +339,181 @@ def _matmul_transposed(model, seed):
             m.forward = types.MethodType(forward, m)
 
 
+# ---- mixed precision (train.amp: bf16 / fp16) ----------------------------------------------------------
+# Legitimate variants: where two accelerators' autocast and kernels differ and both are accepted practice.
+# CPU autocast keeps softmax in bf16, CUDA's computes it in fp32; a bf16 GEMM accumulates in fp32 in an order of
+# its kernel's choosing; a fused GEMM + GELU epilogue applies GELU to the fp32 accumulator and rounds once.
+# Port bugs: precision lost where mixed-precision training keeps fp32 (master weights, optimizer moments, the
+# loss, the gradient reduction, the residual stream), a block left out of autocast, and the loss scaler's
+# classic slips (fp16 only: bf16 trains without one).
+
+def _autocast_dtype(device_type: str):
+    """The autocast dtype in force on this device type, or None outside autocast."""
+    import torch
+
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _linear_fp32_accumulate(x, weight, bias, dtype, round_output=True):
+    """A low-precision linear layer as another kernel computes it: operands rounded to `dtype`, products and sums
+    in fp32 (bf16 x bf16 products are exact in fp32) in this kernel's order, the result rounded to `dtype` once."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.autocast(x.device.type, enabled=False):
+        out = F.linear(x.to(dtype).float(), weight.to(dtype).float(),
+                       bias.to(dtype).float() if bias is not None else None)
+    return out.to(dtype) if round_output else out
+
+
+def _matmul_fp32_accumulate(model, seed):
+    import torch
+    import torch.nn.functional as F
+
+    def forward(self, x):
+        dtype = _autocast_dtype(x.device.type)
+        if dtype is None:
+            return F.linear(x, self.weight, self.bias)
+        return _linear_fp32_accumulate(x, self.weight, self.bias, dtype)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.forward = types.MethodType(forward, m)
+
+
+def _fp32_softmax(attn):
+    return attn.float().softmax(dim=-1)
+
+
+def _softmax_fp32(model, seed):
+    """The attention softmax in fp32 as CUDA's autocast computes it (CPU autocast keeps it in bf16)."""
+    for m in _modules(model, "TalkingHeadAttn"):
+        m.forward = types.MethodType(lambda self, x: _talking_head_forward(self, x, softmax=_fp32_softmax), m)
+    for m in _modules(model, "ClassAttn"):
+        m.forward = types.MethodType(lambda self, x: _class_attn_forward(self, x, softmax=_fp32_softmax), m)
+
+
+def _gelu_epilogue(model, seed):
+    """fc1 + GELU as one fused kernel: GELU applied to fc1's fp32 accumulator, the result rounded to bf16 once.
+    fc1 and act stay the modules that run (their outputs are fingerprinted as before): fc1 returns its fp32
+    accumulator, act rounds its fp32 GELU to the autocast dtype."""
+    import torch.nn.functional as F
+
+    def fc1_forward(self, x):
+        dtype = _autocast_dtype(x.device.type)
+        if dtype is None:
+            return F.linear(x, self.weight, self.bias)
+        return _linear_fp32_accumulate(x, self.weight, self.bias, dtype, round_output=False)
+
+    def act_forward(self, x, inner):
+        dtype = _autocast_dtype(x.device.type)
+        return inner(x) if dtype is None else inner(x).to(dtype)
+
+    for m in _modules(model, "Mlp"):
+        m.fc1.forward = types.MethodType(fc1_forward, m.fc1)
+        m.act.forward = types.MethodType(lambda self, x, inner=m.act.forward: act_forward(self, x, inner), m.act)
+
+
+def _round_params_bf16(model, seed):
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype.is_floating_point:
+                p.copy_(p.to(torch.bfloat16))
+
+
+def _round_after_update(optimizer, model):
+    """A step post-hook registered before any other (the fingerprints' update phase sees the rounded change)."""
+    def hook(opt, args, kwargs):
+        _round_params_bf16(model, 0)
+    optimizer.register_step_post_hook(hook)
+    return optimizer
+
+
+def _grads_bf16(model, seed):
+    """Every parameter's gradient rounded to bf16, as an all-reduce in bf16 leaves it."""
+    import torch
+
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_hook(lambda g: g.to(torch.bfloat16).to(g.dtype))
+
+
+def _loss_low_precision(loss_fn):
+    """Cross-entropy on the low-precision logits with autocast off: the loss in bf16/fp16 where autocast keeps fp32."""
+    def low(logits, targets, label_smoothing):
+        import torch
+
+        dtype = logits.dtype if logits.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        with torch.autocast(logits.device.type, enabled=False):
+            return loss_fn(logits.to(dtype), targets, label_smoothing)
+    return low
+
+
+def _block_outside_autocast(model, seed):
+    """blocks.0 runs with autocast off (in fp32): a block the port forgot to wrap (or wrapped in its own context)."""
+    import torch
+
+    block = model.blocks[0]
+    inner = block.forward
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return inner(x.float())
+    block.forward = types.MethodType(forward, block)
+
+
+def _residual_bf16(model, seed):
+    """The residual stream rounded to bf16 after every block (the blocks run as bf16 modules, e.g. a sharding
+    wrapper's param/activation dtype), where autocast keeps the residual adds in fp32."""
+    import torch
+
+    for block in list(model.blocks) + list(model.blocks_token_only):
+        block.register_forward_hook(lambda mod, inputs, output: output.to(torch.bfloat16))
+
+
+class _ScalerSlip:
+    """A GradScaler with one classic slip; everything else (scale, state_dict, ...) is the scaler's own."""
+
+    def __init__(self, inner, slip: str):
+        self._inner, self._slip = inner, slip
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def unscale_(self, optimizer):
+        if self._slip == "unscale_after_clip":
+            return  # the clip then sees scaled gradients; step() unscales them after it
+        self._inner.unscale_(optimizer)
+
+    def _unscaled(self, optimizer) -> bool:
+        from torch.amp.grad_scaler import OptState
+
+        return self._inner._per_optimizer_states[id(optimizer)]["stage"] is OptState.UNSCALED
+
+    def step(self, optimizer):
+        if self._slip == "not_unscaled":
+            return optimizer.step()  # the scaled gradients applied, no overflow check
+        if self._slip == "step_on_nonfinite":
+            if not self._unscaled(optimizer):
+                self._inner.unscale_(optimizer)
+            return optimizer.step()  # also when the unscale found inf/NaN: the step is never skipped
+        return self._inner.step(optimizer)
+
+    def update(self, new_scale=None):
+        if self._slip in ("never_updated", "not_unscaled"):
+            return  # the scale stays at its initial value (not_unscaled: the port never calls the scaler again)
+        self._inner.update(new_scale)
+
+
+def _scaler_slip(slip: str):
+    return lambda scaler: _ScalerSlip(scaler, slip)
+
+
+MP = ("bf16", "fp16")
+
+
 VARIANTS: dict[str, Entry] = {e.name: e for e in [
     Entry("threads_1", "variant", "one CPU thread (other reduction splits)", configure=_threads(1)),
     Entry("threads_2", "variant", "two CPU threads", configure=_threads(2)),
@@ -331,6 +533,12 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
           model=lambda model, seed: _ulp_nudge(model, seed, key=1)),
     Entry("adamw_by_hand", "variant", "AdamW written out step by step (another optimizer kernel, same math)",
           optimizer=_hand_adamw()),
+    Entry("softmax_fp32", "variant", "attention softmax in fp32, as CUDA's autocast does (CPU's keeps it in bf16)",
+          model=_softmax_fp32, policies=MP),
+    Entry("matmul_fp32_accumulate", "variant", "every linear layer from bf16-rounded operands with fp32 products and "
+          "sums in another order, rounded once (another bf16 GEMM kernel)", model=_matmul_fp32_accumulate, policies=MP),
+    Entry("gelu_epilogue", "variant", "fc1 + GELU fused: GELU on the fp32 accumulator, rounded to bf16 once",
+          model=_gelu_epilogue, policies=MP),
 ]}
 
 # The variants the baseline command records beside the reference run, per device type (those whose
@@ -338,7 +546,9 @@ VARIANTS: dict[str, Entry] = {e.name: e for e in [
 # out: the power benchmark uses them as legitimate runs the envelope never saw. Three ulp probes, not one: the
 # largest of several keys is a steadier estimate of how far training carries a rounding (benchmarks/README.md).
 ENVELOPE_VARIANTS = ("threads_1", "threads_2", "fused_attention", "nondeterministic", "matmul_transposed",
-                     "weights_ulp", "weights_ulp_2", "weights_ulp_3")
+                     "weights_ulp", "weights_ulp_2", "weights_ulp_3", "softmax_fp32", "matmul_fp32_accumulate",
+                     "gelu_epilogue")
+# (the last three only under a mixed-precision policy)
 # the ulp probes: their growth is the model's and recipe's, not the device's (pipelines/envelope.py probe_growth)
 PROBE_VARIANTS = ("weights_ulp", "weights_ulp_2", "weights_ulp_3")
 
@@ -367,12 +577,33 @@ BUGS: dict[str, Entry] = {e.name: e for e in [
           site="update"),
     Entry("grad_half_class_blocks", "bug", "class-attention blocks' gradients halved (broken all-reduce average)",
           model=_grad_half_class_blocks, site="blocks_token_only"),
+    # mixed precision: what breaks a bf16/fp16 port (train.amp)
+    Entry("master_weights_bf16", "bug", "no fp32 master weights: parameters kept in bf16 (rounded at init and after "
+          "every update)", model=_round_params_bf16, optimizer=_round_after_update, site="weights", policies=MP),
+    Entry("optimizer_state_bf16", "bug", "AdamW's moments kept in bf16", optimizer=_hand_adamw(state_bf16=True),
+          site="update", policies=MP),
+    Entry("loss_low_precision", "bug", "cross-entropy on the bf16/fp16 logits where autocast computes it in fp32",
+          loss=_loss_low_precision, site="head", policies=MP),
+    Entry("grads_bf16", "bug", "gradients reduced in bf16 (every parameter's gradient rounded to bf16)",
+          model=_grads_bf16, site="param_grad", policies=MP),
+    Entry("block_outside_autocast", "bug", "blocks.0 left out of autocast (computed in fp32)",
+          model=_block_outside_autocast, site="blocks.0", policies=MP),
+    Entry("residual_bf16", "bug", "the residual stream rounded to bf16 after every block (autocast keeps it fp32)",
+          model=_residual_bf16, site="blocks.0", policies=MP),
+    Entry("scaler_not_unscaled", "bug", "loss scaler: gradients never unscaled (the scaled ones applied, no overflow "
+          "skip, the scale never updated)", scaler=_scaler_slip("not_unscaled"), site="update", policies=("fp16",)),
+    Entry("scaler_unscale_after_clip", "bug", "loss scaler: gradients clipped while still scaled, unscaled after "
+          "(needs train.clip_grad)", scaler=_scaler_slip("unscale_after_clip"), site="update", policies=("fp16",)),
+    Entry("scaler_never_updated", "bug", "loss scaler: the scale never updated (an overflow is skipped forever)",
+          scaler=_scaler_slip("never_updated"), site="update", policies=("fp16",)),
+    Entry("scaler_step_on_nonfinite", "bug", "loss scaler: the optimizer steps on overflowed (inf/NaN) gradients",
+          scaler=_scaler_slip("step_on_nonfinite"), site="update", policies=("fp16",)),
 ]}
 
 
-def envelope_variants(device_type: str) -> list[str]:
-    """The numerics variants the baseline command records on this kind of device."""
-    return [n for n in ENVELOPE_VARIANTS if device_type in VARIANTS[n].devices]
+def envelope_variants(device_type: str, policy: str = "fp32") -> list[str]:
+    """The numerics variants the baseline command records on this kind of device under this precision policy."""
+    return [n for n in ENVELOPE_VARIANTS if device_type in VARIANTS[n].devices and policy in VARIANTS[n].policies]
 
 
 def describe(name: str) -> str:

@@ -233,6 +233,9 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
     if fingerprints is not None:
         fingerprints.attach(model, optimizer)
     scaler = grad_scaler(device, cfg.amp)
+    compute_loss = loss_fn
+    if patch is not None:  # a mixed-precision port bug's loss or loss-scaler slip (cait/portbugs.py)
+        scaler, compute_loss = patch.scaler(scaler), patch.loss(loss_fn)
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3
@@ -286,7 +289,7 @@ def train(model, make_loader: Callable[[int], object], device, cfg: TrainConfig,
 
             try:
                 with autocast(device, cfg.amp):
-                    loss = loss_fn(train_model(images), targets, cfg.label_smoothing)
+                    loss = compute_loss(train_model(images), targets, cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

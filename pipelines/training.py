@@ -228,3 +228,11 @@ def train_once(params: Params, label: str, data_dir: Path | None = None, quiet: 
     finally:
         torch.set_num_threads(threads)
     return curve, record, f"baseline record, {label} (MLflow run {record.get('mlflow_run_id') or 'untracked'})"
+
+
+def params_precision(params: Params) -> str:
+    """The precision policy params ask for (the run records what torch really had on: cait/determinism.py)."""
+    if params.train.amp:
+        return params.train.amp
+    tf32 = (not params.device.deterministic) if params.device.tf32 is None else params.device.tf32
+    return "tf32" if tf32 else "fp32"

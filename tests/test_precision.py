@@ -179,7 +179,7 @@ def test_upgrade_partitions_by_policy_and_signs(tmp_path):
     assert verdict.status == "inconclusive" and "upgrade" in " ".join(verdict.reasons)
 
 
-@pytest.mark.parametrize("folder", ["default", "default-cuda"])
+@pytest.mark.parametrize("folder", ["default", "default-cuda", "amp"])
 def test_the_shipped_baselines_are_signed_and_refuse_an_edit(tmp_path, folder):
     """Issue 30: the shipped baselines carry the current schema and its checksum; one number edited is refused on
     load, and the same file relabelled as an older schema (which has no checksum) never judges with the envelope

@@ -44,7 +44,7 @@ from pipelines.logs import read_mlflow_run
 from pipelines.params import Params, load_params, parse_params
 from pipelines.provenance import read_record, read_run, read_run_info, with_run_info
 from pipelines.tracking import tracking_uri
-from pipelines.training import train_once, with_numerics
+from pipelines.training import params_precision, train_once, with_numerics
 
 
 def run_from_files(curve_path: Path, record_path: Path) -> tuple:
@@ -137,14 +137,6 @@ def record_envelope_runs(params: Params, variants: list[str], quiet: bool = Fals
 DEVICE_POLICIES = ("fp32", "tf32")
 
 
-def params_precision(params: Params) -> str:
-    """The precision policy params ask for (the run records what torch really had on: cait/determinism.py)."""
-    if params.train.amp:
-        return params.train.amp
-    tf32 = (not params.device.deterministic) if params.device.tf32 is None else params.device.tf32
-    return "tf32" if tf32 else "fp32"
-
-
 def with_policy(params: Params, policy: str) -> Params:
     """params under a device-level precision policy (fp32 or tf32)."""
     if policy == params_precision(params):
@@ -155,9 +147,12 @@ def with_policy(params: Params, policy: str) -> Params:
     return params.model_copy(update={"device": params.device.model_copy(update={"tf32": policy == "tf32"})})
 
 
-def default_policies(device_type: str) -> list[str]:
-    """fp32 everywhere; tf32 too where the device has TF32 (CUDA, SDAA)."""
-    return ["fp32"] if device_type == "cpu" else ["fp32", "tf32"]
+def default_policies(params: Params) -> list[str]:
+    """fp32 everywhere; tf32 too where the device has TF32 (CUDA, SDAA); a mixed-precision profile (train.amp)
+    records its own policy only."""
+    if params.train.amp:
+        return [params.train.amp]
+    return ["fp32"] if params.device.type == "cpu" else ["fp32", "tf32"]
 
 
 def save_fingerprints(out: Path, baseline, reference: Path | None, variants: dict[str, Path]) -> Path | None:
@@ -293,9 +288,10 @@ def main(argv=None) -> int:
         if params.device.port_bug or params.device.numerics_variant:
             raise ConfigError(f"{args.params}: device.port_bug / device.numerics_variant must be null to record a "
                               f"baseline (the envelope variants are added by --envelope)")
-        variants = envelope_variant_names(params.device.type, args.variants) if args.envelope else []
+        variants = envelope_variant_names(params.device.type, args.variants, params_precision(params)) \
+            if args.envelope else []
         policies = ([p.strip() for p in args.policies.split(",") if p.strip()] if args.policies
-                    else default_policies(params.device.type))
+                    else default_policies(params))
         for policy in policies:
             with_policy(params, policy)  # a usage error before any training
         started = time.perf_counter()
@@ -388,11 +384,11 @@ def fingerprints_for_stored(path: Path, folders: list[Path], params: Params) -> 
     return 0
 
 
-def envelope_variant_names(device_type: str, given: str | None) -> list[str]:
+def envelope_variant_names(device_type: str, given: str | None, policy: str = "fp32") -> list[str]:
     from cait.portbugs import VARIANTS, envelope_variants
 
     if not given:
-        return envelope_variants(device_type)
+        return envelope_variants(device_type, policy)
     names = [n.strip() for n in given.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

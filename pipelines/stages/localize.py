@@ -191,7 +191,7 @@ def run_chain(params: Params, quiet: bool) -> int:
 def replay(params: Params, step: int, envelope: bool, quiet: bool) -> int:
     """Train up to `step` with fingerprints at that step (and, with `envelope`, the envelope runs too)."""
     from cait.portbugs import envelope_variants
-    from pipelines.training import train_once, with_numerics
+    from pipelines.training import params_precision, train_once, with_numerics
 
     total = run_length(params)
     if not 0 <= step < total:
@@ -205,7 +205,7 @@ def replay(params: Params, step: int, envelope: bool, quiet: bool) -> int:
     prints = replayed(folder, step)
     if envelope:
         variants = {}
-        for name in envelope_variants(params.device.type):
+        for name in envelope_variants(params.device.type, params_precision(params)):
             sub = folder / name
             train_once(with_numerics(replay_params, name), f"replay {name}", quiet=quiet, out_dir=sub, stop_after=step)
             variants[name] = replayed(sub, step)
