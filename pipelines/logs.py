@@ -47,6 +47,8 @@ import datetime as dt
 import gzip
 import json
 import lzma
+import os
+import pickle
 import re
 import signal
 import stat
@@ -118,6 +120,7 @@ MAGIC = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompres
 # logits L apart, so gradients ~L behind the head, whose squares (Adam's second moments, grad-norm clipping) pass
 # float32's max (3.4e38) there. 1e30 or 1e300 is a corrupt value or a sentinel, never a loss; inf and nan, which a
 # diverged run prints, are kept (the verdict is inconclusive). Counters read with --metric fit too (uint64).
+BESIDE_CHARS = 32 << 20  # a text this long runs independent passes in a forked process beside this one
 LOSS_LIMIT = 2.0 ** 64
 REGEX_SECONDS = 10.0  # a user --regex may take this long, plus the text at REGEX_MIN_CHARS_PER_S ...
 REGEX_MIN_CHARS_PER_S = 1e6  # ... (a linear pattern scans a log at >= 10 MB/s, even on a loaded machine)
@@ -196,6 +199,68 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
         if outer > 0:
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3), interval)
+
+
+
+class _Beside:
+    """`fn()` in a forked child process while the caller goes on: the regex engine holds the GIL, so a second
+    pass over a long text gets a second core only in another process (the text is shared copy-on-write).
+    Inline, when `result()` is asked for, where the text is short, fork is missing or one CPU is available.
+    `result()` gives fn's value or raises its exception; a child that died without answering is redone inline.
+    Use as a context manager: leaving it early stops and reaps the child."""
+
+    def __init__(self, fn: Callable[[], object], text_chars: int):
+        self.fn, self.pid, self.fd = fn, None, None
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        if text_chars < BESIDE_CHARS or cpus < 2 or not hasattr(os, "fork"):
+            return
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: compute, send, leave without running the parent's exit handlers
+            try:
+                os.close(read)
+                try:
+                    payload = pickle.dumps((True, fn()))
+                except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
+                    payload = pickle.dumps((False, exc))
+                with os.fdopen(write, "wb") as out:
+                    out.write(payload)
+            finally:
+                os._exit(0)
+        os.close(write)
+        self.pid, self.fd = pid, read
+
+    def result(self):
+        if self.pid is None:
+            return self.fn()
+        with os.fdopen(self.fd, "rb") as answer:
+            self.fd = None
+            data = answer.read()
+        os.waitpid(self.pid, 0)
+        self.pid = None
+        if not data:
+            return self.fn()
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = None
 
 
 class Scan:
@@ -430,16 +495,26 @@ def parse_dllogger(text: str, rank: int = 0, source: str = "log", run: str | Non
     """ModelZoo dllogger stdout: every record of `rank` in the whole text (glued lines included)."""
     notes: list[str] = []
     key = metric or "train.loss"
-    ranks = _compile(DLLOGGER_RANK_OF, key).findall(text)  # one-digit strings are shared: cheap
-    if ranks:
-        found = sorted({int(r) for r in set(ranks)})
+
+    def records_by_rank() -> dict[int, int]:  # every rank's record count; one-digit strings are shared: cheap
+        ranks = _compile(DLLOGGER_RANK_OF, key).findall(text)
+        counts: dict[int, int] = {}
+        for r in set(ranks):
+            counts[int(r)] = counts.get(int(r), 0) + ranks.count(r)
+        return counts
+
+    # the listing of every rank (a pass of its own) beside the scan of the rank's records, on a long log; the
+    # scan finds nothing where the listing finds no rank (its records have one), so the order changes nothing
+    with _Beside(records_by_rank, len(text)) as listing:
+        # every record of the rank has its Epoch/Iteration prefix (the usual case: one scan), or some lack it
+        scan = Scan(_compile(DLLOGGER_RECORD, key, rank), text, source, ("epoch", "step", "loss"))
+        by_rank = listing.result()
+    if by_rank:
+        found = sorted(by_rank)
         if rank not in found:
             raise BaselineError(f"{source}: no records of rank {rank} (the log has ranks "
                                 f"{', '.join(map(str, found))}); pick one with --rank")
-        own = sum(ranks.count(r) for r in set(ranks) if int(r) == rank)
-        del ranks
-        # every record of the rank has its Epoch/Iteration prefix (the usual case: one scan), or some lack it
-        scan = Scan(_compile(DLLOGGER_RECORD, key, rank), text, source, ("epoch", "step", "loss"))
+        own = by_rank[rank]
         with_steps = scan.count
         if with_steps != own:
             scan = Scan(_compile(DLLOGGER_RANKED, key, rank), text, source, ("loss",))

@@ -84,6 +84,32 @@ def test_dllogger_rank_missing_is_an_error_naming_the_ranks():
         parse_dllogger(dllogger_log(make_loss(10, 0), ranks=(0, 1)), rank=5)
 
 
+def test_dllogger_rank_listing_beside_the_scan_gives_what_inline_gives(monkeypatch):
+    """A long log lists its ranks in a forked process beside the rank's scan: the same curve, notes and errors
+    as the listing inline (forced here on a short log); an error in the child comes back as itself."""
+    import pipelines.logs as logs
+
+    text = dllogger_log(make_loss(50, 0), ranks=(0, 1, 2), glue_every=4)
+    bad = re.sub(r"(Iteration: 7  rank : 1  train\.loss : )\S+", r"\1x7", text)
+
+    def outcomes():
+        got = [parse_dllogger(text, rank=r) for r in (0, 2)]
+        with pytest.raises(BaselineError) as missing:
+            parse_dllogger(text, rank=5)
+        with pytest.raises(BaselineError) as not_a_number:
+            parse_dllogger(bad, rank=1)
+        return ([(g.curve.steps.tolist(), g.curve.loss.tolist(), g.notes) for g in got],
+                str(missing.value), str(not_a_number.value))
+
+    inline = outcomes()
+    monkeypatch.setattr(logs, "BESIDE_CHARS", 0)
+    assert outcomes() == inline
+    with pytest.raises(ZeroDivisionError), logs._Beside(lambda: 1 // 0, 1) as beside:
+        beside.result()
+    with logs._Beside(lambda: 1 // 0, 1):  # left without asking: the child is stopped and reaped
+        pass
+
+
 def test_dllogger_iterations_restarting_each_epoch_are_numbered_by_position():
     got = parse_dllogger(dllogger_log(make_loss(30, 0), epoch_len=10))
     assert got.curve.steps.tolist() == list(range(30))
