@@ -14,8 +14,8 @@ Per bug of cait/portbugs.py (default profile, params.yaml's localize.k and floor
   named_op         what the op search names (None: the phase is the update or weights, or no op parts)
   expected_op      the op the bug changes (EXPECTED_OPS); None for bugs that live in no op of the step
   repro_exit       the repro's exit status run alone from a fresh shell (`env -i`): 1 = it reproduces
-  seconds_to_fail  the fail-fast run's train.json `stopped_early.seconds` (compare.fail_fast on; the train stage
-                   as a subprocess); None where this code has no compare.fail_fast
+  seconds_to_fail  the fail-fast run's `stopped_early.seconds` (train.json joined with its run.json by read_run;
+                   compare.fail_fast on; the train stage as a subprocess); None where it was not stopped
   full_run_seconds one full plain run of the default profile (wall clock around the same training call)
 
 Per legitimate run (envelope variants and the runs the envelope never saw): localize at step 0 names nothing
@@ -91,7 +91,7 @@ def fail_fast_run(params_path: Path, name: str, kind: str, root: Path, log) -> d
         raw = yaml.safe_load(params_path.read_text())
         raw["device"]["port_bug" if kind == "bug" else "numerics_variant"] = name
         raw["tracking"]["enabled"] = False
-        raw["compare"]["fail_fast"] = True
+        raw["compare"]["fail_fast"] = {**(raw["compare"].get("fail_fast") or {}), "enabled": True}
         folder.mkdir(parents=True, exist_ok=True)
         own = folder / "params.yaml"
         own.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -102,7 +102,11 @@ def fail_fast_run(params_path: Path, name: str, kind: str, root: Path, log) -> d
         log(f"{name}: fail-fast run exit {done.returncode} in {time.perf_counter() - started:.1f} s")
         if not record.exists():
             raise RuntimeError(f"{name}: the fail-fast run wrote no train.json: {done.stderr.strip()[-300:]}")
-    return json.loads(record.read_text()).get("stopped_early")
+    from pipelines.layout import CURVE
+    from pipelines.provenance import read_run
+
+    _, joined = read_run(folder / CURVE, record)  # the seconds live in run.json beside train.json
+    return joined.get("stopped_early")
 
 
 def run_repro(script: str) -> int:
