@@ -76,6 +76,15 @@ def timed_run(params, label: str, folder: Path, data_dir: Path, log, *, stop_aft
     return seconds
 
 
+def profile_policy(params) -> str:
+    """The precision policy the profile trains under: the zoo's entries of other policies (the mixed-precision
+    bugs of an fp32 profile) mean nothing in its runs, and the op search bounds fp32 kernels only."""
+    if params.train.amp in ("bf16", "fp16"):
+        return params.train.amp
+    tf32 = params.device.tf32 if params.device.tf32 is not None else not params.device.deterministic
+    return "tf32" if tf32 else "fp32"  # as cait.determinism.configure_numerics switches it
+
+
 def fail_fast_available(params) -> bool:
     return "fail_fast" in type(params.compare).model_fields
 
@@ -148,8 +157,10 @@ def measure(params, *, params_path: Path, entries: list[str] | None = None, runs
     data_dir = data_dir or REPO / PREPARED_DIR
     baseline_path = Path(cfg.baseline_fingerprints)
     baseline = load_reference(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
-    names = entries or [*BUGS, *LEGIT]
-    result: dict = {"bugs": {}, "legit": {}, "fail_fast": fail_fast_available(params), "k": cfg.k}
+    policy = profile_policy(params)
+    names = entries or [*(n for n, e in BUGS.items() if policy in e.policies), *LEGIT]
+    result: dict = {"bugs": {}, "legit": {}, "fail_fast": fail_fast_available(params), "k": cfg.k,
+                    "policy": policy}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-kernel-") as tmp:
         root = runs_dir or Path(tmp)

@@ -34,6 +34,30 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def fresh_runner(origin: Path, dest: Path, remote: Path) -> Path:
+    """A nightly runner as docs/nightly.md sets one up: `origin` exports its baselines to the DVC remote at `remote`
+    (`python -m pipelines.remote push`, the .dvc file committed), `dest` is a clone of it without baselines/ that
+    points the remote at the same place (`dvc remote modify --local`) and pulls them (`pipelines.remote pull`)."""
+    def run(args, cwd, env):
+        done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{args} exited {done.returncode}: {done.stdout[-800:]} {done.stderr[-1500:]}"
+        return done
+
+    env = stage_env(origin)
+    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], origin, env)
+    pushed = run([sys.executable, "-m", "pipelines.remote", "push"], origin, env)
+    assert "pushed .dvc-export/baselines" in pushed.stdout and any(remote.rglob("*")), pushed.stdout
+    run(["git", "add", ".dvc-export"], origin, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baselines in the remote"], origin, env)
+    run(["git", "clone", "-q", str(origin), str(dest)], dest.parent, env)
+    shutil.rmtree(dest / "baselines")
+    env = stage_env(dest)
+    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], dest, env)
+    pulled = run([sys.executable, "-m", "pipelines.remote", "pull"], dest, env)
+    assert "installed" in pulled.stdout and "match the DVC remote" in pulled.stdout, pulled.stdout
+    return dest
+
+
 def stage_env(project: Path) -> dict:
     """Environment for running the project's commands in a copy: the venv first on PATH, its own MLflow store."""
     env = dict(os.environ)

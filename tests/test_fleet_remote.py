@@ -5,13 +5,12 @@ refused, naming both hashes."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import copy_project, stage_env
+from conftest import copy_project, fresh_runner, stage_env
 from pipelines.provenance import file_sha256
 
 
@@ -25,27 +24,14 @@ def run(args, cwd, env, check=True):
 @pytest.mark.slow  # a dozen dvc and git commands: ~20-40 s
 def test_a_fresh_runner_pulls_the_baseline_and_an_edited_one_is_refused(tmp_path):
     origin = copy_project(tmp_path / "origin")
-    remote = tmp_path / "remote"
-    env = stage_env(origin)
-    py = [sys.executable, "-m"]
-    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], origin, env)
-    pushed = run(py + ["pipelines.remote", "push"], origin, env)
-    assert "pushed .dvc-export/baselines" in pushed.stdout and any(remote.rglob("*"))
-    run(["git", "add", ".dvc-export"], origin, env)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baselines in the remote"], origin, env)
-
-    # a fresh runner: a clone without the baselines, the remote configured as a team would
-    runner = tmp_path / "runner"
-    run(["git", "clone", "-q", str(origin), str(runner)], tmp_path, env)
-    shutil.rmtree(runner / "baselines")
+    runner = fresh_runner(origin, tmp_path / "runner", tmp_path / "remote")
     env = stage_env(runner)
-    run(["dvc", "remote", "modify", "--local", "baselines", "url", str(remote)], runner, env)
-    pulled = run(py + ["pipelines.remote", "pull"], runner, env)
-    assert "installed" in pulled.stdout and "match the DVC remote" in pulled.stdout
+    py = [sys.executable, "-m"]
     for name in ("default/baseline.json", "default/fingerprints.npz"):
         assert file_sha256(runner / "baselines" / name) == file_sha256(origin / "baselines" / name)
 
-    # the chain's compare stage judges against the pulled baseline (compare.baseline)
+    # its compare stage judges against the pulled baseline (compare.baseline); the whole chain runs on a fresh
+    # runner in tests/test_pipeline_e2e.py
     data = json.loads((runner / "baselines/default/baseline.json").read_text())
     curve = runner / "candidate.csv"
     curve.write_text("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in zip(data["steps"], data["loss"])))

@@ -1,4 +1,5 @@
-"""The whole chain, for real: `dvc repro` of the default profile in a copy of the project.
+"""The whole chain, for real: `dvc repro` of the default profile on a fresh nightly runner: a clone of a copy of
+the project without baselines/, which it pulls from a local DVC remote first (tests/conftest.py fresh_runner).
 
 The stored baseline was recorded on another machine (an Intel Xeon, its provenance says). The same code
 and params on another x86 CPU give a curve bitwise equal for ~50 steps that then drifts in its last bits
@@ -22,7 +23,7 @@ from html import escape as html_escape
 import pytest
 import yaml
 
-from conftest import stage_env
+from conftest import fresh_runner, stage_env
 
 from pipelines.baselines import load_baseline, save_baseline
 
@@ -53,7 +54,8 @@ def assert_lock_reproduced(project):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~70 s alone on 2 cores; generous for a loaded machine
-def test_default_chain_passes_then_a_raised_baseline_fails(project):
+def test_default_chain_passes_then_a_raised_baseline_fails(project, tmp_path):
+    project = fresh_runner(project, tmp_path / "runner", tmp_path / "remote")  # the chain judges what it pulled
     first = dvc(project, "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = project / "reports" / "default"
