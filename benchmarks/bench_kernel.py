@@ -7,24 +7,26 @@ the legitimate runs stay unstopped and name no op?
 
 Per bug of cait/portbugs.py (default profile, params.yaml's localize.k and floor):
 
-  seconds_to_op    a one-step run with fingerprints (the preflight: step 0 is bitwise the full run's step 0,
-                   keyed randomness and the full run's schedule), localize against the baseline's fingerprints,
-                   then the op search (pipelines/kernel.py: a replay to that step, the module recorded against
-                   the float64 oracle) with its repro written: wall clock, one process, end to end
+  seconds_to_op    the preflight (pipelines.preflight.run_preflight: step 0 with fingerprints, bitwise the full
+                   run's step 0), localize against the baseline's fingerprints, then the op search
+                   (pipelines/kernel.py: a replay to that step, the module recorded against the float64 oracle)
+                   with its repro written: seconds from the preflight's start to the op, in a fresh process
   named_op         what the op search names (None: the phase is the update or weights, or no op parts)
   expected_op      the op the bug changes (EXPECTED_OPS); None for bugs that live in no op of the step
   repro_exit       the repro's exit status run alone from a fresh shell (`env -i`): 1 = it reproduces
-  seconds_to_fail  the fail-fast run's `stopped_early.seconds` (train.json joined with its run.json by read_run;
-                   compare.fail_fast on; the train stage as a subprocess); None where it was not stopped
-  full_run_seconds one full plain run of the default profile (wall clock around the same training call)
+  seconds_to_fail  the train stage with compare.fail_fast on (a subprocess, as the chain runs it): its
+                   `stopped_early.seconds` (run.json, joined by read_run); None where it was not stopped
+  full_run_seconds the same command on the plain profile, which runs in full: its `run_seconds` (run.json). All
+                   three count from the start of the run in a fresh process, the set-up (model, data, the
+                   imports it triggers) included
 
 Per legitimate run (envelope variants and the runs the envelope never saw): localize at step 0 names nothing
 (so no op is searched), the fail-fast run is not stopped early, and `needed_c`: held to the float64 oracle on
 the zoo's op sites (blocks.0.norm1, blocks.0.attn, blocks.0.mlp), the C its kernels would need to stay within
 the bound (pipelines/oplocate.py OP_C must stay above every one of these).
 
---runs-dir keeps each run's folder (the step-0 runs are shared with bench_localize's `<name>.step0`); a cached
-step-0 run keeps the seconds it took beside it, so a rerun reports the same wall time.
+--runs-dir keeps each run's folder and reuses what is there (`<name>.op.json`, `<name>.failfast/`, `full/`), so a
+rerun reports the same seconds; delete the folder to measure again.
 """
 
 from __future__ import annotations
@@ -48,32 +50,11 @@ EXPECTED_OPS = {"gelu_tanh": "aten.gelu.default", "softmax_bf16": "aten._softmax
                 "attention_scale": "aten.mul.Tensor"}
 LEGIT = ("threads_1", "matmul_transposed", "fused_attention", "weights_ulp_other", "adamw_by_hand")
 OP_SITES = ("blocks.0.norm1", "blocks.0.attn", "blocks.0.mlp")
-SECONDS = "seconds.json"
 
 
 def _with(params, **device):
     return params.model_copy(update={"device": params.device.model_copy(update=device),
                                      "tracking": params.tracking.model_copy(update={"enabled": False})})
-
-
-def timed_run(params, label: str, folder: Path, data_dir: Path, log, *, stop_after: int | None,
-              fingerprint_steps: list[int] | None) -> float:
-    """Wall seconds of one training call into `folder` (cached: the seconds are kept beside the run)."""
-    from pipelines.layout import RECORD
-    from pipelines.training import train_once
-
-    if (folder / RECORD).exists() and (folder / SECONDS).exists():
-        log(f"{label}: reusing {folder}")
-        return float(json.loads((folder / SECONDS).read_text())["seconds"])
-    if fingerprint_steps is not None:
-        fp = params.train.fingerprints.model_copy(update={"steps": fingerprint_steps})
-        params = params.model_copy(update={"train": params.train.model_copy(update={"fingerprints": fp})})
-    started = time.perf_counter()
-    train_once(params, label, data_dir=data_dir, quiet=True, out_dir=folder, stop_after=stop_after)
-    seconds = time.perf_counter() - started
-    (folder / SECONDS).write_text(json.dumps({"seconds": seconds}) + "\n")
-    log(f"{label}: {seconds:.1f} s")
-    return seconds
 
 
 def profile_policy(params) -> str:
@@ -89,16 +70,18 @@ def fail_fast_available(params) -> bool:
     return "fail_fast" in type(params.compare).model_fields
 
 
-def fail_fast_run(params_path: Path, name: str, kind: str, root: Path, log) -> dict | None:
-    """The train stage with compare.fail_fast on (a subprocess, as the chain runs it); its train.json's
-    `stopped_early` (None when it ran in full). Cached in root/<name>.failfast."""
+def train_stage_run(params_path: Path, name: str | None, kind: str, root: Path, log) -> dict:
+    """The train stage with compare.fail_fast on (a subprocess, as the chain runs it) for a zoo entry (None: the
+    plain profile, which must run in full); its train.json joined with its run.json (`stopped_early` with its
+    seconds, `run_seconds`: both from the same start, the set-up included). Cached in root/<name>.failfast."""
     import yaml
 
-    folder = root / f"{name}.failfast"
+    folder = root / (f"{name}.failfast" if name else "full")
     record = folder / "train.json"
     if not record.exists():
         raw = yaml.safe_load(params_path.read_text())
-        raw["device"]["port_bug" if kind == "bug" else "numerics_variant"] = name
+        if name:
+            raw["device"]["port_bug" if kind == "bug" else "numerics_variant"] = name
         raw["tracking"]["enabled"] = False
         raw["compare"]["fail_fast"] = {**(raw["compare"].get("fail_fast") or {}), "enabled": True}
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,14 +91,62 @@ def fail_fast_run(params_path: Path, name: str, kind: str, root: Path, log) -> d
         done = subprocess.run([sys.executable, "-m", "pipelines.stages.train", "-q", "--params", str(own),
                                "--out-dir", str(folder)], cwd=REPO, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
-        log(f"{name}: fail-fast run exit {done.returncode} in {time.perf_counter() - started:.1f} s")
+        log(f"{name or 'plain profile'}: train stage with fail fast on, exit {done.returncode} in "
+            f"{time.perf_counter() - started:.1f} s")
         if not record.exists():
             raise RuntimeError(f"{name}: the fail-fast run wrote no train.json: {done.stderr.strip()[-300:]}")
     from pipelines.layout import CURVE
     from pipelines.provenance import read_run
 
     _, joined = read_run(folder / CURVE, record)  # the seconds live in run.json beside train.json
-    return joined.get("stopped_early")
+    return joined
+
+
+def preflight_to_op(params, name: str, kind: str, root: Path, data_dir: Path) -> dict:
+    """The preflight (step 0 with fingerprints, pipelines.preflight.run_preflight, as the preflight stage runs it),
+    localize against the baseline's fingerprints (a legitimate variant held out of the envelope it is in), then the
+    op search with its repro (the localize stage's find_op). Seconds from the preflight's start to the op: run in a
+    fresh process (`--to-op`), so its imports count as they do in the train stage's `run_seconds`."""
+    from cait.fingerprints import load, load_reference
+    from pipelines.layout import FINGERPRINTS
+    from pipelines.localize import localize
+    from pipelines.preflight import run_preflight
+    from pipelines.stages.localize import find_op
+
+    run_params = _with(params, port_bug=name) if kind == "bug" else _with(params, numerics_variant=name)
+    folder = root / f"{name}.step0"
+    started = time.perf_counter()
+    run_preflight(run_params, data_dir=data_dir, out_dir=folder)
+    cfg = params.localize
+    baseline_path = Path(cfg.baseline_fingerprints)
+    baseline = load_reference(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
+    held_out = name if name in baseline.variants else None
+    found = localize(load(folder / FINGERPRINTS), baseline, k=cfg.k, floor=cfg.floor, exclude=held_out,
+                     candidate_source=str(folder / FINGERPRINTS), baseline_source=str(baseline_path))
+    op = find_op(run_params, found, data_dir=data_dir, repro_dir=root / f"{name}.repro")
+    seconds = time.perf_counter() - started
+    first = found.first
+    return {"named_module": None if first is None else f"{first.phase} {first.module or '(model)'}",
+            "named_step": None if first is None else first.step,
+            "named_op": op.op if op is not None and op.status == "named" else None,
+            "op_status": None if op is None else op.status, "op_message": None if op is None else op.message,
+            "op_site": None if op is None else op.site, "arg_diffs": None if op is None else op.arg_diffs,
+            "repro": op.repro if op is not None and op.repro else None, "seconds_to_op": seconds}
+
+
+def to_op_in_a_fresh_process(params_path: Path, name: str, kind: str, root: Path, log) -> dict:
+    """preflight_to_op in its own process (cached in root/<name>.op.json)."""
+    out = root / f"{name}.op.json"
+    if not out.exists():
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--params", str(params_path),
+                               "--runs-dir", str(root), "--to-op", name, "--kind", kind], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if done.returncode or not out.exists():
+            raise RuntimeError(f"{name}: the preflight and op search failed (exit {done.returncode}): "
+                               f"{done.stderr.strip()[-400:]}")
+    row = json.loads(out.read_text())
+    log(f"{name}: preflight and op search in {row['seconds_to_op']:.1f} s")
+    return row
 
 
 def run_repro(script: str) -> int:
@@ -146,17 +177,11 @@ def measure(params, *, params_path: Path, entries: list[str] | None = None, runs
             data_dir: Path | None = None, log=print) -> dict:
     import tempfile
 
-    from benchmarks.bench_localize import train_to_step0
-    from cait.fingerprints import load, load_reference
     from cait.portbugs import BUGS
-    from pipelines.layout import FINGERPRINTS, PREPARED_DIR
-    from pipelines.localize import localize
-    from pipelines.stages.localize import find_op
+    from pipelines.layout import PREPARED_DIR
 
     cfg = params.localize
     data_dir = data_dir or REPO / PREPARED_DIR
-    baseline_path = Path(cfg.baseline_fingerprints)
-    baseline = load_reference(baseline_path if baseline_path.is_absolute() else REPO / baseline_path)
     policy = profile_policy(params)
     names = entries or [*(n for n, e in BUGS.items() if policy in e.policies), *LEGIT]
     result: dict = {"bugs": {}, "legit": {}, "fail_fast": fail_fast_available(params), "k": cfg.k,
@@ -165,39 +190,20 @@ def measure(params, *, params_path: Path, entries: list[str] | None = None, runs
     with tempfile.TemporaryDirectory(prefix="bench-kernel-") as tmp:
         root = runs_dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        full = timed_run(_with(params), "full plain run", root / "full", data_dir, log, stop_after=None,
-                         fingerprint_steps=None)
+        plain = train_stage_run(params_path, None, "plain", root, log)
+        if plain.get("stopped_early"):
+            raise RuntimeError(f"the plain profile was stopped early: {plain['stopped_early']['reason']}")
+        full = float(plain["run_seconds"])
         for name in names:
             kind = "bug" if name in BUGS else "legit"
             run_params = _with(params, port_bug=name) if kind == "bug" else _with(params, numerics_variant=name)
-            folder = root / f"{name}.step0"
-            if kind == "bug" and not (folder / SECONDS).exists():
-                t = time.perf_counter()
-                train_to_step0(params, name, root, data_dir, log)
-                if not (folder / SECONDS).exists():
-                    (folder / SECONDS).write_text(json.dumps({"seconds": time.perf_counter() - t}) + "\n")
-            step0 = (float(json.loads((folder / SECONDS).read_text())["seconds"]) if kind == "bug" else
-                     timed_run(run_params, f"{name} step 0", folder, data_dir, log, stop_after=0,
-                               fingerprint_steps=[0]))
-            t = time.perf_counter()
-            held_out = name if name in baseline.variants else None
-            found = localize(load(folder / FINGERPRINTS), baseline, k=cfg.k, floor=cfg.floor, exclude=held_out,
-                             candidate_source=str(folder / FINGERPRINTS), baseline_source=str(baseline_path))
-            op = find_op(run_params, found, data_dir=data_dir, repro_dir=root / f"{name}.repro")
-            seconds_to_op = step0 + time.perf_counter() - t
-            first = found.first
-            row = {"named_module": None if first is None else f"{first.phase} {first.module or '(model)'}",
-                   "named_step": None if first is None else first.step,
-                   "named_op": op.op if op is not None and op.status == "named" else None,
-                   "op_status": None if op is None else op.status, "op_message": None if op is None else op.message,
-                   "op_site": None if op is None else op.site, "arg_diffs": None if op is None else op.arg_diffs,
-                   "seconds_to_op": seconds_to_op, "full_run_seconds": full, "seconds_to_fail": None,
-                   "stopped_early": None}
-            if op is not None and op.repro:
-                row["repro"] = op.repro
-                row["repro_exit"] = run_repro(op.repro)
+            row = {**to_op_in_a_fresh_process(params_path, name, kind, root, log), "full_run_seconds": full,
+                   "seconds_to_fail": None, "stopped_early": None}
+            seconds_to_op = row["seconds_to_op"]
+            if row["repro"]:
+                row["repro_exit"] = run_repro(row["repro"])
             if result["fail_fast"]:
-                stopped = fail_fast_run(params_path, name, kind, root, log)
+                stopped = train_stage_run(params_path, name, kind, root, log).get("stopped_early")
                 row["stopped_early"] = stopped
                 row["seconds_to_fail"] = float(stopped["seconds"]) if stopped else None
             if kind == "bug":
@@ -209,7 +215,7 @@ def measure(params, *, params_path: Path, entries: list[str] | None = None, runs
             else:
                 row["expected_op"] = None
                 row["needed_c"] = legit_needed_c(run_params, data_dir)
-                row["ok"] = row["named_op"] is None and first is None and not row["stopped_early"]
+                row["ok"] = row["named_op"] is None and row["named_module"] is None and not row["stopped_early"]
                 result["legit"][name] = row
             log(f"{name}: {row['named_module']} -> {row['named_op']} ({row['op_message'] or 'no op searched'}); "
                 f"{seconds_to_op:.1f} s to the op, full run {full:.1f} s")
@@ -267,8 +273,18 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", help="keep (and reuse) each run's folder here")
     p.add_argument("--json", help="write {entry: {expected_op, named_op, seconds_to_fail, seconds_to_op, "
                                   "full_run_seconds}} and the raw figures here")
+    p.add_argument("--to-op", help=argparse.SUPPRESS)  # the child of to_op_in_a_fresh_process: this entry only
+    p.add_argument("--kind", choices=["bug", "legit"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from pipelines.params import load_params
+
+    if args.to_op:
+        from pipelines.layout import PREPARED_DIR
+
+        root = Path(args.runs_dir)
+        row = preflight_to_op(load_params(args.params), args.to_op, args.kind, root, REPO / PREPARED_DIR)
+        (root / f"{args.to_op}.op.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
+        return 0
 
     result = measure(load_params(args.params), params_path=Path(args.params),
                      entries=args.entries.split(",") if args.entries else None,

@@ -40,7 +40,8 @@ def write_record(path: Path | str, record: dict) -> None:
 RECORD_FIELDS = ("environment", "params_hash", "curve_params", "data_manifest_hash")
 # what differs between two runs that train the same curve: run.json, not train.json
 RUN_INFO_FIELDS = ("mlflow_run_id", "mlflow_parent_run_id", "mlflow_experiment_id", "tracking_uri", "git_commit",
-                   "date", "wall_s", "mean_samples_per_s", "stopped_early_seconds", "failed_after_seconds")
+                   "date", "wall_s", "run_seconds", "mean_samples_per_s", "stopped_early_seconds",
+                   "failed_after_seconds")
 RUN_INFO_ENVIRONMENT = ("host", "platform")  # environment fields that name the machine, not the numerics
 
 

@@ -176,6 +176,8 @@ def run_training(params: Params, out_dir: Path, *, data_dir: Path = PREPARED_DIR
         "stopped_early_seconds": stopped_early["seconds"] if stopped_early else None,
         "failed_after_seconds": stopped_early["failed_after_s"] if stopped_early else None,
         "wall_s": summary.wall_s,
+        # from the same start as stopped_early_seconds (the set-up included): what a stopped run is set against
+        "run_seconds": time.perf_counter() - started,
         "mean_samples_per_s": sum(r["samples_per_s"] for r in rows[1:]) / max(1, len(rows) - 1),
         "epochs": summary.epochs,
         "best_top1": summary.best_top1,

@@ -253,6 +253,8 @@ def test_a_port_bug_stops_early_and_preflight_names_it_while_a_legit_variant_tra
     run_training(on({"numerics_variant": "threads_1"}), legit, quiet=True, fail_fast=True)
     record = json.loads((legit / "train.json").read_text())
     assert record["stopped_early"] is None and record["steps_done"] == record["total_steps"] == 6
+    info = json.loads((legit / "run.json").read_text())  # a full run's seconds, from the same start as a stop's
+    assert info["run_seconds"] >= info["wall_s"] > 0 and info["stopped_early_seconds"] is None
 
     run_training(on({"port_bug": "adamw_no_bias_correction"}, tracking=True), project / "reports/default", quiet=True,
                  fail_fast=True)
@@ -261,7 +263,8 @@ def test_a_port_bug_stops_early_and_preflight_names_it_while_a_legit_variant_tra
     stop = record["stopped_early"]
     assert stop["stopped_step"] == stop["failed_step"] + 1 < 5 and record["steps_done"] == stop["stopped_step"] + 1
     assert len((out / "curve.csv").read_text().splitlines()) == record["steps_done"] + 1
-    assert json.loads((out / "run.json").read_text())["stopped_early_seconds"] > 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["run_seconds"] >= info["stopped_early_seconds"] > 0
     assert cli.run(compare.main, ["-q"]) == 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["status"] == "fail" and verdict["reasons"][0].startswith(f"stopped early at step {stop['stopped_step']}")
