@@ -57,15 +57,6 @@ def _with(params, **device):
                                      "tracking": params.tracking.model_copy(update={"enabled": False})})
 
 
-def profile_policy(params) -> str:
-    """The precision policy the profile trains under: the zoo's entries of other policies (the mixed-precision
-    bugs of an fp32 profile) mean nothing in its runs, and the op search bounds fp32 kernels only."""
-    if params.train.amp in ("bf16", "fp16"):
-        return params.train.amp
-    tf32 = params.device.tf32 if params.device.tf32 is not None else not params.device.deterministic
-    return "tf32" if tf32 else "fp32"  # as cait.determinism.configure_numerics switches it
-
-
 def fail_fast_available(params) -> bool:
     return "fail_fast" in type(params.compare).model_fields
 
@@ -179,10 +170,11 @@ def measure(params, *, params_path: Path, entries: list[str] | None = None, runs
 
     from cait.portbugs import BUGS
     from pipelines.layout import PREPARED_DIR
+    from pipelines.training import params_precision
 
     cfg = params.localize
     data_dir = data_dir or REPO / PREPARED_DIR
-    policy = profile_policy(params)
+    policy = params_precision(params)  # the zoo's entries of other policies mean nothing in its runs
     names = entries or [*(n for n, e in BUGS.items() if policy in e.policies), *LEGIT]
     result: dict = {"bugs": {}, "legit": {}, "fail_fast": fail_fast_available(params), "k": cfg.k,
                     "policy": policy}
