@@ -113,40 +113,74 @@ class _Sketcher:
         return self._plans[key]
 
     def __call__(self, x):
-        """(stats vector, sketch vector) of tensor x, both float32 on x's device, nothing synchronised."""
+        """(moments, sketch, sample) of tensor x, float32 on x's device, nothing synchronised: moments are the
+        STATS without the quantiles (mean, std, max_abs, l2, nonfinite), the sample the elements the quantiles
+        come from (`phase_stats` takes a phase's quantiles in one batched call: ~0.3 ms a tensor alone).
+
+        Each the fastest of equal results on the CPU (a 418k-element tensor, torch 2.14): index_select rather
+        than x[order] (3.5x), max_abs from aminmax (6x abs().max(), 25x vector_norm(inf)), the non-finite count
+        as the nonzeros of x * 0 (0 for a finite element, NaN for inf and NaN; 3x isfinite)."""
         import torch
 
         flat = x.detach().reshape(-1).float()
         n = flat.numel()
         if n == 0:
-            return torch.zeros(len(STATS), device=flat.device), torch.zeros(self.dim, device=flat.device)
+            return torch.zeros(len(MOMENTS), device=flat.device), torch.zeros(self.dim, device=flat.device), flat
         order, sign = self.plan(n, flat.device)
-        shuffled = flat[order] * sign
+        shuffled = torch.index_select(flat, 0, order).mul_(sign)
         width = -(-n // self.dim)
         if width * self.dim > n:
             shuffled = torch.cat([shuffled, shuffled.new_zeros(width * self.dim - n)])
         sketch = shuffled.view(self.dim, width).sum(1)
-        sample = flat[order[:QUANTILE_SAMPLE]]
-        q = torch.quantile(sample, torch.tensor(QUANTILES, device=flat.device, dtype=sample.dtype))
-        stats = torch.cat([torch.stack([flat.mean(), flat.std(unbiased=False) if n > 1 else flat.new_zeros(()),
-                                        flat.abs().max(), flat.norm()]), q,
-                           (~torch.isfinite(flat)).sum().float().view(1)])
-        return stats, sketch
+        sample = torch.index_select(flat, 0, order[:QUANTILE_SAMPLE])
+        low, high = torch.aminmax(flat)
+        moments = torch.stack([flat.mean(), flat.std(unbiased=False) if n > 1 else flat.new_zeros(()),
+                               torch.maximum(low.abs(), high.abs()), flat.norm(),
+                               torch.count_nonzero(flat * 0).to(flat.dtype)])
+        return moments, sketch, sample
+
+
+MOMENTS = tuple(s for s in STATS if not s.startswith("q"))  # what _Sketcher computes per tensor
+
+
+def phase_stats(moments: list, samples: list):
+    """The n x STATS float64 matrix of a phase: each tensor's moments with the quantiles of its sample, taken
+    in one torch.quantile call per sample length (equal, element for element, to one call per tensor). An empty
+    tensor's quantiles are 0."""
+    import torch
+
+    if not moments:
+        return np.zeros((0, len(STATS)))
+    quantiles = torch.zeros(len(samples), len(QUANTILES), dtype=samples[0].dtype, device=samples[0].device)
+    by_length: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        by_length.setdefault(sample.numel(), []).append(i)
+    levels = torch.tensor(QUANTILES, dtype=samples[0].dtype, device=samples[0].device)
+    for length, rows in by_length.items():
+        if length:
+            where = torch.tensor(rows, device=quantiles.device)
+            quantiles[where] = torch.quantile(torch.stack([samples[i] for i in rows]), levels, dim=1).T
+    moments = torch.stack(moments).to(quantiles.dtype)
+    columns = {name: moments[:, j] for j, name in enumerate(MOMENTS)}
+    columns.update({f"q{round(q * 100):02d}": quantiles[:, j] for j, q in enumerate(QUANTILES)})
+    return torch.stack([columns[name] for name in STATS], dim=1).double().cpu().numpy()
 
 
 class _PhaseBuffer:
     def __init__(self):
         self.names: list[str] = []
         self.shapes: list[list[int]] = []
-        self.stats: list = []
+        self.moments: list = []
+        self.samples: list = []
         self.sketch: list = []
         self.whole: list = []
 
     def add(self, name: str, tensor, sketcher: _Sketcher, whole: bool) -> None:
-        stats, sketch = sketcher(tensor)
+        moments, sketch, sample = sketcher(tensor)
         self.names.append(name)
         self.shapes.append(list(tensor.shape))
-        self.stats.append(stats)
+        self.moments.append(moments)
+        self.samples.append(sample)
         self.sketch.append(sketch)
         if whole:
             self.whole.append(tensor.detach().float().cpu().numpy().copy())
@@ -155,7 +189,7 @@ class _PhaseBuffer:
         import torch
 
         dim = self.sketch[0].numel() if self.sketch else 0
-        stats = torch.stack(self.stats).double().cpu().numpy() if self.stats else np.zeros((0, len(STATS)))
+        stats = phase_stats(self.moments, self.samples)
         sketch = torch.stack(self.sketch).double().cpu().numpy() if self.sketch else np.zeros((0, dim))
         return PhasePrints(self.names, self.shapes, stats, sketch, self.whole if whole else None)
 

@@ -169,6 +169,38 @@ def test_a_file_whose_numbers_changed_after_it_was_written_is_refused(tmp_path):
         load(tmp_path / "shape.npz")
 
 
+def test_a_phase_s_stats_are_each_tensor_s_own():
+    """The recorder takes a phase's quantiles in one batched call and max_abs and the non-finite count by
+    faster kernels: every number must be what the plain per-tensor computation gives, non-finite ones included."""
+    import torch
+
+    from cait.fingerprints import QUANTILE_SAMPLE, QUANTILES, _PhaseBuffer, _Sketcher
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=g) for n in (1, 7, 7, 64, 1000, QUANTILE_SAMPLE + 5, 3 * QUANTILE_SAMPLE)]
+    tensors[2][3] = float("nan")
+    tensors[4][[5, 9]] = torch.tensor([float("inf"), -float("inf")])
+    tensors.append(torch.empty(0))
+    sketcher, buffer = _Sketcher(16), _PhaseBuffer()
+    for i, t in enumerate(tensors):
+        buffer.add(f"t{i}", t, sketcher, whole=False)
+    done = buffer.done(whole=False)
+    stats = done.stats
+    for t, row, sketch in zip(tensors, stats, done.sketch):
+        if t.numel() == 0:
+            assert not row.any() and not sketch.any()
+            continue
+        order, sign = sketcher.plan(t.numel(), t.device)
+        width = -(-t.numel() // 16)
+        plain = torch.cat([t[order] * sign, torch.zeros(width * 16 - t.numel())]).view(16, width).sum(1)
+        np.testing.assert_array_equal(sketch, plain.double().numpy())
+        q = torch.quantile(t[order[:QUANTILE_SAMPLE]], torch.tensor(QUANTILES))
+        plain = torch.cat([torch.stack([t.mean(), t.std(unbiased=False) if t.numel() > 1 else t.new_zeros(()),
+                                        t.abs().max(), t.norm()]), q, (~torch.isfinite(t)).sum().float().view(1)])
+        np.testing.assert_array_equal(row, plain.double().numpy())
+    assert stats[:, STATS.index("nonfinite")].tolist() == [0, 0, 1, 0, 2, 0, 0, 0]
+
+
 def fake_run_with_fingerprints(project, loss, forward):
     """A train-stage run folder (fake_runs) with its fingerprints.npz named by its train.json, the baseline it is
     judged against and that baseline's reference fingerprints (tied to it by its reference loss)."""
