@@ -9,6 +9,12 @@ tensor, a few summary statistics and a sketch:
   param_grad  every parameter's gradient as the optimizer sees it (unscaled)
   update      every parameter's change made by the optimizer step (after - before)
 
+Per tensor also its precision: the share of its nonzero (sampled) elements whose float32 mantissa fits in
+bfloat16's 7 bits and in float16's 10 bits (PRECISIONS). A tensor that went through bf16 (fp16) has 1 there, one
+computed in float32 ~2^-16 (2^-13): which precision a module or the optimizer computed in, whatever the values
+(pipelines/localize.py `precision_losses`: a mixed-precision port that drops something to bf16 where the reference
+keeps float32).
+
 The sketch is a CountSketch with equal buckets: the elements in a fixed random order, each with a fixed
 random sign, summed in `sketch_dim` groups. It is linear, so sketch(a) - sketch(b) = sketch(a - b), and
 E|sketch(x)|^2 = |x|^2: two machines that never see each other estimate the relative L2 error and the
@@ -45,6 +51,8 @@ QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 # Files from before recorded 2^16 (their meta has no quantile_sample).
 QUANTILE_SAMPLE = 1 << 13
 SKETCH_KEY = 20210331  # CaiT's arXiv date: the order and signs every device draws
+PRECISIONS = ("bf16", "fp16")  # the precision shares a fingerprint records, by format
+MANTISSA_DROPPED = {"bf16": 16, "fp16": 13}  # float32's 23 mantissa bits less the format's (7, 10)
 PASS_THROUGH = ("Identity", "Dropout", "DropPath", "KeyedDropPath")  # skipped when they drop nothing
 
 
@@ -69,6 +77,7 @@ class PhasePrints:
     stats: np.ndarray
     sketch: np.ndarray
     whole: list[np.ndarray] | None = None
+    precision: np.ndarray | None = None  # n x PRECISIONS shares (NaN: no nonzero element); None in older files
 
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
@@ -113,7 +122,7 @@ class _Sketcher:
         return self._plans[key]
 
     def __call__(self, x):
-        """(moments, sketch, sample) of tensor x, float32 on x's device, nothing synchronised: moments are the
+        """(moments, sketch, sample, precision) of tensor x, float32 on x's device, nothing synchronised: moments are the
         STATS without the quantiles (mean, std, max_abs, l2, nonfinite), the sample the elements the quantiles
         come from (`phase_stats` takes a phase's quantiles in one batched call: ~0.3 ms a tensor alone).
 
@@ -125,7 +134,8 @@ class _Sketcher:
         flat = x.detach().reshape(-1).float()
         n = flat.numel()
         if n == 0:
-            return torch.zeros(len(MOMENTS), device=flat.device), torch.zeros(self.dim, device=flat.device), flat
+            return (torch.zeros(len(MOMENTS), device=flat.device), torch.zeros(self.dim, device=flat.device), flat,
+                    torch.full((len(PRECISIONS),), float("nan"), device=flat.device))
         order, sign = self.plan(n, flat.device)
         shuffled = torch.index_select(flat, 0, order).mul_(sign)
         width = -(-n // self.dim)
@@ -137,7 +147,19 @@ class _Sketcher:
         moments = torch.stack([flat.mean(), flat.std(unbiased=False) if n > 1 else flat.new_zeros(()),
                                torch.maximum(low.abs(), high.abs()), flat.norm(),
                                torch.count_nonzero(flat * 0).to(flat.dtype)])
-        return moments, sketch, sample
+        return moments, sketch, sample, precision_shares(sample)
+
+
+def precision_shares(values):
+    """Per format of PRECISIONS, the share of the nonzero float32 `values` whose mantissa fits it (NaN if none is
+    nonzero). Exponent range is not checked: a bf16 tensor is recognised by its mantissa alone."""
+    import torch
+
+    bits = values.contiguous().view(torch.int32)
+    nonzero = (bits & 0x7FFFFFFF) != 0
+    count = nonzero.sum().to(values.dtype)
+    return torch.stack([((bits & ((1 << MANTISSA_DROPPED[f]) - 1)) == 0).logical_and_(nonzero).sum().to(values.dtype)
+                        for f in PRECISIONS]) / count
 
 
 MOMENTS = tuple(s for s in STATS if not s.startswith("q"))  # what _Sketcher computes per tensor
@@ -172,15 +194,17 @@ class _PhaseBuffer:
         self.shapes: list[list[int]] = []
         self.moments: list = []
         self.samples: list = []
+        self.precision: list = []
         self.sketch: list = []
         self.whole: list = []
 
     def add(self, name: str, tensor, sketcher: _Sketcher, whole: bool) -> None:
-        moments, sketch, sample = sketcher(tensor)
+        moments, sketch, sample, precision = sketcher(tensor)
         self.names.append(name)
         self.shapes.append(list(tensor.shape))
         self.moments.append(moments)
         self.samples.append(sample)
+        self.precision.append(precision)
         self.sketch.append(sketch)
         if whole:
             self.whole.append(tensor.detach().float().cpu().numpy().copy())
@@ -191,7 +215,9 @@ class _PhaseBuffer:
         dim = self.sketch[0].numel() if self.sketch else 0
         stats = phase_stats(self.moments, self.samples)
         sketch = torch.stack(self.sketch).double().cpu().numpy() if self.sketch else np.zeros((0, dim))
-        return PhasePrints(self.names, self.shapes, stats, sketch, self.whole if whole else None)
+        precision = (torch.stack(self.precision).double().cpu().numpy() if self.precision
+                     else np.zeros((0, len(PRECISIONS))))
+        return PhasePrints(self.names, self.shapes, stats, sketch, self.whole if whole else None, precision)
 
 
 def _first_tensor(output):
@@ -284,7 +310,7 @@ class FingerprintRecorder:
         self._buffers = {}
 
     def fingerprints(self, meta: dict) -> Fingerprints:
-        meta = {**meta, "schema": SCHEMA, "sketch_dim": self.sketch_dim, "stats": list(STATS),
+        meta = {**meta, "schema": SCHEMA, "sketch_dim": self.sketch_dim, "stats": list(STATS), "precisions": list(PRECISIONS),
                 "quantiles": list(QUANTILES), "quantile_sample": QUANTILE_SAMPLE, "whole_tensors": self.whole,
                 "step_info": {str(s): i for s, i in sorted(self.step_info.items())}}
         return Fingerprints(meta, dict(sorted(self.recorded.items())))
@@ -306,6 +332,8 @@ def to_bytes(prints: Fingerprints) -> bytes:
             layout[str(step)][phase] = {"names": pp.names, "shapes": pp.shapes, "whole": pp.whole is not None}
             arrays[_key(step, phase, "stats")] = np.asarray(pp.stats, dtype=np.float64)
             arrays[_key(step, phase, "sketch")] = np.asarray(pp.sketch, dtype=np.float64)
+            if pp.precision is not None:
+                arrays[_key(step, phase, "precision")] = np.asarray(pp.precision, dtype=np.float64)
             for i, tensor in enumerate(pp.whole or []):
                 arrays[_key(step, phase, f"whole{i}")] = np.asarray(tensor, dtype=np.float32)
     for step, phases in prints.spread.items():
@@ -434,7 +462,19 @@ def _from_arrays(path: Path, meta: dict, data: dict[str, np.ndarray]) -> Fingerp
                         raise bad(f"{where} {names[i]}", f"whole tensor of shape {list(tensor.shape)}, "
                                                          f"the layout says {shapes[i]}")
                     whole.append(tensor)
-            prints.steps[step][phase] = PhasePrints(list(names), [list(s) for s in shapes], stats, sketch, whole)
+            precision = data.get(_key(step, phase, "precision"))
+            if precision is not None:
+                known.add(_key(step, phase, "precision"))
+                if precision.dtype != np.float64 or precision.shape != (n, len(PRECISIONS)):
+                    raise bad(f"{where} precision", f"{precision.dtype}{list(precision.shape)} is not float64 "
+                                                    f"[{n}, {len(PRECISIONS)}]")
+                wrong = np.argwhere(~(np.isnan(precision) | ((precision >= 0) & (precision <= 1))))
+                if wrong.size:
+                    i, col = wrong[0]
+                    raise bad(f"{where} {names[i]}", f"precision {PRECISIONS[col]} share {float(precision[i, col])!r} "
+                                                     f"is not in [0, 1]")
+            prints.steps[step][phase] = PhasePrints(list(names), [list(s) for s in shapes], stats, sketch, whole,
+                                                    precision)
             spread = data.get(_key(step, phase, "spread"))
             if spread is not None:
                 known.add(_key(step, phase, "spread"))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cait.errors import RecordError
-from cait.fingerprints import PHASES, STATS, FingerprintMismatch, Fingerprints, PhasePrints, load
+from cait.fingerprints import PHASES, PRECISIONS, STATS, FingerprintMismatch, Fingerprints, PhasePrints, load
 from pipelines.params import diff_keys
 from pipelines.provenance import file_sha256, read_record
 
@@ -336,6 +336,100 @@ def describe(result: Localization) -> str:
     return line
 
 
+# ---- precision: which format each tensor went through ----------------------------------------------------------
+
+# A tensor went through a format when at least this share of its nonzero elements fits the format's mantissa: one
+# that did has all of them (1.0), one computed in float32 fits bf16 by chance at 2^-16 and fp16 at 2^-13. The
+# midpoint of the two, not a fitted number (cait/fingerprints.py precision_shares).
+WENT_THROUGH = 0.5
+# Tensors of fewer elements are not judged: they are per-head biases and scalars, and some of their step-0 gradients
+# are rounding residue (proj_l.bias of talking heads: mathematically zero, softmax being shift-invariant), whose few
+# significant bits fit any format. Measured: the fp32 reference's 24 proj_l.bias gradients (4 elements) fit fp16
+# to 75-100%, a legitimate run's to 0-25% (benchmarks/README.md, the precision rule).
+MIN_JUDGED_ELEMENTS = 64
+LOW_FORMAT = {"fp32": "fp16", "tf32": "fp16", "bf16": "bf16", "fp16": "fp16"}  # the format a policy must not drop to
+
+
+@dataclass
+class PrecisionChange:
+    step: int
+    phase: str
+    entry: str
+    module: str
+    reference_share: float  # share of the reference's nonzero elements that fit the format
+    candidate_share: float
+
+
+@dataclass
+class PrecisionCheck:
+    """Where the candidate computed in a lower precision than the reference (`lost`), or a higher one (`gained`),
+    tensor by tensor at the fingerprint steps both files have. status: "clean" | "lost" | "unavailable"."""
+
+    status: str
+    message: str
+    format: str = ""  # the format judged: bf16 or fp16 (fp16's 10 mantissa bits also hold every bf16 value)
+    lost: list[PrecisionChange] = field(default_factory=list)
+    gained: list[PrecisionChange] = field(default_factory=list)
+    entries: int = 0  # tensors judged
+
+    def to_json(self) -> dict:
+        return _finite(asdict(self))
+
+
+def precision_changes(candidate: Fingerprints, reference: Fingerprints, policy: str) -> PrecisionCheck:
+    """Every tensor the reference computes in float32 (its share of `policy`'s low format below WENT_THROUGH) that
+    the candidate computed in the low format (its share at or above it): a master weight, a gradient, a LayerNorm
+    kept in bf16 where the policy keeps float32. The reverse (a precision gain: a device whose autocast keeps an
+    op in float32) is listed, never a loss. Tensors with no nonzero element or fewer than MIN_JUDGED_ELEMENTS, and
+    files recorded before precision shares existed, judge nothing (then status "unavailable", saying which file)."""
+    low = LOW_FORMAT.get(policy)
+    if low is None:
+        return PrecisionCheck("unavailable", f"no low format is known for the precision policy {policy!r}")
+    col = PRECISIONS.index(low)
+    out = PrecisionCheck("clean", "", format=low)
+    missing = []
+    for step in sorted(set(candidate.steps) & set(reference.steps)):
+        for phase in PHASES:
+            cand, ref = candidate.steps[step].get(phase), reference.steps[step].get(phase)
+            if cand is None or ref is None:
+                continue
+            if cand.precision is None or ref.precision is None:
+                missing.append("candidate" if cand.precision is None else "reference")
+                continue
+            theirs = ref.index()
+            for i, name in enumerate(cand.names):
+                j = theirs.get(name)
+                if j is None or int(np.prod(cand.shapes[i])) < MIN_JUDGED_ELEMENTS:
+                    continue
+                c, r = float(cand.precision[i, col]), float(ref.precision[j, col])
+                if np.isnan(c) or np.isnan(r):
+                    continue
+                out.entries += 1
+                change = PrecisionChange(step, phase, name, module_of(phase, name), r, c)
+                if r < WENT_THROUGH <= c:
+                    out.lost.append(change)
+                elif c < WENT_THROUGH <= r:
+                    out.gained.append(change)
+    if not out.entries:
+        side = missing[0] if missing else "either file"
+        return PrecisionCheck("unavailable", f"no tensor to judge: the {side}'s fingerprints have no precision shares "
+                                             f"(recorded before they existed)", format=low)
+    gained = (f"; {len(out.gained)} computed in a higher precision than the reference (first: "
+              f"{_change(out.gained[0])}), which is no loss" if out.gained else "")
+    if out.lost:
+        out.status = "lost"
+        out.message = (f"{len(out.lost)} of {out.entries} tensors computed in {low} where the reference keeps float32; "
+                       f"first: {_change(out.lost[0])}{gained}")
+    else:
+        out.message = f"no tensor computed in {low} where the reference keeps float32 ({out.entries} judged){gained}"
+    return out
+
+
+def _change(c: PrecisionChange) -> str:
+    return (f"step {c.step} {c.phase} {c.entry} ({c.candidate_share:.0%} of its elements fit, reference "
+            f"{c.reference_share:.0%})")
+
+
 def loss_digest(loss: np.ndarray) -> str:
     """SHA-256 of a baseline's reference loss (float64 bytes): ties a fingerprint file to its baseline."""
     return hashlib.sha256(np.ascontiguousarray(loss, dtype=np.float64).tobytes()).hexdigest()
@@ -360,3 +454,42 @@ def read_run_fingerprints(fingerprints_path: Path | str, record_path: Path | str
                               f"(fingerprints_sha256: edited, corrupt or another run's file); rerun the train stage "
                               f"(dvc repro -f train)")
     return load(fingerprints_path)
+
+
+def baseline_fingerprints(params):
+    """The baseline's fingerprints, checked to belong to compare.baseline; (prints, path) or (None, why)."""
+    path = Path(params.localize.baseline_fingerprints)
+    if not path.exists():
+        return None, (f"{path}: the baseline has no layer fingerprints; record them with the baseline "
+                      f"(make baseline) to localize a failing run")
+    from cait.fingerprints import load_reference
+    from pipelines.baselines import load_baseline
+
+    prints = load_reference(path)
+    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
+    if prints.meta.get("baseline_loss_sha256") != loss_digest(baseline.loss):
+        raise FingerprintMismatch(f"{path}: belongs to another baseline than {params.compare.baseline} (its reference "
+                               f"loss differs); record both together (make baseline) or point "
+                               f"localize.baseline_fingerprints at the right file")
+    return prints, str(path)
+
+
+def judge_precision(params, run_folder: Path | str, policy: str) -> dict:
+    """The chain's precision check (compare stage): the train run's fingerprints (checked against its record) against
+    the baseline's (checked to belong to compare.baseline), as `precision_changes`' JSON; status "unavailable",
+    saying why, where either has none or they cannot be compared. A file that is corrupt or lies is an error."""
+    from pipelines.layout import FINGERPRINTS, RECORD
+
+    run_folder = Path(run_folder)
+    if not (run_folder / FINGERPRINTS).exists():
+        return PrecisionCheck("unavailable", f"{run_folder / FINGERPRINTS}: the run recorded no layer fingerprints "
+                                             f"(train.fingerprints.steps is empty)").to_json()
+    candidate = read_run_fingerprints(run_folder / FINGERPRINTS, run_folder / RECORD)
+    reference, where = baseline_fingerprints(params)
+    if reference is None:
+        return PrecisionCheck("unavailable", where).to_json()
+    try:
+        check_compatible(candidate, reference, str(run_folder / FINGERPRINTS), where)
+    except FingerprintMismatch as exc:
+        return PrecisionCheck("unavailable", f"not compared: {exc}").to_json()
+    return precision_changes(candidate, reference, policy).to_json()

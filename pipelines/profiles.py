@@ -79,9 +79,14 @@ def load(name: str | None, params_path: Path = DEFAULT_PARAMS) -> Params:
 
 def dvc_sets(name: str, root: Path = Path(".")) -> list[str]:
     """`-S key=value` arguments of `dvc exp run` that make params.yaml the profile."""
+    def flow(value) -> str:  # YAML flow style without spaces: the Makefile passes the arguments word-split
+        if isinstance(value, list):
+            return "[" + ",".join(flow(v) for v in value) + "]"
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
     args = []
     for dotted, value in flatten(overlay(name, root)).items():
-        args += ["-S", f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        args += ["-S", f"{dotted}={flow(value)}"]
     return args
 
 

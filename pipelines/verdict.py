@@ -39,7 +39,7 @@ from pipelines.envelope import describe as describe_envelope
 from pipelines.envelope import envelope_check
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput")
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput", "precision")
 BY_POSITION = ("modelzoo",)  # rules that pair the curves by position (as loss.py); the others but throughput
 BY_STEP = ("strict", "band", "trend", "envelope")  # pair them on step numbers
 TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
@@ -319,6 +319,21 @@ def throughput_rule(candidate_ips, baseline_ips, *, min_ratio, max_ratio, gating
                        "baseline_samples_per_s": float(baseline_ips)}, thresholds)
 
 
+def precision_rule(check: dict | None, *, gating=True) -> RuleResult:
+    """Layer fingerprints, not the loss: no tensor computed in the policy's low format (bf16, fp16) where the
+    reference keeps float32 (pipelines/localize.py precision_changes; `check` is its to_json()). A mixed-precision
+    port that keeps its gradients or master weights in bf16 changes the loss by about one bf16 rounding, as
+    much as a legitimate kernel does, but changes what those tensors are. Not applicable without fingerprints on
+    both sides (`check` None, or status unavailable)."""
+    if not check or check.get("status") not in ("clean", "lost"):
+        why = (check or {}).get("message") or "no layer fingerprints to judge (the run or the baseline has none)"
+        return RuleResult("precision", False, gating, why, {}, {"went_through_share": 0.5}, applicable=False)
+    numbers = {"tensors_judged": check.get("entries", 0), "tensors_lost": len(check.get("lost", [])),
+               "tensors_gained": len(check.get("gained", []))}
+    return RuleResult("precision", check["status"] == "clean", gating, check.get("message", ""), numbers,
+                      {"went_through_share": 0.5})
+
+
 def first_divergence(steps, candidate, baseline, *, max_relative_error, max_abs_error,
                      consecutive_steps) -> int | None:
     """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
@@ -363,7 +378,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict,
            envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict,
            samples_per_s: tuple | None = None, envelope_reference: np.ndarray | None = None,
-           stopped_early: dict | None = None) -> Verdict:
+           stopped_early: dict | None = None, precision_check: dict | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `modelzoo`, `strict`, `band`, `trend`, `envelope`, `throughput` and `divergence` are every rule's settings
@@ -377,7 +392,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     `envelope_width` is the baseline's per-step envelope on `baseline_steps`; without it the envelope rule
     cannot run (inconclusive if it gates; `envelope_missing` says why and what to do). `envelope_reference` is
     the curve the envelope is measured around when it is not `baseline` (another precision policy's reference).
-    `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule.
+    `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule; `precision_check` the
+    fingerprints' precision comparison for the precision rule (pipelines/localize.py precision_changes).
     `stopped_early` is a fail-fast run's stop (pipelines/failfast.py: failed_step, stopped_step, reason): its curve
     is truncated, so the envelope rule judges the steps it has whatever min_steps says, rules that cannot judge a
     truncated curve are notes, and the verdict is `fail` only where the gating envelope rule fails here too (the
@@ -478,6 +494,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     if "throughput" in active:
         rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
                                               **throughput)
+    if "precision" in active:
+        rules["precision"] = precision_rule(precision_check, gating="precision" in gate)
     if "band" in active and band_stats is None:
         rules.pop("band", None)
         if "band" in gate:

@@ -34,7 +34,8 @@ FIELDS = {"schema_version": int, "status": str, "profile": str, "candidate": str
           "reasons": list, "notes": list, "rules": dict, "compared_steps": int, "candidate_steps": int,
           "baseline_steps": int, "modelzoo_lines": list, "inputs": dict, "compare_params_sha256": str}
 RULE_FIELDS = {"passed": bool, "gating": bool, "summary": str, "numbers": dict, "thresholds": dict}
-INPUT_ROLES = ("candidate", "record", "baseline")  # candidate and baseline always; record for a train stage run
+INPUT_ROLES = ("candidate", "record", "baseline", "fingerprints", "baseline_fingerprints")  # candidate and baseline
+# always; record for a train stage run; the two fingerprint files where the precision rule judged them
 REPORT_META = "cait-verdict-sha256"  # <meta name=... content=<sha256 of verdict.json>> in report.html
 RERUN = "rerun the compare stage (dvc repro -f compare)"
 

@@ -20,17 +20,20 @@ from pipelines.stages.compare import judge
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_amp_profile_is_params_yaml_with_five_keys_changed():
+def test_the_amp_profile_is_params_yaml_with_seven_keys_changed():
     default, amp = load_params(REPO / "params.yaml"), profiles.load("amp", REPO / "params.yaml")
     assert amp.profile == "amp" and amp.train.amp == "bf16"
     assert amp.compare.baseline == "baselines/amp/baseline.json"
     assert amp.localize.baseline_fingerprints == "baselines/amp/fingerprints.npz"
     changed = {k for k, v in profiles.flatten(amp.model_dump(mode="json")).items()
                if profiles.flatten(default.model_dump(mode="json")).get(k) != v}
-    assert changed == {"profile", "train.amp", "compare.baseline", "compare.rules.envelope.k",
-                       "localize.baseline_fingerprints"}
+    assert changed == {"profile", "train.amp", "compare.baseline", "compare.gate", "compare.inform",
+                       "compare.rules.envelope.k", "localize.baseline_fingerprints"}
+    assert amp.compare.gate == ["envelope", "modelzoo", "precision"] and "precision" in default.compare.inform
     assert profiles.dvc_sets("amp", REPO) == ["-S", "profile=amp", "-S", "train.amp=bf16",
                                               "-S", "compare.baseline=baselines/amp/baseline.json",
+                                              "-S", "compare.gate=[envelope,modelzoo,precision]",
+                                              "-S", "compare.inform=[strict,band,trend,throughput]",
                                               "-S", "compare.rules.envelope.k=10.0",
                                               "-S", "localize.baseline_fingerprints=baselines/amp/fingerprints.npz"]
     assert profiles.load(None, REPO / "params.yaml") == default
@@ -55,7 +58,11 @@ def test_the_committed_amp_baseline_is_bf16_with_its_own_envelope():
     assert len(amp.runs) == 3
     assert {"softmax_fp32", "matmul_fp32_accumulate", "gelu_epilogue"} <= {r.variant for r in amp.envelope_runs}
     assert amp.provenance["params"]["train"]["amp"] == "bf16"
-    assert (REPO / "baselines/amp/fingerprints.npz").is_file()
+    from cait.fingerprints import load_reference
+
+    prints = load_reference(REPO / "baselines/amp/fingerprints.npz")  # with the precision shares the rule judges
+    assert all(pp.precision is not None for pp in prints.steps[0].values())
+    assert prints.meta["precision_source"]["steps"] == [0]
 
 
 @pytest.mark.parametrize("candidate_of, against", [("amp", "default"), ("default", "amp")])
@@ -77,7 +84,9 @@ def test_a_candidate_of_the_other_policy_is_inconclusive_naming_both(candidate_o
 @pytest.mark.timeout(600)  # ~25 s alone on 2 cores: 5 tiny runs
 def test_the_amp_chain_on_the_tiny_model(tiny_project):
     """prepare, `make baseline` for the amp profile (1 seed + the two bf16 envelope variants), train, compare,
-    localize, report, gate: a pass under bf16; then an fp32 run judged against the amp baseline: inconclusive."""
+    localize, report, gate: a pass under bf16 (the precision rule gating too); a run whose gradients go through
+    bf16 fails on the precision rule; fingerprints without precision shares cannot judge it (inconclusive) until
+    `baseline precision` adds them; then an fp32 run judged against the amp baseline: inconclusive."""
     from conftest import write_params
 
     from pipelines.stages import baseline, compare, gate, localize, prepare, report, train
@@ -95,7 +104,41 @@ def test_the_amp_chain_on_the_tiny_model(tiny_project):
     assert cli.run(gate.main, ["--params", "amp.yaml"]) == 0
     verdict = json.loads(Path("reports/amp/verdict.json").read_text())
     assert verdict["status"] == "pass" and verdict["profile"] == "amp"
+    assert verdict["rules"]["precision"]["gating"] and verdict["rules"]["precision"]["passed"]
+    assert verdict["rules"]["precision"]["numbers"]["tensors_judged"] > 100
+    assert set(verdict["inputs"]) >= {"fingerprints", "baseline_fingerprints"}
     assert json.loads(Path("reports/amp/localize.json").read_text())["status"] == "clean"
+
+    from cait.fingerprints import load, save
+
+    grads = yaml.safe_load(Path("amp.yaml").read_text())
+    grads["device"]["port_bug"] = "grads_bf16"
+    Path("grads.yaml").write_text(yaml.safe_dump(grads))
+    assert cli.run(train.main, ["-q", "--params", "grads.yaml"]) == 0
+    for stage in (compare, report):
+        assert cli.run(stage.main, ["-q", "--params", "grads.yaml"]) == 0
+    assert cli.run(gate.main, ["--params", "grads.yaml"]) == 1
+    verdict = json.loads(Path("reports/amp/verdict.json").read_text())
+    assert verdict["status"] == "fail" and verdict["rules"]["precision"]["passed"] is False
+    assert any(r.startswith("precision: ") and "param_grad" in r for r in verdict["reasons"])
+
+    reference = Path("baselines/amp/fingerprints.npz")
+    older = load(reference)
+    for phases in older.steps.values():
+        for pp in phases.values():
+            pp.precision = None
+    save(reference, older)
+    for stage in (train, compare, report):  # the plain run again, judged against the older reference
+        assert cli.run(stage.main, amp) == 0
+    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 3
+    verdict = json.loads(Path("reports/amp/verdict.json").read_text())
+    assert any("precision rule not applied" in r and "reference's fingerprints have no precision shares" in r
+               for r in verdict["reasons"])
+    assert cli.run(baseline.main, [*amp, "precision", "--run-dir", "reports/amp"]) == 0
+    assert load(reference).meta["precision_source"]["steps"] == sorted(older.steps)
+    for stage in (compare, report):
+        assert cli.run(stage.main, amp) == 0
+    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 0
 
     fp32 = yaml.safe_load(Path("amp.yaml").read_text())
     fp32["train"]["amp"] = None

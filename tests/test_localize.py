@@ -201,6 +201,62 @@ def test_a_phase_s_stats_are_each_tensor_s_own():
     assert stats[:, STATS.index("nonfinite")].tolist() == [0, 0, 1, 0, 2, 0, 0, 0]
 
 
+def with_precision(fp, shares, shape=(8, 8)):
+    """fp with its forward entries of `shape` and their precision shares (bf16, fp16) set: one row per entry."""
+    pp = fp.steps[0]["forward"]
+    pp.shapes = [list(shape)] * len(pp.names)
+    pp.precision = np.array(shares, dtype=float)
+    return fp
+
+
+def test_a_tensor_dropped_to_the_low_format_is_a_precision_loss_and_a_gain_is_not():
+    from pipelines.localize import precision_changes
+    from pipelines.verdict import precision_rule
+
+    fp32, bf16 = [0.0, 0.0002], [1.0, 1.0]
+    reference = with_precision(prints(REF_F), [fp32, bf16, fp32])
+    same = precision_changes(with_precision(prints(REF_F), [fp32, bf16, fp32]), reference, "bf16")
+    assert same.status == "clean" and same.entries == 3 and not same.lost and not same.gained
+    assert precision_rule(same.to_json()).passed
+    # "a" went through bf16 where the reference keeps float32: lost; "b" kept in float32 where it is bf16: gained
+    changed = precision_changes(with_precision(prints(REF_F), [bf16, fp32, [np.nan, np.nan]]), reference, "bf16")
+    assert changed.status == "lost" and [c.entry for c in changed.lost] == ["a"]
+    assert [c.entry for c in changed.gained] == ["b"] and changed.entries == 2  # NaN: no nonzero element
+    assert "step 0 forward a (100% of its elements fit, reference 0%)" in changed.message
+    rule = precision_rule(changed.to_json())
+    assert not rule.passed and rule.numbers == {"tensors_judged": 2, "tensors_lost": 1, "tensors_gained": 1}
+    # under fp32 the low format is fp16, whose 10 mantissa bits hold every bf16 value
+    half = precision_changes(with_precision(prints(REF_F), [[0.0, 1.0], bf16, fp32]), reference, "fp32")
+    assert half.format == "fp16" and [c.entry for c in half.lost] == ["a"]
+    # tiny tensors (per-head biases: their gradients can be rounding residue) are not judged
+    assert precision_changes(with_precision(prints(REF_F), [bf16] * 3, shape=(4,)), reference, "bf16").entries == 0
+
+
+def test_fingerprints_without_precision_shares_judge_nothing_and_gating_is_inconclusive(tmp_path):
+    from pipelines.localize import precision_changes
+    from pipelines.verdict import decide, precision_rule
+
+    old = prints(REF_F)  # precision None: a file recorded before the shares existed
+    check = precision_changes(old, with_precision(prints(REF_F), [[0.0, 0.0]] * 3), "bf16")
+    assert check.status == "unavailable" and "candidate's fingerprints have no precision shares" in check.message
+    assert not precision_rule(check.to_json()).applicable
+    loss = np.linspace(2.3, 1.0, 60)
+    steps = np.arange(60)
+    settings = dict(min_steps=10, modelzoo={"max_mean_relative_error": 0.05, "max_mean_absolute_error": 2e-4},
+                    strict={}, band={}, trend={}, divergence={"max_relative_error": 0.02, "max_abs_error": 0.0,
+                                                               "consecutive_steps": 3},
+                    envelope={}, throughput={})
+    verdict = decide(steps, loss, steps, loss, gate=["modelzoo", "precision"], precision_check=check.to_json(),
+                     **settings)
+    assert verdict.status == "inconclusive" and any("precision rule not applied" in r for r in verdict.reasons)
+    # the file keeps the shares; one out of [0, 1] is refused naming the entry
+    fp = with_precision(prints(REF_F), [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
+    assert np.array_equal(load(save(tmp_path / "p.npz", fp)).steps[0]["forward"].precision, fp.steps[0]["forward"].precision)
+    fp.steps[0]["forward"].precision[1, 0] = 1.5
+    with pytest.raises(FingerprintError, match=r"p2\.npz: step 0 forward b: precision bf16 share 1\.5"):
+        load(save(tmp_path / "p2.npz", fp))
+
+
 def fake_run_with_fingerprints(project, loss, forward):
     """A train-stage run folder (fake_runs) with its fingerprints.npz named by its train.json, the baseline it is
     judged against and that baseline's reference fingerprints (tied to it by its reference loss)."""

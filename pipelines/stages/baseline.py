@@ -12,6 +12,9 @@
   python -m pipelines.stages.baseline fingerprints --run-dir ref --run-dir threads_1 ...
                                 # layer fingerprints for a stored baseline, from runs of its reference and envelope
                                 # variants retrained here (each curve must equal the baseline's, bit for bit)
+  python -m pipelines.stages.baseline precision --run-dir reports/<profile>/preflight
+                                # which format each tensor of the reference goes through (the precision rule), for
+                                # fingerprints recorded before they held it: from a run of the same params here
 
 Each recorded run is an ordinary tracked train run: if `record` is interrupted, the finished runs are
 not lost; promote them with `promote --mlflow-run <id> ...`.
@@ -252,6 +255,10 @@ def main(argv=None) -> int:
                     help="a run folder (curve.csv, train.json, fingerprints.npz) of the reference seed, plain or under "
                          "one of the baseline's numerics variants; repeat")
     fp.add_argument("--baseline", help="the baseline file (default: compare.baseline)")
+    pc = sub.add_parser("precision", help="add the precision shares (which format each tensor went through) to a "
+                                          "stored baseline's fingerprints, from a run of its params on this code")
+    pc.add_argument("--run-dir", required=True, help="a run folder (train.json, fingerprints.npz) of the baseline's "
+                                                      "params and reference seed, e.g. the preflight's")
     for s in (pr, rec):
         s.add_argument("--out", help="baseline file to write (default: compare.baseline)")
     args = p.parse_args(argv)
@@ -265,6 +272,8 @@ def main(argv=None) -> int:
     if args.command == "fingerprints":
         return fingerprints_for_stored(Path(args.baseline or params.compare.baseline), [Path(d) for d in args.run_dir],
                                        params)
+    if args.command == "precision":
+        return precision_for_stored(params, Path(args.run_dir))
     if args.command == "add-variants":
         from pipelines.upgrade import add_variants
 
@@ -381,6 +390,54 @@ def fingerprints_for_stored(path: Path, folders: list[Path], params: Params) -> 
     if missing:
         print(f"baseline: no run for envelope variant(s) {', '.join(missing)}: the tolerance leaves them out")
     save_fingerprints(path, baseline, reference, variants)
+    return 0
+
+
+def precision_for_stored(params: Params, folder: Path) -> int:
+    """The precision shares of a run's fingerprints (cait/fingerprints.py) written into the stored baseline's
+    fingerprints (localize.baseline_fingerprints), for the steps and entries both have; the rest unchanged.
+
+    Which format a tensor goes through is the precision policy's and the code's (autocast's op lists, what the
+    optimizer keeps), not the CPU's: a run of the same params (model, profile, params hash, world size, policy) on
+    this code gives it, where its values differ from the reference's in the last bits. So no bitwise check of the
+    curve (as `fingerprints` makes): the run must be compatible and of the baseline's policy, and its machine,
+    torch and date go into the file's meta (`precision_source`)."""
+    from cait.fingerprints import save
+    from pipelines.localize import baseline_fingerprints, check_compatible, read_run_fingerprints
+
+    reference, where = baseline_fingerprints(params)
+    if reference is None:
+        raise BaselineError(where)
+    record = read_record(folder / RECORD)
+    if record.get("port_bug") or record.get("numerics_variant"):
+        raise BaselineError(f"{folder}: trained with {record.get('port_bug') or record.get('numerics_variant')!r}: "
+                            f"only a plain run of the baseline's params gives the reference's precision")
+    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
+    policy = record_precision(record)
+    if policy != baseline.precision:
+        raise BaselineError(f"{folder}: precision policy {policy}, the baseline's is {baseline.precision}")
+    run = read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD)
+    check_compatible(run, reference, str(folder / FINGERPRINTS), where)
+    filled = []
+    for step, phases in reference.steps.items():
+        for phase, ref in phases.items():
+            mine = run.steps.get(step, {}).get(phase)
+            if mine is None or mine.precision is None:
+                continue
+            if mine.names != ref.names:
+                raise BaselineError(f"{folder}: step {step} {phase} has other entries than {where}; not the same model")
+            ref.precision = mine.precision.copy()
+            filled.append(f"{step} {phase}")
+    if not filled:
+        raise BaselineError(f"{folder}: no fingerprint step of {where} ({', '.join(map(str, sorted(reference.steps)))}) "
+                            f"with precision shares; train step 0 (the preflight) with this code")
+    env = record.get("environment", {})
+    reference.meta["precision_source"] = {"steps": sorted({int(f.split()[0]) for f in filled}),
+                                          "run": str(folder), "device": env.get("device"), "cpu": env.get("cpu"),
+                                          "device_name": env.get("device_name"), "torch": env.get("torch"),
+                                          "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save(where, reference)
+    print(f"baseline: precision shares of {len(filled)} step/phase(s) ({', '.join(filled)}) from {folder} -> {where}")
     return 0
 
 

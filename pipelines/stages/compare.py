@@ -23,7 +23,8 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, record_precision, refusals
 from pipelines.curves import check_loss_sign
-from pipelines.layout import CURVE, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
+from pipelines.layout import CURVE, FINGERPRINTS, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
+from pipelines.localize import judge_precision
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
@@ -58,13 +59,16 @@ def policy_for(cfg, own_runs: bool) -> dict:
 
 def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
           refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None,
-          samples_per_s: tuple | None = None, precision: str | None = None, stopped_early: dict | None = None):
+          samples_per_s: tuple | None = None, precision: str | None = None, stopped_early: dict | None = None,
+          precision_check: dict | None = None):
     """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
     the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
     leaves one numerics variant out of the envelope (a held-out legitimate run). `precision` is the candidate's
     precision policy (pipelines/baselines.py record_precision): the envelope rule judges it against that policy's
     envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none.
-    `stopped_early` is a fail-fast run's record of its stop (train.json): its truncated curve is judged as such."""
+    `stopped_early` is a fail-fast run's record of its stop (train.json): its truncated curve is judged as such.
+    `precision_check` is the layer fingerprints' precision comparison the precision rule judges
+    (pipelines/localize.py judge_precision)."""
     rules = cfg.rules
     stats = baseline_obj.stats() if baseline_obj is not None else None
     width, reference, missing = (envelope_sides(baseline_obj, precision, envelope_exclude) if baseline_obj is not None
@@ -79,7 +83,8 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
                   band_stats=({"mean": stats["mean"], "std": stats["std"], "runs": len(baseline_obj.runs)}
                               if stats is not None else None),
                   throughput=rules.throughput.model_dump(), samples_per_s=samples_per_s,
-                  refusals=list(refusals), notes=list(notes), stopped_early=stopped_early)
+                  refusals=list(refusals), notes=list(notes), stopped_early=stopped_early,
+                  precision_check=precision_check)
 
 
 def main(argv=None) -> int:
@@ -189,9 +194,17 @@ def main(argv=None) -> int:
     if precision is not None and baseline_obj is not None:
         notes.append(f"precision policy: candidate {precision}, baseline {baseline_obj.precision or 'unknown'} "
                      f"(envelopes for {', '.join(baseline_obj.envelope_policies) or 'none'})")
+    precision_check = None
+    if "precision" in policy["gate"] + inform and record is not None and baseline_obj is not None:
+        # which format each tensor went through, from the layer fingerprints of both sides (files the verdict names)
+        precision_check = judge_precision(params, chain_dir, precision or "fp32")
+        for side, path in (("fingerprints", chain_dir / FINGERPRINTS),
+                           ("baseline_fingerprints", Path(params.localize.baseline_fingerprints))):
+            if path.is_file():
+                inputs[side] = input_entry(path)
     verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=inform,
                     refusals=refused, notes=notes, samples_per_s=samples_per_s, precision=precision,
-                    stopped_early=stopped_early)
+                    stopped_early=stopped_early, precision_check=precision_check)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)

@@ -44,27 +44,13 @@ from pipelines import cli
 from pipelines.baselines import load_baseline
 from pipelines.layout import CURVE, FINGERPRINTS, LOCALIZE, RECORD, VERDICT, run_dir
 from pipelines.oplocate import OpFinding
-from pipelines.localize import Localization, describe, localize, loss_digest, read_run_fingerprints, with_spread
+from pipelines.localize import (Localization, baseline_fingerprints, describe, localize, read_run_fingerprints,
+                                with_spread)
 from pipelines.params import Params, load_params
 from pipelines.provenance import file_sha256
 
 REPLAY_REFERENCE = "reference.npz"  # replay --envelope: the replayed run's fingerprints with the envelope's spread
 REPRO = "repro"  # reports/<profile>/repro/<op>.py and <op>.pt: the first diverging op, standalone
-
-
-def baseline_fingerprints(params: Params):
-    """The baseline's fingerprints, checked to belong to compare.baseline; (prints, path) or (None, why)."""
-    path = Path(params.localize.baseline_fingerprints)
-    if not path.exists():
-        return None, (f"{path}: the baseline has no layer fingerprints; record them with the baseline "
-                      f"(make baseline) to localize a failing run")
-    prints = load_reference(path)
-    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
-    if prints.meta.get("baseline_loss_sha256") != loss_digest(baseline.loss):
-        raise FingerprintMismatch(f"{path}: belongs to another baseline than {params.compare.baseline} (its reference "
-                               f"loss differs); record both together (make baseline) or point "
-                               f"localize.baseline_fingerprints at the right file")
-    return prints, str(path)
 
 
 def parting_step(verdict_path: Path) -> tuple[str, int | None]:
