@@ -13,6 +13,8 @@
   python -m benchmarks --only kernel --json kernel.json --kernel-runs-dir /tmp/kernel-zoo   # per bug: seconds to
                                         # a fail verdict and to the named op vs a full run, the op, its repro
   python -m benchmarks --only power --profile amp --json amp.json   # the mixed-precision profile (profiles/amp.yaml)
+  python -m benchmarks --only precision --profile amp --json prec.json   # the precision rule on the profile's zoo:
+                                        # step 0 of each entry against the baseline's fingerprints
   python -m benchmarks --only sensitivity --json sens.json --sensitivity-runs-dir /work/sens-runs
                                         # the smallest eps of output x (1 + eps) at 3 depths the gate fails
                                         # and localize names, per baseline (--baseline, repeatable)
@@ -40,12 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import (bench_efficiency, bench_fleet, bench_kernel, bench_localize, bench_logs,  # noqa: E402
+                        bench_precision,
                         bench_pipeline, bench_power, bench_sensitivity, bench_trainer, bench_verdict, tracking_overhead)
 
 GROUPS = ("trainer", "efficiency", "tracking", "verdict", "logs", "pipeline", "loader", "memory", "power", "localize",
-          "sensitivity", "kernel", "fleet")
-# power, localize, sensitivity and kernel train ~19 runs or more, fleet starts PostgreSQL: only with --only
-DEFAULT_GROUPS = GROUPS[:-5]
+          "sensitivity", "kernel", "precision", "fleet")
+# power, localize, sensitivity, kernel and precision train ~19 runs or more, fleet starts PostgreSQL: only with --only
+DEFAULT_GROUPS = GROUPS[:-6]
 TRACKING_TARGET = 0.005  # of the default profile's step time
 GROWTH_MAX = 1.2  # log-log slope of the verdict + report cost between the two longest curves: linear is 1
 LOADER_TARGET = 3.0  # bench_loader.TARGET: the loader delivers >= 3x what the trainer consumes
@@ -58,7 +61,7 @@ FULL = {"trainer_default": {"steps": 10, "warmup": 2, "rounds": 3},
                         "workers": (0, 2), "loose": False, "isolate": True},
         "tracking_steps": 2000, "verdict_lengths": bench_verdict.LENGTHS, "compare_steps": 1_000_000,
         "loader_steps": 5, "log_mb": 200, "power_entries": None, "localize_entries": None,
-        "kernel_entries": None,
+        "kernel_entries": None, "precision_entries": None,
         "sensitivity": {"depths": None, "eps": None, "order": "descending"}}  # failing runs stop early: cheapest
 SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 4, "images": 16},
          "trainer_224": {"steps": 1, "warmup": 1, "rounds": 1, "img_size": 32, "batch_size": 2, "images": 8,
@@ -67,6 +70,7 @@ SMOKE = {"trainer_default": {"steps": 2, "warmup": 1, "rounds": 1, "img_size": 3
          "log_mb": 2, "power_entries": ["lr_one_step_late", "adamw_no_bias_correction", "weights_ulp_other"],
          "localize_entries": ["lr_one_step_late", "gelu_tanh", "weights_ulp_other"],
          "kernel_entries": ["gelu_tanh", "lr_one_step_late", "threads_1"],
+         "precision_entries": ["layernorm_bf16", "threads_1"],
          "sensitivity": {"depths": ["shallow"], "eps": [1e-6, 1e-2]}}
 
 
@@ -316,10 +320,21 @@ def fleet_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def precision_rows(ctx: Context) -> list[Row]:
+    result = ctx.once("precision", lambda: bench_precision.measure(ctx.params, entries=ctx.sizes["precision_entries"],
+                                                                    log=lambda line: ctx.log(f"  precision: {line}")))
+    ctx.log("\n" + bench_precision.table(result) + "\n")
+    c = bench_precision.counts(result)
+    return [Row("precision", f"precision rule ({result['policy']}): bugs failed / legit variants clean", "every legit",
+                f"{c['bugs_caught']} / {c['bugs']} bugs, {c['legit_clean']} / {c['legit']} legit",
+                c["legit_clean"] == c["legit"], c["bugs_caught"] / max(1, c["bugs"]))]
+
+
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,
               "verdict": verdict_rows, "logs": logs_rows, "pipeline": pipeline_rows, "loader": loader_rows,
               "memory": memory_rows, "power": power_rows, "localize": localize_rows,
-              "sensitivity": sensitivity_rows, "kernel": kernel_rows, "fleet": fleet_rows}
+              "sensitivity": sensitivity_rows, "kernel": kernel_rows, "precision": precision_rows,
+              "fleet": fleet_rows}
 
 
 def table(rows: list[Row]) -> str:
@@ -336,7 +351,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, figures meaningless")
     p.add_argument("--only", choices=GROUPS, action="append", help="run this group (repeatable)")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
-    p.add_argument("--profile", help="power, localize: a profile of profiles/ (e.g. amp), params.yaml with its keys "
+    p.add_argument("--profile", help="power, localize, precision: a profile of profiles/ (e.g. amp), params.yaml with its keys "
                                      "changed; judged against that profile's baseline")
     p.add_argument("--json", help="write the rows and raw figures here")
     p.add_argument("--power-runs-dir", help="power: keep each run's curve and record here and reuse them")

@@ -7,7 +7,9 @@ moved it (`spread`: relative L2 error from the reference run). An entry leaves t
     rel_l2(candidate, reference) > k x max over variants(spread) + floor
 
 (for the update, the spread is at least the update's float32 resolution, EPS32 x (|weights| + |update|) /
-|update|: an update is a difference of two float32 tensors). The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
+|update|: an update is a difference of two float32 tensors; for an entry the reference computes in bf16 or fp16,
+and for the update of a parameter whose gradient it computes so, at least that format's resolution, FORMAT_EPS:
+a tensor rounded to bf16 moves by a whole bf16 ulp wherever anything before it differs). The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
 the order the step computes them: weights before the step, forward (modules in execution order),
 backward (output gradients in the order backward reaches them, then parameter gradients), the optimizer
 update. A module that ran on one side only, or other shapes, or non-finite values the reference does not
@@ -48,6 +50,22 @@ NORM_FLOOR = 1e-12
 # spread it can show.
 EPS32 = float(np.finfo(np.float32).eps)
 STAT_L2, STAT_NONFINITE = STATS.index("l2"), STATS.index("nonfinite")
+
+# A tensor went through a format when at least this share of its nonzero elements fits the format's mantissa: one
+# that did has all of them (1.0), one computed in float32 fits bf16 by chance at 2^-16 and fp16 at 2^-13. The
+# midpoint of the two, not a fitted number (cait/fingerprints.py precision_shares).
+WENT_THROUGH = 0.5
+# Tensors of fewer elements are not judged: they are per-head biases and scalars, and some of their step-0 gradients
+# are rounding residue (proj_l.bias of talking heads: mathematically zero, softmax being shift-invariant), whose few
+# significant bits fit any format. Measured: the fp32 reference's 24 proj_l.bias gradients (4 elements) fit fp16
+# to 75-100%, a legitimate run's to 0-25% (benchmarks/README.md, the precision rule).
+MIN_JUDGED_ELEMENTS = 64
+LOW_FORMAT = {"fp32": "fp16", "tf32": "fp16", "bf16": "bf16", "fp16": "fp16"}  # the format a policy must not drop to
+# The phases whose tensors a precision is computed in. Not the update: it is recorded as (weights after) - (weights
+# before), a difference of two float32 tensors whose significant bits are those of |update| / ulp(weights), so an
+# update much smaller than its weights fits bf16 whatever precision the optimizer computed it in (measured: AdamW
+# with eps inside the root, a 100x smaller first update, "fits" bf16 in 43 parameters).
+PRECISION_PHASES = ("weights", "forward", "backward", "param_grad")
 
 
 @dataclass
@@ -205,6 +223,25 @@ def update_resolution(baseline: Fingerprints, step: int) -> np.ndarray:
     return out
 
 
+FORMAT_EPS = {"bf16": 2.0 ** -7, "fp16": 2.0 ** -10}  # a format's ulp relative to 1: its rounding's resolution
+
+
+def format_resolution(baseline: Fingerprints, step: int, phase: str) -> np.ndarray:
+    """Per entry the reference computes in a low format (its precision shares, WENT_THROUGH): that format's
+    resolution, FORMAT_EPS; 0 for float32 entries and where the file has no shares. A tensor rounded to bf16
+    either keeps a small difference from its inputs out or moves by a whole bf16 ulp: wherever two runs' bf16
+    tensors differ at all, each element can differ by up to one ulp of it, a relative L2 error up to 2^-7, however
+    small the difference that tipped the rounding (as EPS32 is the update's resolution)."""
+    pp = baseline.steps[step][phase]
+    out = np.zeros(len(pp.names))
+    if pp.precision is None:
+        return out
+    for fmt in reversed(PRECISIONS):  # the coarsest format an entry went through sets its resolution
+        went = pp.precision[:, PRECISIONS.index(fmt)] >= WENT_THROUGH  # NaN (no nonzero element): False
+        out = np.where(went, FORMAT_EPS[fmt], out)
+    return out
+
+
 def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: float,
               exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(tolerance, spread) per reference entry: k x the largest variant error + floor, where for the update
@@ -220,6 +257,14 @@ def tolerance(baseline: Fingerprints, step: int, phase: str, k: float, floor: fl
         spread = np.where(np.isnan(chosen), 0.0, chosen).max(axis=0)  # a variant without the entry adds none
     if phase == "update":
         spread = np.maximum(spread, update_resolution(baseline, step))
+        grads = baseline.steps[step].get("param_grad")
+        if grads is not None:  # AdamW's step is a function of the gradient of relative condition <= 1 (m / sqrt(v)):
+            # a gradient computed in bf16 moves its update by up to the gradient's own resolution
+            index, of_grads = grads.index(), format_resolution(baseline, step, "param_grad")
+            names = baseline.steps[step][phase].names
+            spread = np.maximum(spread, [of_grads[index[n]] if n in index else 0.0 for n in names])
+    else:
+        spread = np.maximum(spread, format_resolution(baseline, step, phase))
     return k * spread + floor, spread
 
 
@@ -338,18 +383,6 @@ def describe(result: Localization) -> str:
 
 # ---- precision: which format each tensor went through ----------------------------------------------------------
 
-# A tensor went through a format when at least this share of its nonzero elements fits the format's mantissa: one
-# that did has all of them (1.0), one computed in float32 fits bf16 by chance at 2^-16 and fp16 at 2^-13. The
-# midpoint of the two, not a fitted number (cait/fingerprints.py precision_shares).
-WENT_THROUGH = 0.5
-# Tensors of fewer elements are not judged: they are per-head biases and scalars, and some of their step-0 gradients
-# are rounding residue (proj_l.bias of talking heads: mathematically zero, softmax being shift-invariant), whose few
-# significant bits fit any format. Measured: the fp32 reference's 24 proj_l.bias gradients (4 elements) fit fp16
-# to 75-100%, a legitimate run's to 0-25% (benchmarks/README.md, the precision rule).
-MIN_JUDGED_ELEMENTS = 64
-LOW_FORMAT = {"fp32": "fp16", "tf32": "fp16", "bf16": "bf16", "fp16": "fp16"}  # the format a policy must not drop to
-
-
 @dataclass
 class PrecisionChange:
     step: int
@@ -379,7 +412,7 @@ class PrecisionCheck:
 def precision_changes(candidate: Fingerprints, reference: Fingerprints, policy: str) -> PrecisionCheck:
     """Every tensor the reference computes in float32 (its share of `policy`'s low format below WENT_THROUGH) that
     the candidate computed in the low format (its share at or above it): a master weight, a gradient, a LayerNorm
-    kept in bf16 where the policy keeps float32. The reverse (a precision gain: a device whose autocast keeps an
+    kept in bf16 where the policy keeps float32 (PRECISION_PHASES: the update is a difference, not a computation). The reverse (a precision gain: a device whose autocast keeps an
     op in float32) is listed, never a loss. Tensors with no nonzero element or fewer than MIN_JUDGED_ELEMENTS, and
     files recorded before precision shares existed, judge nothing (then status "unavailable", saying which file)."""
     low = LOW_FORMAT.get(policy)
@@ -389,7 +422,7 @@ def precision_changes(candidate: Fingerprints, reference: Fingerprints, policy: 
     out = PrecisionCheck("clean", "", format=low)
     missing = []
     for step in sorted(set(candidate.steps) & set(reference.steps)):
-        for phase in PHASES:
+        for phase in PRECISION_PHASES:
             cand, ref = candidate.steps[step].get(phase), reference.steps[step].get(phase)
             if cand is None or ref is None:
                 continue

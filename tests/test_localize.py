@@ -228,8 +228,37 @@ def test_a_tensor_dropped_to_the_low_format_is_a_precision_loss_and_a_gain_is_no
     # under fp32 the low format is fp16, whose 10 mantissa bits hold every bf16 value
     half = precision_changes(with_precision(prints(REF_F), [[0.0, 1.0], bf16, fp32]), reference, "fp32")
     assert half.format == "fp16" and [c.entry for c in half.lost] == ["a"]
+    # the update is a difference of two float32 tensors: its few significant bits say its size, not its format
+    small_update, reference_update = prints(REF_F, REF_U), prints(REF_F, REF_U)
+    for fp, share in ((small_update, 1.0), (reference_update, 0.0)):
+        with_precision(fp, [fp32] * 3)
+        fp.steps[0]["update"].shapes = [[8, 8]] * 2
+        fp.steps[0]["update"].precision = np.full((2, 2), share)
+    assert precision_changes(small_update, reference_update, "bf16").status == "clean"
     # tiny tensors (per-head biases: their gradients can be rounding residue) are not judged
     assert precision_changes(with_precision(prints(REF_F), [bf16] * 3, shape=(4,)), reference, "bf16").entries == 0
+
+
+def test_an_entry_the_reference_computes_in_bf16_has_that_format_s_resolution():
+    """A bf16 tensor moves by a whole bf16 ulp wherever anything before it differs: its tolerance is at least
+    k x 2^-7 (+ floor) however small the envelope's spread there; so is the update of a parameter whose gradient
+    is bf16 (AdamW's step has relative condition <= 1 in its gradient); float32 entries keep the envelope's."""
+    from pipelines.localize import tolerance
+
+    ref = prints(REF_F, REF_U)
+    ref.steps[0]["forward"].precision = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # fp32, bf16, fp16
+    ref.steps[0]["param_grad"] = phase(["a.weight", "b.weight"], REF_U)
+    ref.steps[0]["param_grad"].precision = np.array([[1.0, 1.0], [0.0, 0.0]])
+    ref.steps[0]["update"].stats[:, STATS.index("l2")] = 1.0  # the update's float32 resolution: ~2 EPS32
+    base = with_spread(ref, {})
+    tol, spread = tolerance(base, 0, "forward", k=4, floor=1e-6)
+    assert spread.tolist() == [0.0, 2.0 ** -7, 2.0 ** -10] and tol[1] == 4 * 2.0 ** -7 + 1e-6
+    _, spread = tolerance(base, 0, "update", k=4, floor=1e-6)
+    assert spread[0] == 2.0 ** -7 and spread[1] < 1e-6
+    near = prints(REF_F * np.array([[1.0], [1 + 2.0 ** -8], [1.0]]), REF_U)  # "b" moved by half a bf16 ulp
+    assert localize(near, base, k=4, floor=1e-6).status == "clean"
+    old = with_spread(prints(REF_F, REF_U), {})  # no precision shares: the envelope's spread alone
+    assert localize(near, old, k=4, floor=1e-6).first.entry == "b"
 
 
 def test_fingerprints_without_precision_shares_judge_nothing_and_gating_is_inconclusive(tmp_path):
