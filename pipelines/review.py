@@ -283,7 +283,8 @@ HEADLINES = {"envelope": (("x_tol", "max_ratio"),),  # the worst step's |d|, in 
              "strict": (("rel", "mean_abs_relative_error"),),
              "band": (("outside", "outside_fraction"),),
              "trend": (("drift", "drift_relative"),),
-             "throughput": (("x", "ratio"),)}
+             "throughput": (("x", "ratio"),),
+             "precision": (("lost", "tensors_lost"),)}  # tensors in the low format where the reference keeps fp32
 FIGURE_DIGITS = 4  # significant digits of every non-integer figure in metrics.json
 
 

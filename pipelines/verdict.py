@@ -495,7 +495,13 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
         rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
                                               **throughput)
     if "precision" in active:
-        rules["precision"] = precision_rule(precision_check, gating="precision" in gate)
+        rule = precision_rule(precision_check, gating="precision" in gate)
+        if rule.applicable:
+            rules["precision"] = rule
+        elif rule.gating:
+            reasons.append(f"the precision rule gates but cannot run: {rule.summary}")
+        else:
+            notes.append(f"precision rule not applied: {rule.summary}")
     if "band" in active and band_stats is None:
         rules.pop("band", None)
         if "band" in gate:

@@ -277,7 +277,7 @@ def test_fingerprints_without_precision_shares_judge_nothing_and_gating_is_incon
                     envelope={}, throughput={})
     verdict = decide(steps, loss, steps, loss, gate=["modelzoo", "precision"], precision_check=check.to_json(),
                      **settings)
-    assert verdict.status == "inconclusive" and any("precision rule not applied" in r for r in verdict.reasons)
+    assert verdict.status == "inconclusive" and any("the precision rule gates but cannot run" in r for r in verdict.reasons)
     # the file keeps the shares; one out of [0, 1] is refused naming the entry
     fp = with_precision(prints(REF_F), [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
     assert np.array_equal(load(save(tmp_path / "p.npz", fp)).steps[0]["forward"].precision, fp.steps[0]["forward"].precision)

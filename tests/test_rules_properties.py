@@ -28,6 +28,8 @@ def every_rule(candidate, baseline, band_runs=None, band=None, **kwargs):
     stats = {"mean": runs.mean(axis=0), "std": runs.std(axis=0, ddof=1), "runs": len(runs)}
     kwargs.setdefault("envelope_width", np.zeros(len(baseline)))  # a zero-width envelope: the floor alone
     kwargs.setdefault("samples_per_s", (100.0, 100.0))  # equal throughput: the throughput rule holds
+    kwargs.setdefault("precision_check", {"status": "clean", "message": "no tensor lost precision", "entries": 10,
+                                          "lost": [], "gained": []})  # the fingerprints' precision agrees
     return decide(steps, candidate, np.arange(len(baseline)), baseline, gate=list(RULE_NAMES),
                   min_steps=MIN_STEPS, band_stats=stats, **rule_settings(band=band or {}), **kwargs)
 
