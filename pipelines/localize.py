@@ -518,10 +518,10 @@ def judge_precision(params, run_folder: Path | str, policy: str) -> dict:
         return PrecisionCheck("unavailable", f"{run_folder / FINGERPRINTS}: the run recorded no layer fingerprints "
                                              f"(train.fingerprints.steps is empty)").to_json()
     candidate = read_run_fingerprints(run_folder / FINGERPRINTS, run_folder / RECORD)
-    reference, where = baseline_fingerprints(params)
-    if reference is None:
-        return PrecisionCheck("unavailable", where).to_json()
-    try:
+    try:  # fingerprints of another baseline, model or params: not comparable, said (a corrupt file stops it)
+        reference, where = baseline_fingerprints(params)
+        if reference is None:
+            return PrecisionCheck("unavailable", where).to_json()
         check_compatible(candidate, reference, str(run_folder / FINGERPRINTS), where)
     except FingerprintMismatch as exc:
         return PrecisionCheck("unavailable", f"not compared: {exc}").to_json()
