@@ -12,7 +12,7 @@ tensor, a few summary statistics and a sketch:
 Per tensor also its precision: the share of its nonzero (sampled) elements whose float32 mantissa fits in
 bfloat16's 7 bits and in float16's 10 bits (PRECISIONS). A tensor that went through bf16 (fp16) has 1 there, one
 computed in float32 ~2^-16 (2^-13): which precision a module or the optimizer computed in, whatever the values
-(pipelines/localize.py `precision_losses`: a mixed-precision port that drops something to bf16 where the reference
+(pipelines/localize.py `precision_changes`: a mixed-precision port that drops something to bf16 where the reference
 keeps float32).
 
 The sketch is a CountSketch with equal buckets: the elements in a fixed random order, each with a fixed
@@ -124,8 +124,8 @@ class _Sketcher:
     def __call__(self, x):
         """(moments, sketch, sample) of tensor x, float32 on x's device, nothing synchronised: moments are the
         STATS without the quantiles (mean, std, max_abs, l2, nonfinite), the sample the elements the quantiles and
-        the precision shares come from (`phase_stats` and `phase_precision` take a phase's in one batched call
-        per sample length: the quantiles cost ~0.3 ms a tensor alone, the shares ~0.1 ms).
+        the precision shares come from (`phase_stats` takes a phase's in one batched call per sample length: the
+        quantiles cost ~0.3 ms a tensor alone, the shares ~0.1 ms).
 
         Each the fastest of equal results on the CPU (a 418k-element tensor, torch 2.14): index_select rather
         than x[order] (3.5x), max_abs from aminmax (6x abs().max(), 25x vector_norm(inf)), the non-finite count
@@ -171,40 +171,31 @@ def _by_length(samples: list) -> dict[int, list[int]]:
     return groups
 
 
-def phase_precision(samples: list) -> np.ndarray:
-    """The n x PRECISIONS float64 shares of a phase's tensors, from their samples, one batched call per length."""
-    import torch
-
-    if not samples:
-        return np.zeros((0, len(PRECISIONS)))
-    out = torch.full((len(samples), len(PRECISIONS)), float("nan"), device=samples[0].device)
-    for length, rows in _by_length(samples).items():
-        if length:
-            out[torch.tensor(rows, device=out.device)] = precision_shares(torch.stack([samples[i] for i in rows]))
-    return out.double().cpu().numpy()
-
-
 MOMENTS = tuple(s for s in STATS if not s.startswith("q"))  # what _Sketcher computes per tensor
 
 
-def phase_stats(moments: list, samples: list):
-    """The n x STATS float64 matrix of a phase: each tensor's moments with the quantiles of its sample, taken
-    in one torch.quantile call per sample length (equal, element for element, to one call per tensor). An empty
-    tensor's quantiles are 0."""
+def phase_stats(moments: list, samples: list) -> tuple[np.ndarray, np.ndarray]:
+    """(n x STATS, n x PRECISIONS) float64 of a phase: each tensor's moments with the quantiles of its sample, and
+    its sample's precision shares, both taken in one batched call per sample length (equal, element for element,
+    to one call per tensor). An empty tensor's quantiles are 0, its shares NaN."""
     import torch
 
     if not moments:
-        return np.zeros((0, len(STATS)))
-    quantiles = torch.zeros(len(samples), len(QUANTILES), dtype=samples[0].dtype, device=samples[0].device)
-    levels = torch.tensor(QUANTILES, dtype=samples[0].dtype, device=samples[0].device)
+        return np.zeros((0, len(STATS))), np.zeros((0, len(PRECISIONS)))
+    device, dtype = samples[0].device, samples[0].dtype
+    quantiles = torch.zeros(len(samples), len(QUANTILES), dtype=dtype, device=device)
+    shares = torch.full((len(samples), len(PRECISIONS)), float("nan"), dtype=dtype, device=device)
+    levels = torch.tensor(QUANTILES, dtype=dtype, device=device)
     for length, rows in _by_length(samples).items():
         if length:
-            where = torch.tensor(rows, device=quantiles.device)
-            quantiles[where] = torch.quantile(torch.stack([samples[i] for i in rows]), levels, dim=1).T
-    moments = torch.stack(moments).to(quantiles.dtype)
+            where, stacked = torch.tensor(rows, device=device), torch.stack([samples[i] for i in rows])
+            quantiles[where] = torch.quantile(stacked, levels, dim=1).T
+            shares[where] = precision_shares(stacked)
+    moments = torch.stack(moments).to(dtype)
     columns = {name: moments[:, j] for j, name in enumerate(MOMENTS)}
     columns.update({f"q{round(q * 100):02d}": quantiles[:, j] for j, q in enumerate(QUANTILES)})
-    return torch.stack([columns[name] for name in STATS], dim=1).double().cpu().numpy()
+    stats = torch.stack([columns[name] for name in STATS], dim=1)
+    return stats.double().cpu().numpy(), shares.double().cpu().numpy()
 
 
 class _PhaseBuffer:
@@ -230,9 +221,8 @@ class _PhaseBuffer:
         import torch
 
         dim = self.sketch[0].numel() if self.sketch else 0
-        stats = phase_stats(self.moments, self.samples)
+        stats, precision = phase_stats(self.moments, self.samples)
         sketch = torch.stack(self.sketch).double().cpu().numpy() if self.sketch else np.zeros((0, dim))
-        precision = phase_precision(self.samples)
         return PhasePrints(self.names, self.shapes, stats, sketch, self.whole if whole else None, precision)
 
 
@@ -326,8 +316,8 @@ class FingerprintRecorder:
         self._buffers = {}
 
     def fingerprints(self, meta: dict) -> Fingerprints:
-        meta = {**meta, "schema": SCHEMA, "sketch_dim": self.sketch_dim, "stats": list(STATS), "precisions": list(PRECISIONS),
-                "quantiles": list(QUANTILES), "quantile_sample": QUANTILE_SAMPLE, "whole_tensors": self.whole,
+        meta = {**meta, "schema": SCHEMA, "sketch_dim": self.sketch_dim, "stats": list(STATS),
+                "precisions": list(PRECISIONS), "quantiles": list(QUANTILES), "quantile_sample": QUANTILE_SAMPLE, "whole_tensors": self.whole,
                 "step_info": {str(s): i for s, i in sorted(self.step_info.items())}}
         return Fingerprints(meta, dict(sorted(self.recorded.items())))
 

@@ -9,7 +9,8 @@ moved it (`spread`: relative L2 error from the reference run). An entry leaves t
 (for the update, the spread is at least the update's float32 resolution, EPS32 x (|weights| + |update|) /
 |update|: an update is a difference of two float32 tensors; for an entry the reference computes in bf16 or fp16,
 and for the update of a parameter whose gradient it computes so, at least that format's resolution, FORMAT_EPS:
-a tensor rounded to bf16 moves by a whole bf16 ulp wherever anything before it differs). The first such entry is named, walking the fingerprint steps in order and, within a step, the phases in
+a tensor rounded to bf16 moves by a whole bf16 ulp wherever anything before it differs). The first such entry is
+named, walking the fingerprint steps in order and, within a step, the phases in
 the order the step computes them: weights before the step, forward (modules in execution order),
 backward (output gradients in the order backward reaches them, then parameter gradients), the optimizer
 update. A module that ran on one side only, or other shapes, or non-finite values the reference does not
@@ -404,6 +405,7 @@ class PrecisionCheck:
     lost: list[PrecisionChange] = field(default_factory=list)
     gained: list[PrecisionChange] = field(default_factory=list)
     entries: int = 0  # tensors judged
+    threshold: float = WENT_THROUGH  # the share at or above which a tensor went through the format
 
     def to_json(self) -> dict:
         return _finite(asdict(self))
@@ -412,8 +414,8 @@ class PrecisionCheck:
 def precision_changes(candidate: Fingerprints, reference: Fingerprints, policy: str) -> PrecisionCheck:
     """Every tensor the reference computes in float32 (its share of `policy`'s low format below WENT_THROUGH) that
     the candidate computed in the low format (its share at or above it): a master weight, a gradient, a LayerNorm
-    kept in bf16 where the policy keeps float32 (PRECISION_PHASES: the update is a difference, not a computation). The reverse (a precision gain: a device whose autocast keeps an
-    op in float32) is listed, never a loss. Tensors with no nonzero element or fewer than MIN_JUDGED_ELEMENTS, and
+    kept in bf16 where the policy keeps float32 (PRECISION_PHASES: the update is a difference, not a computation).
+    The reverse (a precision gain: a device whose autocast keeps an op in float32) is listed, never a loss. Tensors with no nonzero element or fewer than MIN_JUDGED_ELEMENTS, and
     files recorded before precision shares existed, judge nothing (then status "unavailable", saying which file)."""
     low = LOW_FORMAT.get(policy)
     if low is None:
@@ -489,8 +491,9 @@ def read_run_fingerprints(fingerprints_path: Path | str, record_path: Path | str
     return load(fingerprints_path)
 
 
-def baseline_fingerprints(params):
-    """The baseline's fingerprints, checked to belong to compare.baseline; (prints, path) or (None, why)."""
+def baseline_fingerprints(params, baseline=None):
+    """The baseline's fingerprints, checked to belong to compare.baseline (`baseline`: that file already loaded,
+    pipelines/baselines.py Baseline); (prints, path) or (None, why)."""
     path = Path(params.localize.baseline_fingerprints)
     if not path.exists():
         return None, (f"{path}: the baseline has no layer fingerprints; record them with the baseline "
@@ -499,7 +502,8 @@ def baseline_fingerprints(params):
     from pipelines.baselines import load_baseline
 
     prints = load_reference(path)
-    baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
+    if baseline is None:
+        baseline = load_baseline(params.compare.baseline, allow_negative_loss=params.compare.allow_negative_loss)
     if prints.meta.get("baseline_loss_sha256") != loss_digest(baseline.loss):
         raise FingerprintMismatch(f"{path}: belongs to another baseline than {params.compare.baseline} (its reference "
                                f"loss differs); record both together (make baseline) or point "
@@ -507,7 +511,7 @@ def baseline_fingerprints(params):
     return prints, str(path)
 
 
-def judge_precision(params, run_folder: Path | str, policy: str) -> dict:
+def judge_precision(params, run_folder: Path | str, policy: str, baseline=None) -> dict:
     """The chain's precision check (compare stage): the train run's fingerprints (checked against its record) against
     the baseline's (checked to belong to compare.baseline), as `precision_changes`' JSON; status "unavailable",
     saying why, where either has none or they cannot be compared. A file that is corrupt or lies is an error."""
@@ -519,7 +523,7 @@ def judge_precision(params, run_folder: Path | str, policy: str) -> dict:
                                              f"(train.fingerprints.steps is empty)").to_json()
     candidate = read_run_fingerprints(run_folder / FINGERPRINTS, run_folder / RECORD)
     try:  # fingerprints of another baseline, model or params: not comparable, said (a corrupt file stops it)
-        reference, where = baseline_fingerprints(params)
+        reference, where = baseline_fingerprints(params, baseline)
         if reference is None:
             return PrecisionCheck("unavailable", where).to_json()
         check_compatible(candidate, reference, str(run_folder / FINGERPRINTS), where)

@@ -325,13 +325,13 @@ def precision_rule(check: dict | None, *, gating=True) -> RuleResult:
     port that keeps its gradients or master weights in bf16 changes the loss by about one bf16 rounding, as
     much as a legitimate kernel does, but changes what those tensors are. Not applicable without fingerprints on
     both sides (`check` None, or status unavailable)."""
+    thresholds = {"went_through_share": check["threshold"]} if check and "threshold" in check else {}
     if not check or check.get("status") not in ("clean", "lost"):
         why = (check or {}).get("message") or "no layer fingerprints to judge (the run or the baseline has none)"
-        return RuleResult("precision", False, gating, why, {}, {"went_through_share": 0.5}, applicable=False)
+        return RuleResult("precision", False, gating, why, {}, thresholds, applicable=False)
     numbers = {"tensors_judged": check.get("entries", 0), "tensors_lost": len(check.get("lost", [])),
                "tensors_gained": len(check.get("gained", []))}
-    return RuleResult("precision", check["status"] == "clean", gating, check.get("message", ""), numbers,
-                      {"went_through_share": 0.5})
+    return RuleResult("precision", check["status"] == "clean", gating, check.get("message", ""), numbers, thresholds)
 
 
 def first_divergence(steps, candidate, baseline, *, max_relative_error, max_abs_error,

@@ -418,7 +418,7 @@ def precision_for_stored(params: Params, folder: Path) -> int:
         raise BaselineError(f"{folder}: precision policy {policy}, the baseline's is {baseline.precision}")
     run = read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD)
     check_compatible(run, reference, str(folder / FINGERPRINTS), where)
-    filled = []
+    filled, steps = [], set()
     for step, phases in reference.steps.items():
         for phase, ref in phases.items():
             mine = run.steps.get(step, {}).get(phase)
@@ -428,11 +428,12 @@ def precision_for_stored(params: Params, folder: Path) -> int:
                 raise BaselineError(f"{folder}: step {step} {phase} has other entries than {where}; not the same model")
             ref.precision = mine.precision.copy()
             filled.append(f"{step} {phase}")
+            steps.add(step)
     if not filled:
         raise BaselineError(f"{folder}: no fingerprint step of {where} ({', '.join(map(str, sorted(reference.steps)))}) "
                             f"with precision shares; train step 0 (the preflight) with this code")
     env = record.get("environment", {})
-    reference.meta["precision_source"] = {"steps": sorted({int(f.split()[0]) for f in filled}),
+    reference.meta["precision_source"] = {"steps": sorted(steps),
                                           "run": str(folder), "device": env.get("device"), "cpu": env.get("cpu"),
                                           "device_name": env.get("device_name"), "torch": env.get("torch"),
                                           "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     precision_check = None
     if "precision" in policy["gate"] + inform and record is not None and baseline_obj is not None:
         # which format each tensor went through, from the layer fingerprints of both sides (files the verdict names)
-        precision_check = judge_precision(params, chain_dir, precision or "fp32")
+        precision_check = judge_precision(params, chain_dir, precision or "fp32", baseline_obj)
         for side, path in (("fingerprints", chain_dir / FINGERPRINTS),
                            ("baseline_fingerprints", Path(params.localize.baseline_fingerprints))):
             if path.is_file():
