@@ -325,9 +325,13 @@ def precision_rows(ctx: Context) -> list[Row]:
                                                                     log=lambda line: ctx.log(f"  precision: {line}")))
     ctx.log("\n" + bench_precision.table(result) + "\n")
     c = bench_precision.counts(result)
-    return [Row("precision", f"precision rule ({result['policy']}): bugs failed / legit variants clean", "every legit",
-                f"{c['bugs_caught']} / {c['bugs']} bugs, {c['legit_clean']} / {c['legit']} legit",
-                c["legit_clean"] == c["legit"], c["bugs_caught"] / max(1, c["bugs"]))]
+    rows = []
+    for rule in ("precision", "layers"):
+        caught, clean = c[f"bugs_caught_{rule}"], c[f"legit_clean_{rule}"]
+        rows.append(Row("precision", f"{rule} rule ({result['policy']}): bugs failed / legit variants clean",
+                        "every legit", f"{caught} / {c['bugs']} bugs, {clean} / {c['legit']} legit",
+                        clean == c["legit"], caught / max(1, c["bugs"])))
+    return rows
 
 
 BENCHMARKS = {"trainer": trainer_rows, "efficiency": efficiency_rows, "tracking": tracking_rows,

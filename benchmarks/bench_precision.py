@@ -1,5 +1,6 @@
-"""The precision rule, measured on the port-bug zoo: which entries drop a tensor to the low format where the
-reference keeps float32, and does any legitimate run?
+"""The step-0 fingerprint rules, measured on the port-bug zoo: the precision rule (which entries drop a tensor to
+the low format where the reference keeps float32, and does any legitimate run?) and the layers rule (which entries
+compute one step outside localize's tolerance, and does any legitimate run?).
 
   python -m benchmarks --only precision --profile amp --json precision-amp.json
   python benchmarks/bench_precision.py --profile amp --entries grads_bf16,threads_1 --runs-dir /tmp/prec
@@ -7,13 +8,15 @@ reference keeps float32, and does any legitimate run?
 Per entry of cait/portbugs.py under the profile's precision policy (bench_power.entries_for: the bugs, then the
 legitimate variants of the device, the envelope's own included): step 0 trained as the preflight trains it (the
 full run's step 0, bitwise, with fingerprints), its fingerprints judged against the stored baseline's
-(localize.baseline_fingerprints, with their precision shares) by `pipelines.localize.precision_changes`, as the
-compare stage's precision rule judges a run. Step 0 is where a precision that is wrong shows: the master
-weights, the gradients, the forward and backward of every module are all in its fingerprints.
+(localize.baseline_fingerprints, with their precision shares) by `pipelines.localize.precision_changes` and
+`judge_layers`, as the compare stage's precision and layers rules judge a run (an envelope variant held out of
+the envelope it is judged by). Step 0 is where a precision that is wrong shows: the master weights, the
+gradients, the forward and backward of every module are all in its fingerprints.
 
-A bug is caught when the rule fails (status "lost"); a legitimate run must stay "clean". The table gives for each
-entry how many tensors went to the low format (lost) and how many went the other way (gained: no loss; a device
-whose autocast keeps an op in float32), of how many judged, and the first tensor lost.
+A bug is caught when a rule fails; a legitimate run must pass both. The table gives for each entry how many
+tensors went to the low format (lost) and how many went the other way (gained: no loss; a device whose autocast
+keeps an op in float32), of how many judged, and the first tensor lost; for the layers rule the worst entry's
+error over its tolerance at the profile's localize.k (below 1: inside) and the first entry outside.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     import tempfile
 
     from pipelines.layout import FINGERPRINTS, PREPARED_DIR, RECORD
-    from pipelines.localize import baseline_fingerprints, precision_changes, read_run_fingerprints
+    from pipelines.localize import baseline_fingerprints, judge_layers, precision_changes, read_run_fingerprints
+    from pipelines.verdict import layers_rule
     from pipelines.training import params_precision
 
     from benchmarks.bench_power import entries_for
@@ -60,7 +64,8 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     if reference is None:
         raise SystemExit(where)
     data_dir = data_dir or REPO / PREPARED_DIR
-    result: dict = {"policy": policy, "baseline_fingerprints": where,
+    result: dict = {"policy": policy, "baseline_fingerprints": where, "k": params.localize.k,
+                    "floor": params.localize.floor,
                     "precision_source": reference.meta.get("precision_source"), "bugs": {}, "legit": {}}
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         root = runs_dir or Path(tmp)
@@ -69,27 +74,44 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
             folder = step0(params, name, kind, root, data_dir, log)
             check = precision_changes(read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD), reference, policy)
             first = check.lost[0] if check.lost else None
+            layers = judge_layers(params, folder, exclude=name if name in reference.variants else None)
+            rule = layers_rule(layers)
+            named = layers.get("first") or {}
             result["bugs" if kind == "bug" else "legit"][name] = {
                 "status": check.status, "lost": len(check.lost), "gained": len(check.gained), "judged": check.entries,
-                "first_lost": None if first is None else f"{first.phase} {first.entry}", "message": check.message}
-            log(f"{name}: {check.status}: {check.message}")
+                "first_lost": None if first is None else f"{first.phase} {first.entry}", "message": check.message,
+                "layers": layers["status"], "layers_numbers": rule.numbers,
+                "layers_first": f"{named['phase']} {named['entry']}" if named else None,
+                "layers_message": layers["message"]}
+            log(f"{name}: precision {check.status}: {check.message}")
+            log(f"{name}: layers {layers['status']}: {layers['message']}")
     return result
 
 
 def counts(result: dict) -> dict:
     bugs, legit = result["bugs"], result["legit"]
-    return {"bugs": len(bugs), "bugs_caught": sum(r["status"] == "lost" for r in bugs.values()),
-            "legit": len(legit), "legit_clean": sum(r["status"] == "clean" for r in legit.values())}
+    return {"bugs": len(bugs), "bugs_caught_precision": sum(r["status"] == "lost" for r in bugs.values()),
+            "bugs_caught_layers": sum(r["layers"] == "diverged" for r in bugs.values()),
+            "bugs_caught_either": sum(r["status"] == "lost" or r["layers"] == "diverged" for r in bugs.values()),
+            "legit": len(legit), "legit_clean_precision": sum(r["status"] == "clean" for r in legit.values()),
+            "legit_clean_layers": sum(r["layers"] == "clean" for r in legit.values())}
 
 
 def table(result: dict) -> str:
-    lines = [f"precision rule against {result['baseline_fingerprints']} (policy {result['policy']})",
-             "| kind | entry | precision rule | tensors lost / gained / judged | first lost |", "|---|---|---|---|---|"]
+    lines = [f"precision and layers rules against {result['baseline_fingerprints']} (policy {result['policy']}, "
+             f"localize.k {result.get('k')})",
+             "| kind | entry | precision rule | tensors lost / gained / judged | first lost | layers rule | worst "
+             "error / tolerance (unmatched) | first outside |", "|---|---|---|---|---|---|---|---|"]
     for kind in ("bugs", "legit"):
         for name, r in result[kind].items():
             verdict = {"lost": "**fail**", "clean": "pass"}.get(r["status"], r["status"])
+            layers = {"diverged": "**fail**", "clean": "pass"}.get(r["layers"], r["layers"])
+            n = r["layers_numbers"]
+            worst = (f"{n['worst_matched_ratio']:.3g}" + (f" ({n['entries_unmatched']})" if n["entries_unmatched"]
+                                                          else "")) if n else "-"
             lines.append(f"| {kind[:-1] if kind == 'bugs' else kind} | `{name}` | {verdict} | {r['lost']} / "
-                         f"{r['gained']} / {r['judged']} | {r['first_lost'] or '-'} |")
+                         f"{r['gained']} / {r['judged']} | {r['first_lost'] or '-'} | {layers} | {worst} | "
+                         f"{r['layers_first'] or '-'} |")
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@ norms) or a schedule bug that gives step 0 another lr (the schedule one step lat
 What only shows later (a divergence that accumulates over steps, a schedule wrong after warm-up) is fail fast's
 and localize's replay's to find (pipelines/failfast.py, `localize replay --step S`).
 
-The preflight informs, it never stops the long run: localize's tolerance is measured for naming an entry, not
-for gating, so an entry outside it at step 0 does not make the loss verdict certain. With compare.fail_fast on,
+The preflight informs, it never stops the long run: the verdict is the compare stage's, on the full run's files
+(where the layers rule gates, as in the amp profile, it judges the same step-0 comparison from the train stage's
+fingerprints, bitwise the preflight's). With compare.fail_fast on,
 the long run stops as soon as the loss says so (the first step outside the envelope, a few steps in for every
 zoo bug whose preflight names a module).
 

@@ -360,12 +360,13 @@ def localization_html(localization: dict | None, strip_png: Path | None) -> str:
         same = module == first["entry"]  # a module's output: entry and module are one name
         head = ["step", "phase", "module" if same else "entry"] + ([] if same else ["module"])
         row = [first["step"], first["phase"], first["entry"]] + ([] if same else [module])
-        row += [first["kind"], _cosine(first["cosine"])] + [_fmt3(first[k]) for k in
-                                                           ("rel_l2", "max_abs_error", "max_rel_error", "tolerance",
-                                                            "spread")]
+        row += [first["kind"], _cosine(first["cosine"])] + [_fmt3(first.get(k, float("nan"))) for k in
+                                                           ("rel_l2", "bulk_error", "max_abs_error", "max_rel_error",
+                                                            "tolerance", "spread")]
         row.append("whole tensors" if first.get("exact") else "sketch")
-        body += _table(head + ["kind", "cosine", "rel. L2 error", "max abs error", "max rel error", "tolerance",
-                               "envelope spread", "from"], [row], ["bad"], "localize-first")
+        body += _table(head + ["kind", "cosine", "rel. L2 error", "bulk error (judges an update)", "max abs error",
+                               "max rel error", "tolerance", "envelope spread", "from"], [row], ["bad"],
+                       "localize-first")
     body += op_html(localization.get("op"))
     if localization.get("next"):
         body += f"<p>Next: {html.escape(localization['next'])}</p>"

@@ -284,7 +284,8 @@ HEADLINES = {"envelope": (("x_tol", "max_ratio"),),  # the worst step's |d|, in 
              "band": (("outside", "outside_fraction"),),
              "trend": (("drift", "drift_relative"),),
              "throughput": (("x", "ratio"),),
-             "precision": (("lost", "tensors_lost"),)}  # tensors in the low format where the reference keeps fp32
+             "precision": (("lost", "tensors_lost"),),  # tensors in the low format where the reference keeps fp32
+             "layers": (("outside", "entries_outside"),)}  # step 0's tensors outside localize's tolerance
 FIGURE_DIGITS = 4  # significant digits of every non-integer figure in metrics.json
 
 

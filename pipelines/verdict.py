@@ -39,7 +39,7 @@ from pipelines.envelope import describe as describe_envelope
 from pipelines.envelope import envelope_check
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput", "precision")
+RULE_NAMES = ("modelzoo", "strict", "band", "trend", "envelope", "throughput", "precision", "layers")
 BY_POSITION = ("modelzoo",)  # rules that pair the curves by position (as loss.py); the others but throughput
 BY_STEP = ("strict", "band", "trend", "envelope")  # pair them on step numbers
 TREND_MAX_POINTS = 2000  # Theil-Sen is quadratic in the number of points: longer curves are subsampled
@@ -334,6 +334,24 @@ def precision_rule(check: dict | None, *, gating=True) -> RuleResult:
     return RuleResult("precision", check["status"] == "clean", gating, check.get("message", ""), numbers, thresholds)
 
 
+def layers_rule(check: dict | None, *, gating=True) -> RuleResult:
+    """Layer fingerprints at one step, not the loss: every module output, gradient, weight and update of the first
+    step within localize's tolerance of the reference's (pipelines/localize.py judge_layers; `check` is its
+    Localization JSON). A bug that bf16's own rounding hides in the loss curve until it has grown past it (weight
+    decay on the norms, a skipped op, a gradient halved) changes what one step computes, beyond the spread the
+    envelope's variants show there. Not applicable without fingerprints on both sides at that step."""
+    check = check or {}
+    thresholds = {k: check[k] for k in ("k", "floor") if isinstance(check.get(k), (int, float))}
+    if check.get("status") not in ("clean", "diverged"):
+        why = check.get("message") or "no layer fingerprints to judge (the run or the baseline has none)"
+        return RuleResult("layers", False, gating, why, {}, thresholds, applicable=False)
+    ratios = [float(r) for phase in (check.get("strip") or {}).values() for r in phase.get("ratio", [])]
+    finite = [r for r in ratios if math.isfinite(r)]  # inf: ran on one side only, another shape
+    numbers = {"entries_judged": len(ratios), "entries_outside": sum(1 for r in ratios if not r <= 1.0),
+               "entries_unmatched": len(ratios) - len(finite), "worst_matched_ratio": max(finite, default=0.0)}
+    return RuleResult("layers", check["status"] == "clean", gating, check.get("message", ""), numbers, thresholds)
+
+
 def first_divergence(steps, candidate, baseline, *, max_relative_error, max_abs_error,
                      consecutive_steps) -> int | None:
     """The first step from which |c - b| exceeds max(max_relative_error * |b|, max_abs_error) for
@@ -378,7 +396,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
            band_stats: dict | None = None, notes: list[str] | None = None, envelope: dict,
            envelope_width: np.ndarray | None = None, envelope_missing: str = "", throughput: dict,
            samples_per_s: tuple | None = None, envelope_reference: np.ndarray | None = None,
-           stopped_early: dict | None = None, precision_check: dict | None = None) -> Verdict:
+           stopped_early: dict | None = None, precision_check: dict | None = None,
+           layers_check: dict | None = None) -> Verdict:
     """Apply the rules named in `gate` (they decide) and `inform` (reported only).
 
     `modelzoo`, `strict`, `band`, `trend`, `envelope`, `throughput` and `divergence` are every rule's settings
@@ -393,7 +412,8 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     cannot run (inconclusive if it gates; `envelope_missing` says why and what to do). `envelope_reference` is
     the curve the envelope is measured around when it is not `baseline` (another precision policy's reference).
     `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule; `precision_check` the
-    fingerprints' precision comparison for the precision rule (pipelines/localize.py precision_changes).
+    fingerprints' precision comparison for the precision rule (pipelines/localize.py precision_changes);
+    `layers_check` their localization at one step for the layers rule (pipelines/localize.py judge_layers).
     `stopped_early` is a fail-fast run's stop (pipelines/failfast.py: failed_step, stopped_step, reason): its curve
     is truncated, so the envelope rule judges the steps it has whatever min_steps says, rules that cannot judge a
     truncated curve are notes, and the verdict is `fail` only where the gating envelope rule fails here too (the
@@ -502,6 +522,14 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
             reasons.append(f"the precision rule gates but cannot run: {rule.summary}")
         else:
             notes.append(f"precision rule not applied: {rule.summary}")
+    if "layers" in active:
+        rule = layers_rule(layers_check, gating="layers" in gate)
+        if rule.applicable:
+            rules["layers"] = rule
+        elif rule.gating:
+            reasons.append(f"the layers rule gates but cannot run: {rule.summary}")
+        else:
+            notes.append(f"layers rule not applied: {rule.summary}")
     if "band" in active and band_stats is None:
         rules.pop("band", None)
         if "band" in gate:

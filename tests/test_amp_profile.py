@@ -20,7 +20,7 @@ from pipelines.stages.compare import judge
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_amp_profile_is_params_yaml_with_seven_keys_changed():
+def test_the_amp_profile_is_params_yaml_with_eight_keys_changed():
     default, amp = load_params(REPO / "params.yaml"), profiles.load("amp", REPO / "params.yaml")
     assert amp.profile == "amp" and amp.train.amp == "bf16"
     assert amp.compare.baseline == "baselines/amp/baseline.json"
@@ -28,14 +28,16 @@ def test_the_amp_profile_is_params_yaml_with_seven_keys_changed():
     changed = {k for k, v in profiles.flatten(amp.model_dump(mode="json")).items()
                if profiles.flatten(default.model_dump(mode="json")).get(k) != v}
     assert changed == {"profile", "train.amp", "compare.baseline", "compare.gate", "compare.inform",
-                       "compare.rules.envelope.k", "localize.baseline_fingerprints"}
-    assert amp.compare.gate == ["envelope", "modelzoo", "precision"] and "precision" in default.compare.inform
+                       "compare.rules.envelope.k", "localize.baseline_fingerprints", "localize.k"}
+    assert amp.compare.gate == ["envelope", "modelzoo", "precision", "layers"]
+    assert {"precision", "layers"} <= set(default.compare.inform)
     assert profiles.dvc_sets("amp", REPO) == ["-S", "profile=amp", "-S", "train.amp=bf16",
                                               "-S", "compare.baseline=baselines/amp/baseline.json",
-                                              "-S", "compare.gate=[envelope,modelzoo,precision]",
+                                              "-S", "compare.gate=[envelope,modelzoo,precision,layers]",
                                               "-S", "compare.inform=[strict,band,trend,throughput]",
                                               "-S", "compare.rules.envelope.k=10.0",
-                                              "-S", "localize.baseline_fingerprints=baselines/amp/fingerprints.npz"]
+                                              "-S", "localize.baseline_fingerprints=baselines/amp/fingerprints.npz",
+                                              "-S", "localize.k=40.0"]
     assert profiles.load(None, REPO / "params.yaml") == default
 
 
@@ -84,7 +86,8 @@ def test_a_candidate_of_the_other_policy_is_inconclusive_naming_both(candidate_o
 @pytest.mark.timeout(600)  # ~25 s alone on 2 cores: 5 tiny runs
 def test_the_amp_chain_on_the_tiny_model(tiny_project):
     """prepare, `make baseline` for the amp profile (1 seed + the two bf16 envelope variants), train, compare,
-    localize, report, gate: a pass under bf16 (the precision rule gating too); a run whose gradients go through
+    localize, report, gate: a pass under bf16 (the precision and layers rules gating too); weight decay on the norms
+    (and the other parameters AdamW leaves undecayed) fails on the layers rule, at step 0's update; a run whose gradients go through
     bf16 fails on the precision rule; fingerprints without precision shares cannot judge it (inconclusive) until
     `baseline precision` adds them; then an fp32 run judged against the amp baseline: inconclusive."""
     from conftest import write_params
@@ -107,7 +110,19 @@ def test_the_amp_chain_on_the_tiny_model(tiny_project):
     assert verdict["rules"]["precision"]["gating"] and verdict["rules"]["precision"]["passed"]
     assert verdict["rules"]["precision"]["numbers"]["tensors_judged"] > 100
     assert set(verdict["inputs"]) >= {"fingerprints", "baseline_fingerprints"}
+    assert verdict["rules"]["layers"]["gating"] and verdict["rules"]["layers"]["passed"]
+    assert verdict["rules"]["layers"]["numbers"]["entries_judged"] > 100
     assert json.loads(Path("reports/amp/localize.json").read_text())["status"] == "clean"
+
+    decay = yaml.safe_load(Path("amp.yaml").read_text())  # an optimizer bug: the layers rule names its update
+    decay["device"]["port_bug"] = "weight_decay_on_norms"
+    Path("decay.yaml").write_text(yaml.safe_dump(decay))
+    for stage in (train, compare, report):
+        assert cli.run(stage.main, ["-q", "--params", "decay.yaml"]) == 0
+    assert cli.run(gate.main, ["--params", "decay.yaml"]) == 1
+    verdict = json.loads(Path("reports/amp/verdict.json").read_text())
+    assert verdict["rules"]["layers"]["passed"] is False and verdict["rules"]["precision"]["passed"]
+    assert any(r.startswith("layers: step 0, optimizer update") for r in verdict["reasons"])
 
     from cait.fingerprints import load, save
 

@@ -535,3 +535,56 @@ def test_localize_benchmark_smoke(tiny_with_baseline, tmp_path):
     assert {n: r["found"] for n, r in result["bugs"].items()} == {"gelu_tanh": True, "lr_one_step_late": True}
     assert result["legit"]["weights_ulp_other"]["named"] is None
     assert "| bug | `gelu_tanh` | blocks.0.mlp.act |" in bench_localize.table(result)
+
+
+def test_an_update_is_judged_by_its_bulk_so_a_few_sign_flips_are_not_a_bug_and_a_dense_change_is():
+    """AdamW's first step is ~lr x sign(g): a gradient element near zero that takes the other sign moves its update
+    by 2 lr (a relative L2 error of 0.7 in 8 elements) in a legitimate run; weight decay where there was none moves
+    every element a little. The update is judged by the bulk of its elements; the forward still by its L2 error."""
+    from pipelines.localize import bulk_error, occupied_buckets
+
+    signs = np.where(RNG.normal(size=(2, 8)) > 0, 1.0, -1.0)
+    base = with_spread(prints(REF_F, signs), {})
+    flipped = signs.copy()
+    flipped[0, 3] *= -1
+    result = localize(prints(REF_F, flipped), base, k=4, floor=1e-6)
+    assert result.status == "clean"
+    decayed = signs - 0.05 * np.abs(signs)  # every element moved by 5% of it
+    result = localize(prints(REF_F, decayed), base, k=4, floor=1e-6)
+    assert (result.first.phase, result.first.entry) == ("update", "a.weight")
+    assert result.first.bulk_error == pytest.approx(1.4826 * 0.05) and "bulk relative error" in result.message
+    forward = REF_F.copy()
+    forward[1, 3] *= -1  # one element of a module's output: the forward is judged by its L2 error
+    assert localize(prints(forward, signs), base, k=4, floor=1e-6).first.entry == "b"
+    assert bulk_error(np.ones(4), np.ones(4)) == 0.0 and bulk_error(np.array([np.inf]), np.ones(1)) == np.inf
+    # the sketch's buckets that hold elements: equal groups of ceil(n / dim), the rest zero padding
+    assert [occupied_buckets(s, 64) for s in ([4], [192], [100], [8, 8], [0])] == [4, 64, 50, 64, 0]
+
+
+def test_the_layers_rule_gates_on_step_0_and_is_inconclusive_without_fingerprints():
+    from pipelines.verdict import decide, layers_rule
+
+    base = with_spread(prints(REF_F, REF_U), {})
+    clean = localize(prints(REF_F, REF_U), base, k=4, floor=1e-6, only_steps=[0]).to_json()
+    bad_f = REF_F.copy()
+    bad_f[1] *= 1.01
+    diverged = localize(prints(bad_f, REF_U), base, k=4, floor=1e-6, only_steps=[0]).to_json()
+    rule = layers_rule(diverged)
+    assert rule.applicable and not rule.passed and rule.thresholds == {"k": 4, "floor": 1e-6}
+    assert rule.numbers["entries_judged"] == 5 and rule.numbers["entries_outside"] == 1  # module b of 3 + 2 updates
+    assert rule.numbers["worst_matched_ratio"] == pytest.approx(0.01 / 1e-6, rel=1e-3)  # no spread: the floor
+    assert layers_rule(clean).passed
+    loss, steps = np.linspace(2.3, 1.0, 60), np.arange(60)
+    settings = dict(min_steps=10, modelzoo={"max_mean_relative_error": 0.05, "max_mean_absolute_error": 2e-4},
+                    strict={}, band={}, trend={}, divergence={"max_relative_error": 0.02, "max_abs_error": 0.0,
+                                                               "consecutive_steps": 3},
+                    envelope={}, throughput={})
+    failed = decide(steps, loss, steps, loss, gate=["modelzoo", "layers"], layers_check=diverged, **settings)
+    assert failed.status == "fail" and any(r.startswith("layers: step 0, forward") for r in failed.reasons)
+    assert decide(steps, loss, steps, loss, gate=["modelzoo", "layers"], layers_check=clean, **settings).status == "pass"
+    none = {"status": "unavailable", "message": "reports/x/fingerprints.npz: the run recorded no layer fingerprints"}
+    gated = decide(steps, loss, steps, loss, gate=["modelzoo", "layers"], layers_check=none, **settings)
+    assert gated.status == "inconclusive" and any("the layers rule gates but cannot run: reports/x" in r
+                                                  for r in gated.reasons)
+    informed = decide(steps, loss, steps, loss, gate=["modelzoo"], inform=["layers"], layers_check=diverged, **settings)
+    assert informed.status == "pass" and "layers" in informed.rules and not informed.rules["layers"].gating

@@ -24,7 +24,7 @@ from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, record_precision, refusals
 from pipelines.curves import check_loss_sign
 from pipelines.layout import CURVE, FINGERPRINTS, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
-from pipelines.localize import judge_precision
+from pipelines.localize import judge_layers, judge_precision
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
@@ -60,7 +60,7 @@ def policy_for(cfg, own_runs: bool) -> dict:
 def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate: list[str], inform: list[str],
           refusals: list[str] = (), notes: list[str] = (), envelope_exclude: str | None = None,
           samples_per_s: tuple | None = None, precision: str | None = None, stopped_early: dict | None = None,
-          precision_check: dict | None = None):
+          precision_check: dict | None = None, layers_check: dict | None = None):
     """`decide` with every rule's settings from the compare section and the baseline's band and envelope:
     the one place a candidate curve is judged (the power benchmark calls it too). `envelope_exclude`
     leaves one numerics variant out of the envelope (a held-out legitimate run). `precision` is the candidate's
@@ -68,7 +68,8 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
     envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none.
     `stopped_early` is a fail-fast run's record of its stop (train.json): its truncated curve is judged as such.
     `precision_check` is the layer fingerprints' precision comparison the precision rule judges
-    (pipelines/localize.py judge_precision)."""
+    (pipelines/localize.py judge_precision), `layers_check` their localization at one step the layers rule judges
+    (judge_layers)."""
     rules = cfg.rules
     stats = baseline_obj.stats() if baseline_obj is not None else None
     width, reference, missing = (envelope_sides(baseline_obj, precision, envelope_exclude) if baseline_obj is not None
@@ -84,7 +85,7 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
                               if stats is not None else None),
                   throughput=rules.throughput.model_dump(), samples_per_s=samples_per_s,
                   refusals=list(refusals), notes=list(notes), stopped_early=stopped_early,
-                  precision_check=precision_check)
+                  precision_check=precision_check, layers_check=layers_check)
 
 
 def main(argv=None) -> int:
@@ -194,17 +195,22 @@ def main(argv=None) -> int:
     if precision is not None and baseline_obj is not None:
         notes.append(f"precision policy: candidate {precision}, baseline {baseline_obj.precision or 'unknown'} "
                      f"(envelopes for {', '.join(baseline_obj.envelope_policies) or 'none'})")
-    precision_check = None
-    if "precision" in policy["gate"] + inform and record is not None and baseline_obj is not None:
-        # which format each tensor went through, from the layer fingerprints of both sides (files the verdict names)
-        precision_check = judge_precision(params, chain_dir, precision or "fp32", baseline_obj)
+    precision_check = layers_check = None
+    judged = policy["gate"] + inform
+    if ("precision" in judged or "layers" in judged) and record is not None and baseline_obj is not None:
+        # from the layer fingerprints of both sides (files the verdict names): which format each tensor went
+        # through, and how far one step's tensors are from the reference's
+        if "precision" in judged:
+            precision_check = judge_precision(params, chain_dir, precision or "fp32", baseline_obj)
+        if "layers" in judged:
+            layers_check = judge_layers(params, chain_dir, baseline_obj)
         for side, path in (("fingerprints", chain_dir / FINGERPRINTS),
                            ("baseline_fingerprints", Path(params.localize.baseline_fingerprints))):
             if path.is_file():
                 inputs[side] = input_entry(path)
     verdict = judge(cfg, candidate, baseline_curve, baseline_obj, gate=policy["gate"], inform=inform,
                     refusals=refused, notes=notes, samples_per_s=samples_per_s, precision=precision,
-                    stopped_early=stopped_early, precision_check=precision_check)
+                    stopped_early=stopped_early, precision_check=precision_check, layers_check=layers_check)
     for line in verdict.modelzoo_lines:
         print(line)
     out = Path(args.out) if args.out else (FOREIGN_OUT if foreign else chain_dir / VERDICT)
