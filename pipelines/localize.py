@@ -6,7 +6,8 @@ moved it (`spread`: relative L2 error from the reference run). An entry leaves t
 
     rel_l2(candidate, reference) > k x max over variants(spread) + floor
 
-(for the update, the spread is at least the update's float32 resolution, EPS32 x (|weights| + |update|) /
+(an update by the relative error of its bulk instead, `bulk_error`: a few elements whose first AdamW step flips
+sign are no bug, BULK_PHASES; for the update, the spread is at least the update's float32 resolution, EPS32 x (|weights| + |update|) /
 |update|: an update is a difference of two float32 tensors; for an entry the reference computes in bf16 or fp16,
 and for the update of a parameter whose gradient it computes so, at least that format's resolution, FORMAT_EPS:
 a tensor rounded to bf16 moves by a whole bf16 ulp wherever anything before it differs). The first such entry is
@@ -175,8 +176,7 @@ def bulk_error(a: np.ndarray, b: np.ndarray, occupied: int | None = None) -> flo
     """The relative error of the bulk of the elements: MAD_TO_SIGMA x median |a - b| over rms(b), over the first
     `occupied` values (a sketch's buckets that hold elements; all when None). Where the difference is spread over
     the tensor it estimates the relative L2 error; a difference in fewer than half of the values (or buckets) does
-    not move it. The update is judged by it (see UPDATE_METRIC); NaN-free inputs, an infinite error for a
-    non-finite a."""
+    not move it. The update is judged by it (BULK_PHASES); an infinite error for a non-finite a."""
     a = np.asarray(a, dtype=np.float64).ravel()[:occupied]
     b = np.asarray(b, dtype=np.float64).ravel()[:occupied]
     if not a.size:
@@ -348,8 +348,9 @@ def localize(candidate: Fingerprints, baseline: Fingerprints, *, k: float, floor
     """Compare phase by phase, step by step; name the first entry that leaves the tolerance. `only_steps`: judge
     these fingerprint steps only (the layers rule: LAYERS_STEP)."""
     check_compatible(candidate, baseline, candidate_source, baseline_source)
-    steps = sorted(set(candidate.steps) & set(baseline.steps) & (set(only_steps) if only_steps is not None
-                                                                   else set(candidate.steps)))
+    steps = sorted(set(candidate.steps) & set(baseline.steps))
+    if only_steps is not None:
+        steps = [s for s in steps if s in set(only_steps)]
     result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude,
                           floor_only=not [v for v in baseline.variants if v != exclude])
     if not steps:

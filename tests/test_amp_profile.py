@@ -86,10 +86,12 @@ def test_a_candidate_of_the_other_policy_is_inconclusive_naming_both(candidate_o
 @pytest.mark.timeout(600)  # ~25 s alone on 2 cores: 5 tiny runs
 def test_the_amp_chain_on_the_tiny_model(tiny_project):
     """prepare, `make baseline` for the amp profile (1 seed + the two bf16 envelope variants), train, compare,
-    localize, report, gate: a pass under bf16 (the precision and layers rules gating too); weight decay on the norms
-    (and the other parameters AdamW leaves undecayed) fails on the layers rule, at step 0's update; a run whose gradients go through
-    bf16 fails on the precision rule; fingerprints without precision shares cannot judge it (inconclusive) until
-    `baseline precision` adds them; then an fp32 run judged against the amp baseline: inconclusive."""
+    localize, report, gate: a pass under bf16 (the precision and layers rules gating too); fingerprints without
+    precision shares cannot judge it (inconclusive) until `baseline precision` adds them; weight decay on the norms
+    (and the other parameters AdamW leaves undecayed) fails on the layers rule, at step 0's update; a run whose
+    gradients go through bf16 fails on the precision rule; then an fp32 run judged against the amp baseline:
+    inconclusive."""
+
     from conftest import write_params
 
     from pipelines.stages import baseline, compare, gate, localize, prepare, report, train
@@ -114,6 +116,26 @@ def test_the_amp_chain_on_the_tiny_model(tiny_project):
     assert verdict["rules"]["layers"]["numbers"]["entries_judged"] > 100
     assert json.loads(Path("reports/amp/localize.json").read_text())["status"] == "clean"
 
+    from cait.fingerprints import load, save
+
+    reference = Path("baselines/amp/fingerprints.npz")
+    older = load(reference)
+    for phases in older.steps.values():
+        for pp in phases.values():
+            pp.precision = None
+    save(reference, older)
+    for stage in (compare, report):  # the plain run, judged against the older reference
+        assert cli.run(stage.main, amp) == 0
+    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 3
+    verdict = json.loads(Path("reports/amp/verdict.json").read_text())
+    assert any("the precision rule gates but cannot run" in r and "reference's fingerprints have no precision shares" in r
+               for r in verdict["reasons"])
+    assert cli.run(baseline.main, [*amp, "precision", "--run-dir", "reports/amp"]) == 0
+    assert load(reference).meta["precision_source"]["steps"] == sorted(older.steps)
+    for stage in (compare, report):
+        assert cli.run(stage.main, amp) == 0
+    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 0
+
     decay = yaml.safe_load(Path("amp.yaml").read_text())  # an optimizer bug: the layers rule names its update
     decay["device"]["port_bug"] = "weight_decay_on_norms"
     Path("decay.yaml").write_text(yaml.safe_dump(decay))
@@ -123,8 +145,6 @@ def test_the_amp_chain_on_the_tiny_model(tiny_project):
     verdict = json.loads(Path("reports/amp/verdict.json").read_text())
     assert verdict["rules"]["layers"]["passed"] is False and verdict["rules"]["precision"]["passed"]
     assert any(r.startswith("layers: step 0, optimizer update") for r in verdict["reasons"])
-
-    from cait.fingerprints import load, save
 
     grads = yaml.safe_load(Path("amp.yaml").read_text())
     grads["device"]["port_bug"] = "grads_bf16"
@@ -136,24 +156,6 @@ def test_the_amp_chain_on_the_tiny_model(tiny_project):
     verdict = json.loads(Path("reports/amp/verdict.json").read_text())
     assert verdict["status"] == "fail" and verdict["rules"]["precision"]["passed"] is False
     assert any(r.startswith("precision: ") and "param_grad" in r for r in verdict["reasons"])
-
-    reference = Path("baselines/amp/fingerprints.npz")
-    older = load(reference)
-    for phases in older.steps.values():
-        for pp in phases.values():
-            pp.precision = None
-    save(reference, older)
-    for stage in (train, compare, report):  # the plain run again, judged against the older reference
-        assert cli.run(stage.main, amp) == 0
-    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 3
-    verdict = json.loads(Path("reports/amp/verdict.json").read_text())
-    assert any("the precision rule gates but cannot run" in r and "reference's fingerprints have no precision shares" in r
-               for r in verdict["reasons"])
-    assert cli.run(baseline.main, [*amp, "precision", "--run-dir", "reports/amp"]) == 0
-    assert load(reference).meta["precision_source"]["steps"] == sorted(older.steps)
-    for stage in (compare, report):
-        assert cli.run(stage.main, amp) == 0
-    assert cli.run(gate.main, ["--params", "amp.yaml"]) == 0
 
     fp32 = yaml.safe_load(Path("amp.yaml").read_text())
     fp32["train"]["amp"] = None

@@ -30,6 +30,8 @@ def every_rule(candidate, baseline, band_runs=None, band=None, **kwargs):
     kwargs.setdefault("samples_per_s", (100.0, 100.0))  # equal throughput: the throughput rule holds
     kwargs.setdefault("precision_check", {"status": "clean", "message": "no tensor lost precision", "entries": 10,
                                           "lost": [], "gained": []})  # the fingerprints' precision agrees
+    kwargs.setdefault("layers_check", {"status": "clean", "message": "fingerprints agree", "k": 16.0, "floor": 1e-6,
+                                       "strip": {"forward": {"names": ["a"], "ratio": [0.0]}}})  # and their layers
     return decide(steps, candidate, np.arange(len(baseline)), baseline, gate=list(RULE_NAMES),
                   min_steps=MIN_STEPS, band_stats=stats, **rule_settings(band=band or {}), **kwargs)
 
