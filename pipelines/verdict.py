@@ -514,22 +514,17 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     if "throughput" in active:
         rules["throughput"] = throughput_rule(*(samples_per_s or (None, None)), gating="throughput" in gate,
                                               **throughput)
-    if "precision" in active:
-        rule = precision_rule(precision_check, gating="precision" in gate)
+    for name, fingerprint_rule, check in (("precision", precision_rule, precision_check),
+                                          ("layers", layers_rule, layers_check)):  # the fingerprints' rules
+        if name not in active:
+            continue
+        rule = fingerprint_rule(check, gating=name in gate)
         if rule.applicable:
-            rules["precision"] = rule
+            rules[name] = rule
         elif rule.gating:
-            reasons.append(f"the precision rule gates but cannot run: {rule.summary}")
+            reasons.append(f"the {name} rule gates but cannot run: {rule.summary}")
         else:
-            notes.append(f"precision rule not applied: {rule.summary}")
-    if "layers" in active:
-        rule = layers_rule(layers_check, gating="layers" in gate)
-        if rule.applicable:
-            rules["layers"] = rule
-        elif rule.gating:
-            reasons.append(f"the layers rule gates but cannot run: {rule.summary}")
-        else:
-            notes.append(f"layers rule not applied: {rule.summary}")
+            notes.append(f"{name} rule not applied: {rule.summary}")
     if "band" in active and band_stats is None:
         rules.pop("band", None)
         if "band" in gate:
