@@ -9,7 +9,7 @@ Per entry of cait/portbugs.py under the profile's precision policy (bench_power.
 legitimate variants of the device, the envelope's own included): step 0 trained as the preflight trains it (the
 full run's step 0, bitwise, with fingerprints), its fingerprints judged against the stored baseline's
 (localize.baseline_fingerprints, with their precision shares) by `pipelines.localize.precision_changes` and
-`judge_layers`, as the compare stage's precision and layers rules judge a run (an envelope variant held out of
+`layers_check`, as the compare stage's precision and layers rules judge a run (an envelope variant held out of
 the envelope it is judged by). Step 0 is where a precision that is wrong shows: the master weights, the
 gradients, the forward and backward of every module are all in its fingerprints.
 
@@ -53,7 +53,7 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
     import tempfile
 
     from pipelines.layout import FINGERPRINTS, PREPARED_DIR, RECORD
-    from pipelines.localize import baseline_fingerprints, judge_layers, precision_changes, read_run_fingerprints
+    from pipelines.localize import baseline_fingerprints, layers_check, precision_changes, read_run_fingerprints
     from pipelines.verdict import layers_rule
     from pipelines.training import params_precision
 
@@ -72,9 +72,11 @@ def measure(params, *, entries: list[str] | None = None, runs_dir: Path | None =
         root.mkdir(parents=True, exist_ok=True)
         for name, kind in entries_for(params.device.type, entries, policy):
             folder = step0(params, name, kind, root, data_dir, log)
-            check = precision_changes(read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD), reference, policy)
+            candidate = read_run_fingerprints(folder / FINGERPRINTS, folder / RECORD)
+            check = precision_changes(candidate, reference, policy)
             first = check.lost[0] if check.lost else None
-            layers = judge_layers(params, folder, exclude=name if name in reference.variants else None)
+            layers = layers_check(candidate, reference, k=params.localize.k, floor=params.localize.floor,
+                                  exclude=name if name in reference.variants else None).to_json()
             rule = layers_rule(layers)
             named = layers.get("first") or {}
             result["bugs" if kind == "bug" else "legit"][name] = {

@@ -346,11 +346,11 @@ def localize(candidate: Fingerprints, baseline: Fingerprints, *, k: float, floor
              exclude: str | None = None, candidate_source: str = "candidate fingerprints",
              baseline_source: str = "baseline fingerprints", only_steps=None) -> Localization:
     """Compare phase by phase, step by step; name the first entry that leaves the tolerance. `only_steps`: judge
-    these fingerprint steps only (the layers rule: LAYERS_STEP)."""
+    these fingerprint steps only (the layers rule: layers_check)."""
     check_compatible(candidate, baseline, candidate_source, baseline_source)
     steps = sorted(set(candidate.steps) & set(baseline.steps))
     if only_steps is not None:
-        steps = [s for s in steps if s in set(only_steps)]
+        steps = sorted(set(steps) & set(only_steps))
     result = Localization("unavailable", "", steps=steps, k=k, floor=floor, exclude=exclude,
                           floor_only=not [v for v in baseline.variants if v != exclude])
     if not steps:
@@ -578,27 +578,27 @@ def chain_fingerprints(params, run_folder: Path | str, baseline=None):
     return candidate, reference, where
 
 
-def judge_precision(params, run_folder: Path | str, policy: str, baseline=None) -> dict:
-    """The chain's precision check (compare stage): `precision_changes` of the train run's fingerprints against the
-    baseline's (chain_fingerprints), as JSON; status "unavailable", saying why, where they cannot be compared."""
-    candidate, reference, where = chain_fingerprints(params, run_folder, baseline)
-    if candidate is None:
-        return PrecisionCheck("unavailable", where).to_json()
-    return precision_changes(candidate, reference, policy).to_json()
-
-
 # The step the layers rule judges: one step's computation from the same weights and batch, before anything has
 # accumulated (later fingerprint steps are localize's, to name where a divergence grew, not to gate).
 LAYERS_STEP = 0
 
 
-def judge_layers(params, run_folder: Path | str, baseline=None, exclude: str | None = None) -> dict:
-    """The chain's layers check (compare stage): `localize` of the train run's fingerprints at LAYERS_STEP against
-    the baseline's, with localize.k and localize.floor, as Localization JSON; status "unavailable", saying why,
-    where they cannot be compared or the run has no fingerprint at that step. `exclude`: a held-out variant."""
+def layers_check(candidate: Fingerprints, reference: Fingerprints, *, k: float, floor: float,
+                 exclude: str | None = None, candidate_source: str = "candidate fingerprints",
+                 baseline_source: str = "baseline fingerprints") -> Localization:
+    """What the layers rule judges: `localize` at LAYERS_STEP alone (the compare stage with localize.k and floor;
+    `exclude` a held-out variant)."""
+    return localize(candidate, reference, k=k, floor=floor, exclude=exclude, candidate_source=candidate_source,
+                    baseline_source=baseline_source, only_steps=[LAYERS_STEP])
+
+
+def judge_fingerprints(params, run_folder: Path | str, policy: str, baseline=None) -> tuple[dict, dict]:
+    """The chain's fingerprint checks (compare stage), from one read of both files (chain_fingerprints): the precision
+    check (`precision_changes` under `policy`) and the layers check (`layers_check` with localize.k and floor), as
+    JSON; each status "unavailable", saying why, where the files cannot be compared."""
     candidate, reference, where = chain_fingerprints(params, run_folder, baseline)
     if candidate is None:
-        return Localization("unavailable", where).to_json()
-    result = localize(candidate, reference, k=params.localize.k, floor=params.localize.floor, exclude=exclude,
-                      candidate_source=str(Path(run_folder)), baseline_source=where, only_steps=[LAYERS_STEP])
-    return result.to_json()
+        return PrecisionCheck("unavailable", where).to_json(), Localization("unavailable", where).to_json()
+    layers = layers_check(candidate, reference, k=params.localize.k, floor=params.localize.floor,
+                          candidate_source=str(run_folder), baseline_source=where)
+    return precision_changes(candidate, reference, policy).to_json(), layers.to_json()

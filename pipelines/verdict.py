@@ -336,7 +336,7 @@ def precision_rule(check: dict | None, *, gating=True) -> RuleResult:
 
 def layers_rule(check: dict | None, *, gating=True) -> RuleResult:
     """Layer fingerprints at one step, not the loss: every module output, gradient, weight and update of the first
-    step within localize's tolerance of the reference's (pipelines/localize.py judge_layers; `check` is its
+    step within localize's tolerance of the reference's (pipelines/localize.py layers_check; `check` is its
     Localization JSON). A bug that bf16's own rounding hides in the loss curve until it has grown past it (weight
     decay on the norms, a skipped op, a gradient halved) changes what one step computes, beyond the spread the
     envelope's variants show there. Not applicable without fingerprints on both sides at that step."""
@@ -413,7 +413,7 @@ def decide(candidate_steps: np.ndarray, candidate: np.ndarray, baseline_steps: n
     the curve the envelope is measured around when it is not `baseline` (another precision policy's reference).
     `samples_per_s` is (candidate, baseline) mean throughput for the throughput rule; `precision_check` the
     fingerprints' precision comparison for the precision rule (pipelines/localize.py precision_changes);
-    `layers_check` their localization at one step for the layers rule (pipelines/localize.py judge_layers).
+    `layers_check` their localization at one step for the layers rule (pipelines/localize.py layers_check).
     `stopped_early` is a fail-fast run's stop (pipelines/failfast.py: failed_step, stopped_step, reason): its curve
     is truncated, so the envelope rule judges the steps it has whatever min_steps says, rules that cannot judge a
     truncated curve are notes, and the verdict is `fail` only where the gating envelope rule fails here too (the

@@ -24,7 +24,7 @@ from pipelines import cli
 from pipelines.baselines import Baseline, environment_differences, load_baseline, record_precision, refusals
 from pipelines.curves import check_loss_sign
 from pipelines.layout import CURVE, FINGERPRINTS, HTML, METRICS, RECORD, REPORTS_DIR, VERDICT, run_dir
-from pipelines.localize import judge_layers, judge_precision
+from pipelines.localize import judge_fingerprints
 from pipelines.logs import FORMATS, load_curve
 from pipelines.params import load_params
 from pipelines.provenance import file_id, file_sha256, read_run, write_record
@@ -68,8 +68,8 @@ def judge(cfg, candidate, baseline_curve, baseline_obj: Baseline | None, *, gate
     envelope, and cannot judge it (inconclusive, naming both policies) where the baseline has none.
     `stopped_early` is a fail-fast run's record of its stop (train.json): its truncated curve is judged as such.
     `precision_check` is the layer fingerprints' precision comparison the precision rule judges
-    (pipelines/localize.py judge_precision), `layers_check` their localization at one step the layers rule judges
-    (judge_layers)."""
+    (pipelines/localize.py judge_fingerprints), `layers_check` their localization at one step the layers rule judges
+    (the same)."""
     rules = cfg.rules
     stats = baseline_obj.stats() if baseline_obj is not None else None
     width, reference, missing = (envelope_sides(baseline_obj, precision, envelope_exclude) if baseline_obj is not None
@@ -200,10 +200,7 @@ def main(argv=None) -> int:
     if ("precision" in judged or "layers" in judged) and record is not None and baseline_obj is not None:
         # from the layer fingerprints of both sides (files the verdict names): which format each tensor went
         # through, and how far one step's tensors are from the reference's
-        if "precision" in judged:
-            precision_check = judge_precision(params, chain_dir, precision or "fp32", baseline_obj)
-        if "layers" in judged:
-            layers_check = judge_layers(params, chain_dir, baseline_obj)
+        precision_check, layers_check = judge_fingerprints(params, chain_dir, precision or "fp32", baseline_obj)
         for side, path in (("fingerprints", chain_dir / FINGERPRINTS),
                            ("baseline_fingerprints", Path(params.localize.baseline_fingerprints))):
             if path.is_file():
